@@ -1,0 +1,202 @@
+// Package collector holds netinspect's collectors and the adapter that runs
+// them for Prometheus.
+//
+// Each collector implements Collector. The adapter (Set) runs the enabled
+// collectors in parallel on every scrape, bounded by the scrape's deadline, and
+// reports netinspect_scrape_collector_success and _duration_seconds for each.
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Namespace is the prefix of every metric netinspect exports.
+const Namespace = "netinspect"
+
+// ErrNoData is returned by a collector whose source is absent on this node
+// (kernel feature not present, module not loaded). The scrape succeeds, the
+// collector reports success 0, and the reason is logged once at debug level.
+var ErrNoData = errors.New("collector returned no data")
+
+// Collector reads one source of node state and emits metrics for it.
+type Collector interface {
+	// Update sends the collector's metrics to ch. It must return promptly
+	// once ctx is done.
+	Update(ctx context.Context, ch chan<- prometheus.Metric) error
+}
+
+// Set runs a fixed set of named collectors. It is built once at start-up and
+// bound to a scrape's deadline with Scrape.
+type Set struct {
+	logger     *zap.Logger
+	collectors map[string]*entry
+	names      []string
+
+	success  *prometheus.Desc
+	duration *prometheus.Desc
+}
+
+type entry struct {
+	c Collector
+	// busy holds a token while an Update is in flight, so a collector that
+	// outlives its scrape's deadline is not started again on top of itself.
+	busy chan struct{}
+
+	mu         sync.Mutex
+	lastNoData string
+}
+
+// NewSet returns a Set running the given collectors, keyed by name.
+func NewSet(logger *zap.Logger, collectors map[string]Collector) *Set {
+	s := &Set{
+		logger:     logger,
+		collectors: make(map[string]*entry, len(collectors)),
+		success: prometheus.NewDesc(
+			prometheus.BuildFQName(Namespace, "scrape", "collector_success"),
+			"Whether the collector succeeded in this scrape (1) or failed, timed out or found its source absent (0).",
+			[]string{"collector"}, nil),
+		duration: prometheus.NewDesc(
+			prometheus.BuildFQName(Namespace, "scrape", "collector_duration_seconds"),
+			"How long the collector took in this scrape.",
+			[]string{"collector"}, nil),
+	}
+	for name, c := range collectors {
+		s.collectors[name] = &entry{c: c, busy: make(chan struct{}, 1)}
+		s.names = append(s.names, name)
+	}
+	sort.Strings(s.names)
+	return s
+}
+
+// Names returns the names of the collectors in the set, sorted.
+func (s *Set) Names() []string { return append([]string(nil), s.names...) }
+
+// Scrape returns a prometheus.Collector that runs every collector of the set
+// once per Collect, each bounded by ctx.
+func (s *Set) Scrape(ctx context.Context) prometheus.Collector {
+	return scrape{set: s, ctx: ctx}
+}
+
+type scrape struct {
+	set *Set
+	ctx context.Context
+}
+
+// Describe sends nothing: the metrics depend on the node, so the collector is
+// unchecked.
+func (scrape) Describe(chan<- *prometheus.Desc) {}
+
+func (sc scrape) Collect(ch chan<- prometheus.Metric) {
+	var wg sync.WaitGroup
+	for _, name := range sc.set.names {
+		wg.Add(1)
+		go func(name string) {
+			defer wg.Done()
+			sc.set.run(sc.ctx, name, ch)
+		}(name)
+	}
+	wg.Wait()
+}
+
+// result is what one Update produced, handed over once it finishes.
+type result struct {
+	metrics []prometheus.Metric
+	err     error
+}
+
+func (s *Set) run(ctx context.Context, name string, ch chan<- prometheus.Metric) {
+	e := s.collectors[name]
+	start := time.Now()
+	metrics, err := s.update(ctx, e)
+	elapsed := time.Since(start).Seconds()
+
+	success := 1.0
+	switch {
+	case err == nil:
+		e.clearNoData()
+	case errors.Is(err, ErrNoData):
+		success = 0
+		if e.noteNoData(err.Error()) {
+			s.logger.Debug("collector found no data", zap.String("collector", name), zap.Error(err))
+		}
+	default:
+		success = 0
+		s.logger.Error("collector failed", zap.String("collector", name),
+			zap.Float64("duration_seconds", elapsed), zap.Error(err))
+	}
+	for _, m := range metrics {
+		ch <- m
+	}
+	ch <- prometheus.MustNewConstMetric(s.duration, prometheus.GaugeValue, elapsed, name)
+	ch <- prometheus.MustNewConstMetric(s.success, prometheus.GaugeValue, success, name)
+}
+
+// update runs one Update in its own goroutine, buffering its metrics, so that
+// a collector that ignores its deadline cannot hold the scrape or write to a
+// channel the registry has already closed.
+func (s *Set) update(ctx context.Context, e *entry) ([]prometheus.Metric, error) {
+	select {
+	case e.busy <- struct{}{}:
+	default:
+		return nil, errors.New("previous update still running past its deadline; skipped")
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer func() { <-e.busy }()
+		buf := make(chan prometheus.Metric, 64)
+		collected := make(chan []prometheus.Metric, 1)
+		go func() {
+			var ms []prometheus.Metric
+			for m := range buf {
+				ms = append(ms, m)
+			}
+			collected <- ms
+		}()
+		err := safeUpdate(ctx, e.c, buf)
+		close(buf)
+		done <- result{metrics: <-collected, err: err}
+	}()
+	select {
+	case r := <-done:
+		return r.metrics, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("deadline of the scrape reached: %w", ctx.Err())
+	}
+}
+
+// safeUpdate turns a panic in a collector into an error, so one broken
+// collector cannot take the exporter down.
+func safeUpdate(ctx context.Context, c Collector, ch chan<- prometheus.Metric) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("collector panicked: %v", r)
+		}
+	}()
+	return c.Update(ctx, ch)
+}
+
+// noteNoData records the reason a source is absent and reports whether it
+// changed since the last scrape, so the reason is logged once, not per scrape.
+func (e *entry) noteNoData(reason string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.lastNoData == reason {
+		return false
+	}
+	e.lastNoData = reason
+	return true
+}
+
+func (e *entry) clearNoData() {
+	e.mu.Lock()
+	e.lastNoData = ""
+	e.mu.Unlock()
+}
