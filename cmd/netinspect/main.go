@@ -1,0 +1,50 @@
+// Command netinspect serves Kubernetes node networking metrics to Prometheus.
+//
+// This file only wires flags, logging, collectors and the HTTP server
+// together; the logic lives in collector/ and kube/.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version and revision are set at build time with -ldflags -X.
+var (
+	version  = "dev"
+	revision = "unknown"
+)
+
+// Exit codes of the binary (CONTRACT.md).
+const (
+	exitOK       = 0
+	exitStartup  = 1
+	exitBadFlags = 2
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run parses args, starts the exporter and serves until ctx is done. It
+// returns the process exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg, code, err := parseFlags(args, stdout, stderr)
+	if err != nil {
+		return code
+	}
+	if cfg == nil { // --help or --version already printed
+		return exitOK
+	}
+	if err := serve(ctx, cfg, stderr); err != nil {
+		fmt.Fprintf(stderr, "netinspect: %v\n", err)
+		return exitStartup
+	}
+	return exitOK
+}
