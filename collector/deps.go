@@ -1,6 +1,10 @@
 package collector
 
-import "go.uber.org/zap"
+import (
+	"go.uber.org/zap"
+
+	"github.com/netinspect/netinspect/kube"
+)
 
 // Paths are the host paths collectors read from.
 type Paths struct {
@@ -14,4 +18,7 @@ type Paths struct {
 type Deps struct {
 	Logger *zap.Logger
 	Paths  Paths
+	// Index resolves IPs to pods and services. It is nil when Kubernetes
+	// enrichment is off; a nil Index finds nothing, so label values stay empty.
+	Index *kube.Index
 }
