@@ -1,0 +1,275 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/mdlayher/netlink"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/netinspect/netinspect/kube"
+)
+
+// IPVSName is the ipvs collector's name in flags and metrics.
+const IPVSName = "ipvs"
+
+// IPVSBackendLabels are the labels of the per-backend series, in order; the
+// default of IPVSConfig.BackendLabels.
+var IPVSBackendLabels = []string{"protocol", "address", "port", "backend_address", "backend_port", "namespace", "service", "pod"}
+
+// IPVSConfig configures the ipvs collector.
+type IPVSConfig struct {
+	// Backends exports the per-backend series (active and inactive
+	// connections, weight). Off, only the per-service series remain.
+	Backends bool
+	// BackendLabels are the labels kept on the per-backend series, a subset
+	// of IPVSBackendLabels; backends that differ only in dropped labels are
+	// summed into one series. Nil keeps them all.
+	BackendLabels []string
+	// NetNS, when not 0, is an open file descriptor of the network namespace
+	// to read instead of the exporter's own. Tests use it.
+	NetNS int
+}
+
+// IPVS reports every IPVS virtual server of the exporter's network
+// namespace with its counters, and its backends, joined to the Kubernetes
+// Service and backend pod.
+type IPVS struct {
+	cfg    IPVSConfig
+	procfs string
+	logger *zap.Logger
+	index  *kube.Index
+
+	// keep[i] is the position in the kept label values of
+	// IPVSBackendLabels[i], or -1 when the label is dropped.
+	keep    [8]int
+	allKept bool
+
+	svcConns, svcInPkts, svcOutPkts, svcInBytes, svcOutBytes *prometheus.Desc
+	beActive, beInactive, beWeight                           *prometheus.Desc
+}
+
+// NewIPVS returns the ipvs collector, or an error for an unknown label in
+// cfg.BackendLabels.
+func NewIPVS(cfg IPVSConfig, deps Deps) (*IPVS, error) {
+	c := &IPVS{cfg: cfg, procfs: deps.Paths.ProcFS, logger: deps.Logger, index: deps.Index}
+	if c.logger == nil {
+		c.logger = zap.NewNop()
+	}
+	kept := cfg.BackendLabels
+	if kept == nil {
+		kept = IPVSBackendLabels
+	}
+	for i := range c.keep {
+		c.keep[i] = -1
+	}
+	var beLabels []string
+	for _, l := range kept {
+		i := slices.Index(IPVSBackendLabels, l)
+		if i < 0 {
+			return nil, fmt.Errorf("unknown IPVS backend label %q (known: %s)", l, strings.Join(IPVSBackendLabels, ","))
+		}
+		if c.keep[i] >= 0 {
+			return nil, fmt.Errorf("IPVS backend label %q given twice", l)
+		}
+		c.keep[i] = len(beLabels)
+		beLabels = append(beLabels, l)
+	}
+	c.allKept = len(beLabels) == len(IPVSBackendLabels)
+
+	svcLabels := []string{"protocol", "address", "port", "scheduler", "namespace", "service", "port_name"}
+	svc := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(Namespace, "ipvs", name), help, svcLabels, nil)
+	}
+	be := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(Namespace, "ipvs", name), help, beLabels, nil)
+	}
+	c.svcConns = svc("service_connections_total", "Connections scheduled by the IPVS virtual server since it was created.")
+	c.svcInPkts = svc("service_in_packets_total", "Packets the IPVS virtual server received from clients since it was created.")
+	c.svcOutPkts = svc("service_out_packets_total", "Packets the IPVS virtual server sent back to clients since it was created.")
+	c.svcInBytes = svc("service_in_bytes_total", "Bytes the IPVS virtual server received from clients since it was created.")
+	c.svcOutBytes = svc("service_out_bytes_total", "Bytes the IPVS virtual server sent back to clients since it was created.")
+	c.beActive = be("backend_connections_active", "Active (established) connections of the IPVS backend.")
+	c.beInactive = be("backend_connections_inactive", "Inactive connections of the IPVS backend (not established: closing, TIME_WAIT, or UDP).")
+	c.beWeight = be("backend_weight", "Scheduling weight of the IPVS backend (0: takes no new connections).")
+	return c, nil
+}
+
+// ipvsServiceLabels are the identity and Kubernetes labels of a virtual
+// server, computed once per scrape.
+type ipvsServiceLabels struct {
+	protocol, address, port string
+	ref                     kube.ServicePortRef
+}
+
+// Update implements Collector.
+func (c *IPVS) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
+	// Without the ip_vs module there is no /proc/net/ip_vs. Checking it first
+	// keeps the scrape from asking generic netlink for the family, which on a
+	// modular kernel may make the kernel try to load a module.
+	path := filepath.Join(c.procfs, "net/ip_vs")
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s absent, ip_vs is not loaded: %w", path, ErrNoData)
+	}
+	r, err := dialIPVS(ctx, c.cfg.NetNS)
+	if errors.Is(err, errIPVSAbsent) {
+		return fmt.Errorf("%w: %w", err, ErrNoData)
+	}
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+
+	svcs, err := r.Services()
+	if err != nil {
+		return err
+	}
+
+	var local map[netip.Addr]bool // node addresses, listed only if a NodePort lookup needs them
+	var dests []ipvsDest
+	var agg map[string]*ipvsBackendSum
+	if !c.allKept {
+		agg = map[string]*ipvsBackendSum{}
+	}
+	for i := range svcs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		s := &svcs[i]
+		l := ipvsServiceLabels{
+			protocol: ipProtocolName(s.Protocol),
+			address:  s.Addr.String(),
+			port:     strconv.Itoa(int(s.Port)),
+		}
+		if s.FWMark != 0 {
+			// A fwmark service has no address or port: the mark goes in port,
+			// and the address is the family's unspecified address, so IPv4 and
+			// IPv6 services on one mark stay distinct series.
+			l.protocol, l.port = "fwmark", strconv.FormatUint(uint64(s.FWMark), 10)
+			if s.Family == unix.AF_INET6 {
+				l.address = "::"
+			} else {
+				l.address = "0.0.0.0"
+			}
+		} else if c.index != nil {
+			ref, ok := c.index.ServiceByAddrPort(l.protocol, s.Addr, s.Port)
+			if !ok {
+				if local == nil {
+					if local, err = localAddrs(c.cfg.NetNS); err != nil {
+						return err
+					}
+				}
+				// kube-proxy makes a virtual server per node address for a
+				// NodePort; a ClusterIP unknown to the index must not be
+				// mistaken for one, hence the local address check.
+				if local[s.Addr.Unmap()] {
+					ref, _ = c.index.ServiceByNodePort(l.protocol, s.Port)
+				}
+			}
+			l.ref = ref
+		}
+		sv := []string{l.protocol, l.address, l.port, s.Sched, l.ref.Namespace, l.ref.Service, l.ref.Port}
+		ch <- prometheus.MustNewConstMetric(c.svcConns, prometheus.CounterValue, float64(s.Stats.Conns), sv...)
+		ch <- prometheus.MustNewConstMetric(c.svcInPkts, prometheus.CounterValue, float64(s.Stats.InPkts), sv...)
+		ch <- prometheus.MustNewConstMetric(c.svcOutPkts, prometheus.CounterValue, float64(s.Stats.OutPkts), sv...)
+		ch <- prometheus.MustNewConstMetric(c.svcInBytes, prometheus.CounterValue, float64(s.Stats.InBytes), sv...)
+		ch <- prometheus.MustNewConstMetric(c.svcOutBytes, prometheus.CounterValue, float64(s.Stats.OutBytes), sv...)
+
+		if !c.cfg.Backends {
+			continue
+		}
+		if dests, err = r.Dests(s, dests[:0]); err != nil {
+			return err
+		}
+		for j := range dests {
+			c.emitBackend(ch, agg, &l, &dests[j])
+		}
+	}
+	for _, b := range agg {
+		ch <- prometheus.MustNewConstMetric(c.beActive, prometheus.GaugeValue, float64(b.active), b.labels...)
+		ch <- prometheus.MustNewConstMetric(c.beInactive, prometheus.GaugeValue, float64(b.inactive), b.labels...)
+		ch <- prometheus.MustNewConstMetric(c.beWeight, prometheus.GaugeValue, float64(b.weight), b.labels...)
+	}
+	return nil
+}
+
+// ipvsBackendSum adds up backends that share their kept label values.
+type ipvsBackendSum struct {
+	labels                   []string
+	active, inactive, weight uint64
+}
+
+func (c *IPVS) emitBackend(ch chan<- prometheus.Metric, agg map[string]*ipvsBackendSum, l *ipvsServiceLabels, d *ipvsDest) {
+	pod, _ := c.index.EndpointPodByIP(d.Addr)
+	namespace := l.ref.Namespace
+	if namespace == "" {
+		namespace = pod.Namespace
+	}
+	all := [8]string{l.protocol, l.address, l.port, d.Addr.String(), strconv.Itoa(int(d.Port)), namespace, l.ref.Service, pod.Name}
+	if c.allKept {
+		ch <- prometheus.MustNewConstMetric(c.beActive, prometheus.GaugeValue, float64(d.Active), all[:]...)
+		ch <- prometheus.MustNewConstMetric(c.beInactive, prometheus.GaugeValue, float64(d.Inactive), all[:]...)
+		ch <- prometheus.MustNewConstMetric(c.beWeight, prometheus.GaugeValue, float64(d.Weight), all[:]...)
+		return
+	}
+	var kept [8]string
+	n := 0
+	for i, pos := range c.keep {
+		if pos >= 0 {
+			kept[pos] = all[i]
+			n++
+		}
+	}
+	key := strings.Join(kept[:n], "\xff")
+	b := agg[key]
+	if b == nil {
+		b = &ipvsBackendSum{labels: append([]string(nil), kept[:n]...)}
+		agg[key] = b
+	}
+	b.active += uint64(d.Active)
+	b.inactive += uint64(d.Inactive)
+	b.weight += uint64(d.Weight)
+}
+
+// localAddrs lists the addresses assigned to interfaces of netns (0: the
+// caller's), through rtnetlink.
+func localAddrs(netns int) (map[netip.Addr]bool, error) {
+	conn, err := netlink.Dial(unix.NETLINK_ROUTE, &netlink.Config{NetNS: netns})
+	if err != nil {
+		return nil, fmt.Errorf("dial rtnetlink: %w", err)
+	}
+	defer conn.Close()
+	msgs, err := conn.Execute(netlink.Message{
+		Header: netlink.Header{Type: unix.RTM_GETADDR, Flags: netlink.Request | netlink.Dump},
+		Data:   make([]byte, unix.SizeofIfAddrmsg),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list interface addresses: %w", err)
+	}
+	out := map[netip.Addr]bool{}
+	for _, m := range msgs {
+		if len(m.Data) < unix.SizeofIfAddrmsg {
+			continue
+		}
+		family := uint16(m.Data[0])
+		_ = walkAttrs(m.Data[unix.SizeofIfAddrmsg:], func(typ uint16, b []byte) error {
+			if typ == unix.IFA_ADDRESS || typ == unix.IFA_LOCAL {
+				if a := decodeInetAddr(family, b); a.IsValid() {
+					out[a] = true
+				}
+			}
+			return nil
+		})
+	}
+	return out, nil
+}

@@ -1,0 +1,555 @@
+package collector
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moby/ipvs"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/test/netns"
+	"github.com/netinspect/netinspect/test/vm"
+)
+
+// TestVMIPVS boots the qemu VM (Debian's kernel, which has IPVS; the host's
+// has not) and runs the TestIPVSGuest* tests there. It fails unless each of
+// them printed --- PASS in the guest.
+func TestVMIPVS(t *testing.T) {
+	res := vm.Run(t, vm.Config{
+		Package:  ".",
+		Run:      "^TestIPVSGuest",
+		Commands: []string{"ip"},
+		Timeout:  6 * time.Minute,
+	})
+	res.RequirePassed(t, "TestIPVSGuestCollector", "TestIPVSGuestBackendLabels")
+}
+
+// ipvsTopology is a node with IPVS, a client and a backend namespace, wired
+// the way kube-proxy's IPVS mode sees a node (LVS-NAT):
+//
+//	client 10.0.1.2 --veth-- 10.0.1.1 node 10.0.2.1 --veth-- backends 10.0.2.11-13
+//
+// The node holds the virtual IPs on a dummy kube-ipvs0 and forwards.
+type ipvsTopology struct {
+	node, client, backends *netns.NS
+	h                      *ipvs.Handle
+}
+
+func newIPVSTopology(t *testing.T) *ipvsTopology {
+	t.Helper()
+	tp := &ipvsTopology{
+		node:     netns.New(t, "node"),
+		client:   netns.New(t, "cli"),
+		backends: netns.New(t, "be"),
+	}
+	n, c, b := tp.node, tp.client, tp.backends
+	n.MustRun("ip", "link", "add", "c0", "type", "veth", "peer", "name", "c1", "netns", c.Name)
+	n.MustRun("ip", "link", "add", "b0", "type", "veth", "peer", "name", "b1", "netns", b.Name)
+	n.MustRun("ip", "addr", "add", "10.0.1.1/24", "dev", "c0")
+	n.MustRun("ip", "addr", "add", "10.0.2.1/24", "dev", "b0")
+	n.MustRun("ip", "link", "set", "c0", "up")
+	n.MustRun("ip", "link", "set", "b0", "up")
+	n.MustRun("ip", "link", "add", "kube-ipvs0", "type", "dummy")
+	for _, vip := range []string{"10.96.0.10", "10.96.0.11", "10.96.0.12", "10.96.0.20"} {
+		n.MustRun("ip", "addr", "add", vip+"/32", "dev", "kube-ipvs0")
+	}
+	n.SetSysctl("net.ipv4.ip_forward", "1")
+	c.MustRun("ip", "addr", "add", "10.0.1.2/24", "dev", "c1")
+	c.MustRun("ip", "link", "set", "c1", "up")
+	c.MustRun("ip", "route", "add", "default", "via", "10.0.1.1")
+	for _, ip := range []string{"10.0.2.11", "10.0.2.12", "10.0.2.13"} {
+		b.MustRun("ip", "addr", "add", ip+"/24", "dev", "b1")
+	}
+	b.MustRun("ip", "link", "set", "b1", "up")
+	b.MustRun("ip", "route", "add", "default", "via", "10.0.2.1")
+
+	h, err := ipvs.New(n.Path())
+	if err != nil {
+		t.Fatalf("ipvs handle in %s: %v", n.Name, err)
+	}
+	t.Cleanup(h.Close)
+	tp.h = h
+	return tp
+}
+
+// addService creates a virtual server and its backends through netlink as
+// kube-proxy does (moby/ipvs, NAT forwarding).
+func (tp *ipvsTopology) addService(t *testing.T, svc *ipvs.Service, weights map[string]int) {
+	t.Helper()
+	svc.AddressFamily = unix.AF_INET
+	svc.Netmask = 0xffffffff
+	if err := tp.h.NewService(svc); err != nil {
+		t.Fatalf("create IPVS service %+v: %v", svc, err)
+	}
+	for addr, w := range weights {
+		ap := netip.MustParseAddrPort(addr)
+		d := &ipvs.Destination{Address: net.IP(ap.Addr().AsSlice()), Port: ap.Port(), Weight: w, AddressFamily: unix.AF_INET}
+		if err := tp.h.NewDestination(svc, d); err != nil {
+			t.Fatalf("add backend %s: %v", addr, err)
+		}
+	}
+}
+
+// ipvsInNetNS runs fn on a thread moved into ns; sockets created by fn stay in
+// ns after the thread returns.
+func ipvsInNetNS(t *testing.T, ns *netns.NS, fn func() error) error {
+	t.Helper()
+	runtime.LockOSThread()
+	orig, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	defer orig.Close()
+	if err := unix.Setns(ns.FD(), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("setns %s: %w", ns.Name, err)
+	}
+	ferr := fn()
+	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+		// Leave the thread locked: it dies with this goroutine.
+		return fmt.Errorf("setns back: %w", err)
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// ipvsEchoServers listens on addr:8080 in the backends namespace for each
+// address and echoes what it reads until the client closes.
+func ipvsEchoServers(t *testing.T, ns *netns.NS, addrs ...string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for _, a := range addrs {
+		var ln net.Listener
+		if err := ipvsInNetNS(t, ns, func() (err error) {
+			ln, err = net.Listen("tcp", a)
+			return err
+		}); err != nil {
+			t.Fatalf("listen %s: %v", a, err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					io.Copy(c, c)
+				}()
+			}
+		}()
+		t.Cleanup(func() { ln.Close(); wg.Wait() })
+	}
+}
+
+// ipvsDialEcho connects from the client namespace, sends a line and reads it
+// back, and returns the open connection.
+func ipvsDialEcho(t *testing.T, ns *netns.NS, addr string) net.Conn {
+	t.Helper()
+	var c net.Conn
+	if err := ipvsInNetNS(t, ns, func() (err error) {
+		c, err = net.DialTimeout("tcp", addr, 10*time.Second)
+		return err
+	}); err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	msg := []byte("hello through ipvs\n")
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo through %s: %q, %v", addr, got, err)
+	}
+	return c
+}
+
+func ipvsTestIndex() *kube.Index {
+	ix := kube.NewIndex("node1")
+	ix.SetService(kube.ServiceInfo{Namespace: "shop", Name: "web", Type: "ClusterIP",
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+		Ports:      []kube.ServicePortInfo{{Name: "http", Port: 80, Protocol: "tcp"}}})
+	ix.SetService(kube.ServiceInfo{Namespace: "shop", Name: "api", Type: "ClusterIP",
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.11")},
+		Ports:      []kube.ServicePortInfo{{Port: 80, Protocol: "tcp"}}})
+	ix.SetService(kube.ServiceInfo{Namespace: "kube-system", Name: "dns", Type: "ClusterIP",
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.12")},
+		Ports:      []kube.ServicePortInfo{{Name: "dns", Port: 53, Protocol: "udp"}}})
+	ix.SetService(kube.ServiceInfo{Namespace: "shop", Name: "front", Type: "NodePort",
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")},
+		Ports:      []kube.ServicePortInfo{{Name: "web", Port: 80, Protocol: "tcp", NodePort: 30080}}})
+	pod := func(name, ip string) kube.EndpointInfo {
+		return kube.EndpointInfo{IP: netip.MustParseAddr(ip), Ready: true, Node: "node1",
+			Pod: kube.PodRef{Namespace: "shop", Name: name, UID: name + "-uid"}}
+	}
+	ix.SetEndpointSlice("shop", "web-abc", "web", []kube.EndpointInfo{pod("web-1", "10.0.2.11"), pod("web-2", "10.0.2.12"), pod("web-3", "10.0.2.13")})
+	return ix
+}
+
+// procIPVS reads /proc/net/ip_vs and /proc/net/ip_vs_stats as seen in ns.
+func procIPVS(t *testing.T, ns *netns.NS) ([]IPVSProcService, IPVSProcStats) {
+	t.Helper()
+	svcs, err := ParseProcIPVS(strings.NewReader(ns.MustRun("cat", "/proc/net/ip_vs")))
+	if err != nil {
+		t.Fatalf("parse /proc/net/ip_vs: %v", err)
+	}
+	st, err := ParseProcIPVSStats(strings.NewReader(ns.MustRun("cat", "/proc/net/ip_vs_stats")))
+	if err != nil {
+		t.Fatalf("parse /proc/net/ip_vs_stats: %v", err)
+	}
+	return svcs, st
+}
+
+// gatherIPVS runs one Update and returns the samples by name and labels
+// ("name{k=v,...}" with labels sorted as the registry sorts them).
+func gatherIPVS(t *testing.T, c *IPVS) map[string]float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(ipvsUpdateCollector{c})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.Metric {
+			out[ipvsSampleKey(mf.GetName(), m)] = ipvsSampleValue(m)
+		}
+	}
+	return out
+}
+
+func ipvsSampleKey(name string, m *dto.Metric) string {
+	var ls []string
+	for _, l := range m.Label {
+		ls = append(ls, l.GetName()+"="+l.GetValue())
+	}
+	return name + "{" + strings.Join(ls, ",") + "}"
+}
+
+func ipvsSampleValue(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	}
+	return 0
+}
+
+// ipvsUpdateCollector adapts a Collector to prometheus.Collector for tests,
+// failing the Collect on error through an invalid metric.
+type ipvsUpdateCollector struct{ c Collector }
+
+func (ipvsUpdateCollector) Describe(chan<- *prometheus.Desc) {}
+
+func (u ipvsUpdateCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := u.c.Update(ctx, ch); err != nil {
+		ch <- prometheus.NewInvalidMetric(prometheus.NewDesc("update_error", "", nil, nil), err)
+	}
+}
+
+// ipvsTotals sums the per-service counters the collector exported.
+func ipvsTotals(samples map[string]float64) IPVSProcStats {
+	var st IPVSProcStats
+	for k, v := range samples {
+		name, _, _ := strings.Cut(k, "{")
+		switch name {
+		case "netinspect_ipvs_service_connections_total":
+			st.Conns += uint64(v)
+		case "netinspect_ipvs_service_in_packets_total":
+			st.InPkts += uint64(v)
+		case "netinspect_ipvs_service_out_packets_total":
+			st.OutPkts += uint64(v)
+		case "netinspect_ipvs_service_in_bytes_total":
+			st.InBytes += uint64(v)
+		case "netinspect_ipvs_service_out_bytes_total":
+			st.OutBytes += uint64(v)
+		}
+	}
+	return st
+}
+
+// ipvsWaitStable polls until the collector's totals equal /proc/net/ip_vs_stats
+// and stop changing between two readings. The kernel folds its per-CPU
+// counters into the figures both interfaces show on the estimator's 2 s
+// tick (ip_vs_est.c, kernel 6.1), so a reading right after traffic may lag.
+func ipvsWaitStable(t *testing.T, tp *ipvsTopology, c *IPVS, want func(IPVSProcStats) bool) (map[string]float64, []IPVSProcService, IPVSProcStats) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	var last IPVSProcStats
+	for {
+		samples := gatherIPVS(t, c)
+		procSvcs, procStats := procIPVS(t, tp.node)
+		got := ipvsTotals(samples)
+		if got == procStats && got == last && want(got) {
+			return samples, procSvcs, procStats
+		}
+		last = got
+		if time.Now().After(deadline) {
+			t.Fatalf("IPVS totals did not settle: collector %+v, /proc/net/ip_vs_stats %+v", got, procStats)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// ipvsCheckBackends asserts each backend series equals the
+// /proc/net/ip_vs line of the same virtual server and backend.
+func ipvsCheckBackends(t *testing.T, samples map[string]float64, procSvcs []IPVSProcService, ix *kube.Index) {
+	t.Helper()
+	n := 0
+	for _, s := range procSvcs {
+		proto, addr, port := strings.ToLower(s.Protocol), s.Addr.String(), fmt.Sprint(s.Port)
+		if s.Protocol == "FWM" {
+			proto, addr, port = "fwmark", "0.0.0.0", fmt.Sprint(s.FWMark)
+		}
+		ref, ok := ix.ServiceByAddrPort(proto, s.Addr, s.Port)
+		if !ok && addr == "10.0.1.1" {
+			ref, _ = ix.ServiceByNodePort(proto, s.Port)
+		}
+		for _, b := range s.Backends {
+			pod, _ := ix.EndpointPodByIP(b.Addr)
+			ns := ref.Namespace
+			if ns == "" {
+				ns = pod.Namespace
+			}
+			labels := fmt.Sprintf("{address=%s,backend_address=%s,backend_port=%d,namespace=%s,pod=%s,port=%s,protocol=%s,service=%s}",
+				addr, b.Addr, b.Port, ns, pod.Name, port, proto, ref.Service)
+			for name, want := range map[string]uint32{
+				"netinspect_ipvs_backend_connections_active":   b.Active,
+				"netinspect_ipvs_backend_connections_inactive": b.Inactive,
+				"netinspect_ipvs_backend_weight":               b.Weight,
+			} {
+				got, ok := samples[name+labels]
+				if !ok {
+					t.Errorf("no series %s%s", name, labels)
+					continue
+				}
+				if got != float64(want) {
+					t.Errorf("%s%s = %v, /proc/net/ip_vs says %d", name, labels, got, want)
+				}
+			}
+			n++
+		}
+	}
+	var series int
+	for k := range samples {
+		if strings.HasPrefix(k, "netinspect_ipvs_backend_weight{") {
+			series++
+		}
+	}
+	if series != n {
+		t.Errorf("collector exported %d backends, /proc/net/ip_vs lists %d", series, n)
+	}
+}
+
+// TestIPVSGuestCollector runs inside the VM: virtual servers made through
+// netlink as kube-proxy makes them, real backends and clients in network
+// namespaces, and the collector's figures against /proc/net/ip_vs and
+// /proc/net/ip_vs_stats read in the same test.
+func TestIPVSGuestCollector(t *testing.T) {
+	vm.RequireGuest(t)
+	tp := newIPVSTopology(t)
+	ipvsEchoServers(t, tp.backends, "10.0.2.11:8080", "10.0.2.12:8080", "10.0.2.13:8080")
+
+	web := &ipvs.Service{Address: net.IPv4(10, 96, 0, 10), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "rr"}
+	tp.addService(t, web, map[string]int{"10.0.2.11:8080": 1, "10.0.2.12:8080": 1, "10.0.2.13:8080": 1})
+	api := &ipvs.Service{Address: net.IPv4(10, 96, 0, 11), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "wrr"}
+	tp.addService(t, api, map[string]int{"10.0.2.11:8080": 2, "10.0.2.12:8080": 1})
+	nodePort := &ipvs.Service{Address: net.IPv4(10, 0, 1, 1), Protocol: unix.IPPROTO_TCP, Port: 30080, SchedName: "rr"}
+	tp.addService(t, nodePort, map[string]int{"10.0.2.13:8080": 1})
+	mark := &ipvs.Service{FWMark: 100, SchedName: "rr"}
+	tp.addService(t, mark, map[string]int{"10.0.2.13:8080": 1})
+	// A service whose backends were all removed: kube-proxy keeps the
+	// virtual server of a Service with no ready endpoints.
+	dns := &ipvs.Service{Address: net.IPv4(10, 96, 0, 12), Protocol: unix.IPPROTO_UDP, Port: 53, SchedName: "rr"}
+	tp.addService(t, dns, map[string]int{"10.0.2.11:53": 1})
+	if err := tp.h.DelDestination(dns, &ipvs.Destination{Address: net.IPv4(10, 0, 2, 11), Port: 53, AddressFamily: unix.AF_INET}); err != nil {
+		t.Fatalf("remove backend: %v", err)
+	}
+
+	ix := ipvsTestIndex()
+	c, err := NewIPVS(IPVSConfig{Backends: true, NetNS: tp.node.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Phase 1: connections held open. rr spreads six over three backends;
+	// wrr 2:1 sends two of three to .11.
+	var conns []net.Conn
+	for range 6 {
+		conns = append(conns, ipvsDialEcho(t, tp.client, "10.96.0.10:80"))
+	}
+	for range 3 {
+		conns = append(conns, ipvsDialEcho(t, tp.client, "10.96.0.11:80"))
+	}
+	conns = append(conns, ipvsDialEcho(t, tp.client, "10.0.1.1:30080"))
+	samples, procSvcs, procStats := ipvsWaitStable(t, tp, c, func(s IPVSProcStats) bool { return s.Conns == 10 })
+	t.Logf("/proc/net/ip_vs_stats totals: %+v", procStats)
+	ipvsCheckBackends(t, samples, procSvcs, ix)
+
+	const svcHeader = "# HELP netinspect_ipvs_service_connections_total Connections scheduled by the IPVS virtual server since it was created.\n# TYPE netinspect_ipvs_service_connections_total counter\n"
+	wantSvc := svcHeader + `netinspect_ipvs_service_connections_total{address="0.0.0.0",namespace="",port="100",port_name="",protocol="fwmark",scheduler="rr",service=""} 0
+netinspect_ipvs_service_connections_total{address="10.0.1.1",namespace="shop",port="30080",port_name="web",protocol="tcp",scheduler="rr",service="front"} 1
+netinspect_ipvs_service_connections_total{address="10.96.0.10",namespace="shop",port="80",port_name="http",protocol="tcp",scheduler="rr",service="web"} 6
+netinspect_ipvs_service_connections_total{address="10.96.0.11",namespace="shop",port="80",port_name="80",protocol="tcp",scheduler="wrr",service="api"} 3
+netinspect_ipvs_service_connections_total{address="10.96.0.12",namespace="kube-system",port="53",port_name="dns",protocol="udp",scheduler="rr",service="dns"} 0
+`
+	if err := testutil.CollectAndCompare(ipvsUpdateCollector{c}, strings.NewReader(wantSvc), "netinspect_ipvs_service_connections_total"); err != nil {
+		t.Error(err)
+	}
+	wantActive := map[string]float64{
+		`{address=10.96.0.10,backend_address=10.0.2.11,backend_port=8080,namespace=shop,pod=web-1,port=80,protocol=tcp,service=web}`:  2,
+		`{address=10.96.0.10,backend_address=10.0.2.12,backend_port=8080,namespace=shop,pod=web-2,port=80,protocol=tcp,service=web}`:  2,
+		`{address=10.96.0.10,backend_address=10.0.2.13,backend_port=8080,namespace=shop,pod=web-3,port=80,protocol=tcp,service=web}`:  2,
+		`{address=10.96.0.11,backend_address=10.0.2.11,backend_port=8080,namespace=shop,pod=web-1,port=80,protocol=tcp,service=api}`:  2,
+		`{address=10.96.0.11,backend_address=10.0.2.12,backend_port=8080,namespace=shop,pod=web-2,port=80,protocol=tcp,service=api}`:  1,
+		`{address=10.0.1.1,backend_address=10.0.2.13,backend_port=8080,namespace=shop,pod=web-3,port=30080,protocol=tcp,service=front}`: 1,
+		`{address=0.0.0.0,backend_address=10.0.2.13,backend_port=8080,namespace=shop,pod=web-3,port=100,protocol=fwmark,service=}`:      0,
+	}
+	for labels, want := range wantActive {
+		if got := samples["netinspect_ipvs_backend_connections_active"+labels]; got != want {
+			t.Errorf("active connections %s = %v, want %v", labels, got, want)
+		}
+	}
+	for k := range samples {
+		if strings.Contains(k, "backend") && strings.Contains(k, "address=10.96.0.12,") {
+			t.Errorf("drained service has a backend series: %s", k)
+		}
+	}
+	if procStats.InBytes == 0 || procStats.OutBytes == 0 || procStats.InPkts == 0 || procStats.OutPkts == 0 {
+		t.Errorf("no traffic counted: %+v", procStats)
+	}
+
+	// Phase 2: close every connection: active goes to 0 and the closed
+	// connections are inactive (FIN/TIME_WAIT) until IPVS expires them.
+	for _, conn := range conns {
+		conn.Close()
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		samples = gatherIPVS(t, c)
+		var active, inactive float64
+		for k, v := range samples {
+			switch {
+			case strings.HasPrefix(k, "netinspect_ipvs_backend_connections_active{"):
+				active += v
+			case strings.HasPrefix(k, "netinspect_ipvs_backend_connections_inactive{"):
+				inactive += v
+			}
+		}
+		if active == 0 && inactive == 10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after closing: active %v, inactive %v; want 0 and 10", active, inactive)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	procSvcs, _ = procIPVS(t, tp.node)
+	samples = gatherIPVS(t, c)
+	ipvsCheckBackends(t, samples, procSvcs, ix)
+
+	// Phase 3: delete and recreate a service: the kernel starts its
+	// counters from zero, which Prometheus reads as a counter reset.
+	if err := tp.h.DelService(api); err != nil {
+		t.Fatal(err)
+	}
+	tp.addService(t, api, map[string]int{"10.0.2.11:8080": 1})
+	samples = gatherIPVS(t, c)
+	if got := samples[`netinspect_ipvs_service_connections_total{address=10.96.0.11,namespace=shop,port=80,port_name=80,protocol=tcp,scheduler=wrr,service=api}`]; got != 0 {
+		t.Errorf("recreated service connections = %v, want 0", got)
+	}
+}
+
+// TestIPVSGuestBackendLabels runs inside the VM: dropping backend labels
+// sums backends, and Backends=false drops the backend series.
+func TestIPVSGuestBackendLabels(t *testing.T) {
+	vm.RequireGuest(t)
+	tp := newIPVSTopology(t)
+	web := &ipvs.Service{Address: net.IPv4(10, 96, 0, 10), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "wrr"}
+	tp.addService(t, web, map[string]int{"10.0.2.11:8080": 3, "10.0.2.12:8080": 2, "10.0.2.13:8080": 1})
+	deps := Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}
+
+	c, err := NewIPVS(IPVSConfig{Backends: true, BackendLabels: []string{"namespace", "service"}, NetNS: tp.node.FD()}, deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `# HELP netinspect_ipvs_backend_weight Scheduling weight of the IPVS backend (0: takes no new connections).
+# TYPE netinspect_ipvs_backend_weight gauge
+netinspect_ipvs_backend_weight{namespace="shop",service="web"} 6
+`
+	if err := testutil.CollectAndCompare(ipvsUpdateCollector{c}, strings.NewReader(want), "netinspect_ipvs_backend_weight"); err != nil {
+		t.Error(err)
+	}
+
+	c, err = NewIPVS(IPVSConfig{Backends: false, NetNS: tp.node.FD()}, deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	samples := gatherIPVS(t, c)
+	if len(samples) != 5 {
+		t.Errorf("with backends off want the 5 service series, got %d: %v", len(samples), samples)
+	}
+}
+
+// TestIPVSAbsent runs on a kernel without IPVS (the host): the collector
+// reports ErrNoData. The procfs path is a directory without net/ip_vs so
+// the test holds on any kernel.
+func TestIPVSAbsent(t *testing.T) {
+	c, err := NewIPVS(IPVSConfig{Backends: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: t.TempDir()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan prometheus.Metric, 16)
+	err = c.Update(context.Background(), ch)
+	if !errors.Is(err, ErrNoData) {
+		t.Fatalf("Update = %v, want ErrNoData", err)
+	}
+	if len(ch) != 0 {
+		t.Errorf("sent %d metrics with IPVS absent", len(ch))
+	}
+}
+
+// TestIPVSAbsentNetlink runs where the kernel has no IPVS (the host kernel
+// has none built in): generic netlink has no IPVS family, which is
+// ErrNoData, without any module being loaded.
+func TestIPVSAbsentNetlink(t *testing.T) {
+	if _, err := os.Stat("/proc/net/ip_vs"); err == nil {
+		t.Skip("this kernel has IPVS")
+	}
+	modulesBefore, _ := os.ReadFile("/proc/modules")
+	_, err := dialIPVS(context.Background(), 0)
+	if err != errIPVSAbsent {
+		t.Fatalf("dialIPVS = %v, want errIPVSAbsent", err)
+	}
+	modulesAfter, _ := os.ReadFile("/proc/modules")
+	if !bytes.Equal(modulesBefore, modulesAfter) {
+		t.Errorf("kernel modules changed during the IPVS lookup")
+	}
+	if _, err := os.Stat("/proc/net/ip_vs"); err == nil {
+		t.Errorf("IPVS appeared after the lookup: a module was loaded")
+	}
+}
