@@ -92,7 +92,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (cfg *config, code int,
 	if _, perr := app.Parse(args); perr != nil {
 		fmt.Fprintf(stderr, "netinspect: %v\n\n", perr)
 		app.UsageWriter(stderr)
-		app.Usage(args)
+		app.Usage(nil)
 		return nil, exitBadFlags, perr
 	}
 	return cfg, 0, nil
