@@ -16,7 +16,9 @@ import (
 // fakeCollector is a Collector whose behaviour a test chooses.
 type fakeCollector func(ctx context.Context, ch chan<- prometheus.Metric) error
 
-func (f fakeCollector) Update(ctx context.Context, ch chan<- prometheus.Metric) error { return f(ctx, ch) }
+func (f fakeCollector) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
+	return f(ctx, ch)
+}
 
 var fakeDesc = prometheus.NewDesc("netinspect_fake_value", "A value from a fake collector.", nil, nil)
 

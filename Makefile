@@ -1,0 +1,49 @@
+# netinspect: `make run` builds and runs the exporter against this machine's
+# kernel; `make test` installs what the tests need and runs all of them.
+
+GO        ?= go
+BIN       := bin/netinspect
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
+RUN_ARGS  ?= --log.format=console
+# Each fuzz target runs this long in `make test`.
+FUZZTIME  ?= 15s
+
+.PHONY: all build run test test-deps test-tools vet unit fuzz bench clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/netinspect
+
+# Without a kubeconfig or in-cluster config, Kubernetes enrichment is off and
+# the node's own metrics are served. Run as root for netlink (CAP_NET_ADMIN);
+# otherwise conntrack figures come from procfs.
+run: build
+	./$(BIN) $(RUN_ARGS)
+
+test: test-deps test-tools vet
+	$(GO) test -count=1 -timeout 60m ./...
+	$(MAKE) fuzz
+
+# Installs the packages the integration tests use, when missing (Debian).
+test-deps:
+	./test/install-deps.sh
+
+# Builds (once, cached by version outside the repo) the binaries the
+# integration tests run: etcd, kube-apiserver, kube-proxy, the VM kernel.
+test-tools:
+	./test/build-tools.sh
+
+vet:
+	$(GO) vet ./...
+
+fuzz:
+	$(GO) test ./collector -run '^$$' -fuzz '^FuzzParseProcConntrackStat$$' -fuzztime $(FUZZTIME)
+
+bench:
+	$(GO) test ./... -run '^$$' -bench . -benchmem
+
+clean:
+	rm -rf bin

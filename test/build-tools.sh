@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Builds the binaries the integration tests run, once per version: they are
+# cached under ${NETINSPECT_CACHE:-$HOME/.cache/netinspect}, outside the repo.
+set -euo pipefail
+cd "$(dirname "$0")/.."

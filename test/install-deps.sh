@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the integration tests need, only when one is
+# missing, so a warm machine pays nothing.
+set -euo pipefail
+
+packages=(
+	iproute2      # ip netns, veth, bridges
+	conntrack     # conntrack -S/-C/-F: ground truth for the conntrack tests
+	iptables      # iptables-save, both backends
+	nftables      # nft
+	util-linux    # setpriv: run the exporter without CAP_NET_ADMIN
+	procps        # sysctl
+)
+
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+	exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+	echo "install-deps: missing packages ${missing[*]}; run as root or install them" >&2
+	exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
