@@ -33,6 +33,14 @@ type Collector interface {
 	Update(ctx context.Context, ch chan<- prometheus.Metric) error
 }
 
+// Starter is implemented by collectors that work in the background between
+// scrapes (refreshers of slow sources, passes over the conntrack table). The
+// binary calls Start once before serving; the background work stops when ctx
+// is done. Update then serves the latest snapshot.
+type Starter interface {
+	Start(ctx context.Context) error
+}
+
 // Set runs a fixed set of named collectors. It is built once at start-up and
 // bound to a scrape's deadline with Scrape.
 type Set struct {

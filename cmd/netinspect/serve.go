@@ -60,6 +60,11 @@ func serve(ctx context.Context, cfg *config, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("collector %s: %w", c.name, err)
 		}
+		if s, ok := col.(collector.Starter); ok {
+			if err := s.Start(ctx); err != nil {
+				return fmt.Errorf("start collector %s: %w", c.name, err)
+			}
+		}
 		enabled[c.name] = col
 	}
 	set := collector.NewSet(logger, enabled)
