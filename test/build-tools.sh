@@ -3,3 +3,6 @@
 # cached under ${NETINSPECT_CACHE:-$HOME/.cache/netinspect}, outside the repo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# etcd, kube-apiserver, kube-proxy from the Go module proxy (tools/).
+bash test/controlplane/build.sh

@@ -45,11 +45,11 @@ func serve(ctx context.Context, cfg *config, stderr io.Writer) error {
 		newBuildInfo(),
 	)
 
-	_, kubeReady, err := startKube(ctx, cfg.kube, logger, static)
+	index, kubeReady, err := startKube(ctx, cfg.kube, logger, static)
 	if err != nil {
 		return err
 	}
-	deps := collector.Deps{Logger: logger, Paths: cfg.paths}
+	deps := collector.Deps{Logger: logger, Paths: cfg.paths, Index: index}
 
 	enabled := map[string]collector.Collector{}
 	for _, c := range cfg.collectors {

@@ -1,0 +1,96 @@
+package controlplane
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/netinspect/netinspect/test/netns"
+)
+
+// KubeProxyOptions configures StartKubeProxy.
+type KubeProxyOptions struct {
+	// NodeName is the Node kube-proxy serves (--hostname-override). The Node
+	// must exist with an InternalIP (CreateNode) for rules to be programmed.
+	NodeName string
+	// Mode is "iptables" or "nftables".
+	Mode string
+	// ClusterCIDR is the pod range, comma-separated for dual-stack
+	// (default 10.244.0.0/16,fd00:10:244::/56).
+	ClusterCIDR string
+	// ExtraArgs are appended to the command line.
+	ExtraArgs []string
+}
+
+// KubeProxy is a kube-proxy running in a test's network namespace.
+type KubeProxy struct {
+	NS  *netns.NS
+	Log string
+	pr  *process
+}
+
+// StartKubeProxy runs the real kube-proxy inside ns against the primary API
+// server and waits until its healthz answers (rules may take another sync
+// period to appear; poll for them). It programs rules only in ns: conntrack
+// sysctls are left alone (--conntrack-max-per-core=0, timeouts 0). It is
+// stopped when the test ends.
+func (cp *ControlPlane) StartKubeProxy(t testing.TB, ns *netns.NS, o KubeProxyOptions) *KubeProxy {
+	t.Helper()
+	bin := Binary(t, "kube-proxy")
+	if o.Mode == "" {
+		o.Mode = "iptables"
+	}
+	if o.ClusterCIDR == "" {
+		o.ClusterCIDR = "10.244.0.0/16,fd00:10:244::/56"
+	}
+	kubeconfig := cp.KubeconfigIn(t, ns)
+	dir := t.TempDir()
+	args := []string{
+		"--kubeconfig=" + kubeconfig,
+		"--hostname-override=" + o.NodeName,
+		"--proxy-mode=" + o.Mode,
+		"--cluster-cidr=" + o.ClusterCIDR,
+		"--conntrack-max-per-core=0",
+		"--conntrack-min=0",
+		"--conntrack-tcp-timeout-established=0s",
+		"--conntrack-tcp-timeout-close-wait=0s",
+		"--healthz-bind-address=127.0.0.1:10256",
+		"--metrics-bind-address=127.0.0.1:10249",
+		"--oom-score-adj=0",
+		"--iptables-sync-period=5s",
+		"--iptables-min-sync-period=0s",
+		"-v=2",
+	}
+	args = append(args, o.ExtraArgs...)
+	pr := startIn(t, t, ns, dir, "kube-proxy", bin, args...)
+	kp := &KubeProxy{NS: ns, Log: pr.log, pr: pr}
+
+	client := &http.Client{Transport: &http.Transport{DialContext: DialerIn(ns.Path())}, Timeout: 2 * time.Second}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if !pr.running() {
+			t.Fatalf("kube-proxy exited during start-up:\n%s", pr.tail())
+		}
+		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://127.0.0.1:10249/metrics", nil)
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return kp
+			}
+			err = fmt.Errorf("status %s", resp.Status)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kube-proxy metrics endpoint not up after 60 s: %v\n%s", err, pr.tail())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Stop stops kube-proxy (it leaves its rules in place, as on a node).
+func (kp *KubeProxy) Stop() { kp.pr.stop() }
+
+// Tail returns the end of kube-proxy's log, for failure messages.
+func (kp *KubeProxy) Tail() string { return kp.pr.tail() }
