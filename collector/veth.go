@@ -34,7 +34,8 @@ const (
 	// netlink socket opened in it) and reading its end of the veth pair.
 	VethMethodNetNS = "netns"
 	// VethMethodRoute maps by the node's /32 and /128 routes through a veth
-	// (Calico, Cilium, kindnet and other point-to-point plugins).
+	// (Calico, kindnet, Cilium with endpoint routes, and other point-to-point
+	// plugins).
 	VethMethodRoute = "route"
 	// VethMethodFDB maps by the bridge's neighbour table and forwarding
 	// database (flannel, the bridge plugin): IP -> MAC -> bridge port.
@@ -208,6 +209,8 @@ type vethScan struct {
 	// cause a rescan every RetryInterval forever.
 	noAddr map[vethKey]int
 	retry  bool
+	// interrupted: a dump changed while it was read; rescan next time.
+	interrupted bool
 }
 
 // Update implements Collector.
@@ -220,6 +223,12 @@ func (c *Veth) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
 
 	links, err := h.LinkList()
 	c.roundTrips.Add(1)
+	if errors.Is(err, netlink.ErrDumpInterrupted) {
+		// The link list changed during the dump (NLM_F_DUMP_INTR), so it
+		// may miss a veth: read it once more.
+		links, err = h.LinkList()
+		c.roundTrips.Add(1)
+	}
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return fmt.Errorf("list the node's links: %w", err)
 	}
@@ -303,7 +312,7 @@ func (c *Veth) needScan(veths []hostVeth, now time.Time) bool {
 		}
 	}
 	age := now.Sub(s.at)
-	return age >= c.cfg.RescanInterval || (s.retry && age >= c.cfg.RetryInterval)
+	return s.interrupted || age >= c.cfg.RescanInterval || (s.retry && age >= c.cfg.RetryInterval)
 }
 
 // rescan builds a new mapping with every enabled method.
@@ -336,12 +345,12 @@ func (c *Veth) rescan(ctx context.Context, h *netlink.Handle, veths []hostVeth, 
 	}
 	if len(veths) > 0 {
 		if c.methods[VethMethodRoute] {
-			if err := c.scanRoutes(h, byIndex, record); err != nil {
+			if err := c.scanRoutes(s, h, byIndex, record); err != nil {
 				return nil, err
 			}
 		}
 		if c.methods[VethMethodFDB] {
-			if err := c.scanFDB(h, veths, byIndex, record); err != nil {
+			if err := c.scanFDB(s, h, veths, byIndex, record); err != nil {
 				return nil, err
 			}
 		}
@@ -353,11 +362,11 @@ func (c *Veth) rescan(ctx context.Context, h *netlink.Handle, veths []hostVeth, 
 	}
 	s.noAddr = map[vethKey]int{}
 	for _, v := range veths {
-		any := false
+		hasAddr := false
 		for _, end := range s.found[v.index] {
-			any = any || len(end.ips) > 0
+			hasAddr = hasAddr || len(end.ips) > 0
 		}
-		if any {
+		if hasAddr {
 			continue
 		}
 		n := 1
@@ -375,9 +384,10 @@ func (c *Veth) rescan(ctx context.Context, h *netlink.Handle, veths []hostVeth, 
 // scanRoutes finds the host routes of single addresses (/32, /128) that go
 // straight out of a veth, with no gateway: point-to-point plugins install one
 // per pod address.
-func (c *Veth) scanRoutes(h *netlink.Handle, byIndex map[int]*hostVeth, record func(int, string, podEnd)) error {
+func (c *Veth) scanRoutes(s *vethScan, h *netlink.Handle, byIndex map[int]*hostVeth, record func(int, string, podEnd)) error {
 	routes, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	c.roundTrips.Add(1)
+	s.interrupted = s.interrupted || errors.Is(err, netlink.ErrDumpInterrupted)
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return fmt.Errorf("list the node's routes: %w", err)
 	}
@@ -406,7 +416,7 @@ func (c *Veth) scanRoutes(h *netlink.Handle, byIndex map[int]*hostVeth, record f
 // traffic taught them and age out (neighbours within minutes, learned FDB
 // entries after the bridge's ageing time, 300 s by default), so this is the
 // fallback.
-func (c *Veth) scanFDB(h *netlink.Handle, veths []hostVeth, byIndex map[int]*hostVeth, record func(int, string, podEnd)) error {
+func (c *Veth) scanFDB(s *vethScan, h *netlink.Handle, veths []hostVeth, byIndex map[int]*hostVeth, record func(int, string, podEnd)) error {
 	bridges := map[int]bool{}
 	for _, v := range veths {
 		if v.master != 0 {
@@ -418,6 +428,7 @@ func (c *Veth) scanFDB(h *netlink.Handle, veths []hostVeth, byIndex map[int]*hos
 	}
 	fdb, err := h.NeighList(0, unix.AF_BRIDGE)
 	c.roundTrips.Add(1)
+	s.interrupted = s.interrupted || errors.Is(err, netlink.ErrDumpInterrupted)
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return fmt.Errorf("list the bridge forwarding database: %w", err)
 	}
@@ -440,6 +451,7 @@ func (c *Veth) scanFDB(h *netlink.Handle, veths []hostVeth, byIndex map[int]*hos
 	}
 	neighs, err := h.NeighList(0, netlink.FAMILY_ALL)
 	c.roundTrips.Add(1)
+	s.interrupted = s.interrupted || errors.Is(err, netlink.ErrDumpInterrupted)
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return fmt.Errorf("list the node's neighbours: %w", err)
 	}

@@ -21,8 +21,9 @@ import (
 // dump every scrape needs (the kernel's and the netlink library's share);
 // cached is a scrape reusing the mapping (the steady state); rescan rebuilds
 // the mapping by every method (a scrape right after a pod came or went);
-// rescan-procfs does so finding the namespaces through procfs alone (no
-// bind mounts). roundtrips/op counts netlink request/response exchanges.
+// rescan-route-fdb rebuilds it without entering any namespace (methods
+// route and fdb only). roundtrips/op counts netlink request/response
+// exchanges.
 func BenchmarkVethScrape(b *testing.B) {
 	const pods = 250
 	tp := topology.New(b)
@@ -43,8 +44,8 @@ func BenchmarkVethScrape(b *testing.B) {
 	for _, name := range tp.Pods() {
 		ix.SetPod(kube.PodInfo{Namespace: testNamespace, Name: name, Node: testNode, IPs: tp.Pod(name).IPs()})
 	}
-	newC := func(netnsDir string) *Veth {
-		c, err := NewVeth(VethConfig{NetNS: tp.Node.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc", NetNS: netnsDir}, Index: ix})
+	newC := func(methods ...string) *Veth {
+		c, err := NewVeth(VethConfig{NetNS: tp.Node.FD(), Methods: methods}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc", NetNS: tp.NetNSDir}, Index: ix})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -62,7 +63,7 @@ func BenchmarkVethScrape(b *testing.B) {
 		return n
 	}
 	// 250 pods x (1 info + 8 counters) + unmapped + age.
-	if n := scrape(newC(tp.NetNSDir)); n != pods*9+2 {
+	if n := scrape(newC()); n != pods*9+2 {
 		b.Fatalf("one scrape sent %d metrics, want %d", n, pods*9+2)
 	}
 
@@ -79,9 +80,9 @@ func BenchmarkVethScrape(b *testing.B) {
 		}
 		b.ReportMetric(1, "roundtrips/op")
 	})
-	run := func(name, netnsDir string, rescan bool) {
+	run := func(name string, rescan bool, methods ...string) {
 		b.Run(name, func(b *testing.B) {
-			c := newC(netnsDir)
+			c := newC(methods...)
 			scrape(c)
 			c.roundTrips.Store(0)
 			for b.Loop() {
@@ -95,7 +96,7 @@ func BenchmarkVethScrape(b *testing.B) {
 			b.ReportMetric(float64(c.roundTrips.Load())/float64(b.N), "roundtrips/op")
 		})
 	}
-	run("cached", tp.NetNSDir, false)
-	run("rescan", tp.NetNSDir, true)
-	run("rescan-procfs", "", true)
+	run("cached", false)
+	run("rescan", true)
+	run("rescan-route-fdb", true, VethMethodRoute, VethMethodFDB)
 }

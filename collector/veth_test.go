@@ -412,7 +412,7 @@ func TestVethChurn(t *testing.T) {
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	var scrapes, maxPods int
+	var scrapes, maxPods, failed int
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -429,8 +429,15 @@ func TestVethChurn(t *testing.T) {
 			}
 			scrapes++
 			for _, mf := range mfs {
-				if mf.GetName() == "netinspect_pod_interface_info" {
+				switch mf.GetName() {
+				case "netinspect_pod_interface_info":
 					maxPods = max(maxPods, len(mf.GetMetric()))
+				case "netinspect_scrape_collector_success":
+					// Namespaces and links vanishing mid-scan are skipped,
+					// not errors.
+					if v := mf.GetMetric()[0].GetGauge().GetValue(); v != 1 {
+						failed++
+					}
 				}
 			}
 		}
@@ -462,6 +469,9 @@ func TestVethChurn(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	t.Logf("%d scrapes during the churn; at most %d pod interfaces at once", scrapes, maxPods)
+	if failed > 0 {
+		t.Errorf("%d of %d scrapes during the churn failed", failed, scrapes)
+	}
 	if maxPods <= 7 {
 		t.Errorf("no churn pod was ever mapped during the churn (max %d interfaces)", maxPods)
 	}
