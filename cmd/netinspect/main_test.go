@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -348,7 +349,6 @@ func grepLines(s, sub string) string {
 // bad start (CONTRACT.md: 2 for bad flags with usage, 1 for other start-up
 // errors with a message saying what to fix).
 func TestBinaryStartupErrors(t *testing.T) {
-	bin := binary(t)
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -371,24 +371,36 @@ func TestBinaryStartupErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			var out bytes.Buffer
-			cmd := exec.CommandContext(ctx, bin, tt.args...)
-			cmd.Stdout, cmd.Stderr = &out, &out
-			err := cmd.Run()
-			code := cmd.ProcessState.ExitCode()
-			if err != nil && code == -1 {
-				t.Fatalf("run: %v", err)
-			}
+			out, code := runBinary(t, tt.args...)
 			if code != tt.wantCode {
-				t.Errorf("exit status %d, want %d\n%s", code, tt.wantCode, out.String())
+				t.Errorf("exit status %d, want %d\n%s", code, tt.wantCode, out)
 			}
-			if !tt.wantMsg.MatchString(out.String()) {
-				t.Errorf("output does not match %q:\n%s", tt.wantMsg, out.String())
+			if !tt.wantMsg.MatchString(out) {
+				t.Errorf("output does not match %q:\n%s", tt.wantMsg, out)
 			}
 		})
 	}
+}
+
+// runBinary runs the binary to completion (bounded) and returns its output
+// and exit status.
+func runBinary(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, binary(t), args...).CombinedOutput()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("run %v: %v", args, err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("run %v: still running after 20s", args)
+	}
+	code := 0
+	if ee != nil {
+		code = ee.ExitCode()
+	}
+	return string(out), code
 }
 
 func TestHelpExitsZero(t *testing.T) {
