@@ -41,6 +41,9 @@ vet:
 
 fuzz:
 	$(GO) test ./collector -run '^$$' -fuzz '^FuzzParseProcConntrackStat$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./collector -run '^$$' -fuzz '^FuzzDecodeNFTRule$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./collector/rules -run '^$$' -fuzz '^FuzzParseIPTablesSave$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./collector/rules -run '^$$' -fuzz '^FuzzParseNFTChainName$$' -fuzztime $(FUZZTIME)
 
 bench:
 	$(GO) test ./... -run '^$$' -bench . -benchmem

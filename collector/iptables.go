@@ -106,12 +106,14 @@ func NewIPTables(cfg IPTablesConfig, deps Deps) *IPTables {
 	return c
 }
 
-// Start starts the background listing; it stops when ctx is done.
-func (c *IPTables) Start(ctx context.Context) {
+// Start implements Starter: it starts the background listing, which
+// stops when ctx is done. Later calls do nothing.
+func (c *IPTables) Start(ctx context.Context) error {
 	c.startOnce.Do(func() {
 		ctx, c.stop = context.WithCancel(ctx)
 		c.refresher.Start(ctx)
 	})
+	return nil
 }
 
 // Close stops the background listing and waits for it to end.
@@ -127,7 +129,7 @@ func (c *IPTables) Close() {
 func (c *IPTables) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
 	// Without a Start hook from the caller, the first scrape starts the
 	// refresher; it runs until Close.
-	c.Start(context.Background())
+	_ = c.Start(context.Background())
 	c.refresher.Kick()
 	s := c.refresher.Snapshot()
 	if s == nil {
@@ -138,14 +140,8 @@ func (c *IPTables) Update(ctx context.Context, ch chan<- prometheus.Metric) erro
 		ch <- prometheus.MustNewConstMetric(c.refreshDuration, prometheus.GaugeValue, s.Duration.Seconds(), IPTablesName)
 	}
 	if st := s.Value; st != nil {
-		ch <- prometheus.MustNewConstMetric(c.mode, prometheus.GaugeValue, 1, st.mode)
-		for _, f := range st.families {
-			for _, r := range f.rules {
-				ch <- prometheus.MustNewConstMetric(c.rules, prometheus.GaugeValue, float64(r.n), f.family, r.table, r.chain)
-			}
-			for _, e := range f.endpoints {
-				ch <- prometheus.MustNewConstMetric(c.endpoints, prometheus.GaugeValue, float64(e.n), f.family, e.namespace, e.service, e.port)
-			}
+		for _, m := range st.metrics {
+			ch <- m
 		}
 	}
 	if s.Err != nil {
@@ -163,6 +159,8 @@ type iptablesState struct {
 	backend  string
 	mode     string
 	families []iptablesFamily
+	// metrics are built by the refresher, so a scrape only sends them.
+	metrics []prometheus.Metric
 }
 
 type iptablesFamily struct {
@@ -208,6 +206,10 @@ func (c *IPTables) list(ctx context.Context) (*iptablesState, error) {
 	for i, family := range []string{"ipv4", "ipv6"} {
 		bin, err := c.saveCommand(backend, i)
 		if err != nil {
+			if i == 1 {
+				// No ip6tables-save: list IPv4 only.
+				continue
+			}
 			return nil, err
 		}
 		out, err := c.run(ctx, bin)
@@ -243,6 +245,15 @@ func (c *IPTables) list(ctx context.Context) (*iptablesState, error) {
 		}
 	}
 	st.mode = c.detectMode(natV4, filterTables)
+	st.metrics = append(st.metrics, prometheus.MustNewConstMetric(c.mode, prometheus.GaugeValue, 1, st.mode))
+	for _, f := range st.families {
+		for _, r := range f.rules {
+			st.metrics = append(st.metrics, prometheus.MustNewConstMetric(c.rules, prometheus.GaugeValue, float64(r.n), f.family, r.table, r.chain))
+		}
+		for _, e := range f.endpoints {
+			st.metrics = append(st.metrics, prometheus.MustNewConstMetric(c.endpoints, prometheus.GaugeValue, float64(e.n), f.family, e.namespace, e.service, e.port))
+		}
+	}
 	return st, nil
 }
 
@@ -303,10 +314,12 @@ func (c *IPTables) detectBackend(ctx context.Context) (string, error) {
 			}
 		}
 	}
-	if nftErr != nil {
+	if nftErr != nil || !nftOK {
+		// Without nf_tables loaded nothing uses the nft backend, and
+		// listing it would load the module.
 		return "legacy", nil
 	}
-	if legRules > 0 && nftOK {
+	if legRules > 0 {
 		if out, err := c.run(ctx, nftBin); err == nil {
 			if rs, err := rules.ParseIPTablesSave(out); err == nil {
 				nftRules = countRules(rs)
@@ -539,3 +552,8 @@ func (c *IPTables) serviceHashes() map[string]kube.ServicePortRef {
 	}
 	return out
 }
+
+var (
+	_ Starter = (*IPTables)(nil)
+	_ Starter = (*NFTables)(nil)
+)

@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -96,7 +98,7 @@ func rulesDiff(t *testing.T, what string, got, want map[string]float64) {
 // after and satisfies ok.
 func rulesWaitRefresh(t testing.TB, c *IPTables, after time.Time, ok func(*iptablesState) bool) *iptablesState {
 	t.Helper()
-	c.Start(t.Context())
+	_ = c.Start(t.Context())
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
 		c.refresher.Kick()
@@ -158,19 +160,35 @@ func rulesKernelCounts(t testing.TB, ns *netns.NS, backend, family, table string
 
 var sepTarget = regexp.MustCompile(`-j (KUBE-SEP-[A-Z2-7]{16})`)
 
+// rulesSvcPort is one service port whose endpoint count a test checks.
+type rulesSvcPort struct {
+	Namespace, Name, PortName, Protocol string
+	Port                                int
+}
+
+func rulesSvcPorts(svcs []fixture.Service) []rulesSvcPort {
+	var out []rulesSvcPort
+	for _, s := range svcs {
+		out = append(out, rulesSvcPort{s.Namespace, s.Name, s.PortName, s.Protocol, s.Port})
+	}
+	return out
+}
+
 // rulesKernelEndpoints counts the distinct KUBE-SEP targets of a service's
-// KUBE-SVC chain with `iptables -t nat -S <chain>`.
-func rulesKernelEndpoints(t testing.TB, ns *netns.NS, backend, family string, s fixture.Service) int {
+// KUBE-SVC and KUBE-SVL chains with `iptables -t nat -S <chain>`.
+func rulesKernelEndpoints(t testing.TB, ns *netns.NS, backend, family string, s rulesSvcPort) int {
 	t.Helper()
 	bin := map[string]string{"ipv4": "iptables", "ipv6": "ip6tables"}[family] + "-" + backend
-	chain := rules.PrefixSVC + rules.PortProtoHash(rules.ServicePortName(s.Namespace, s.Name, s.PortName), s.Protocol)
-	out, err := ns.Run(bin, "-w", "5", "-t", "nat", "-S", chain)
-	if err != nil {
-		return 0 // no chain: kube-proxy rejects the service
-	}
+	hash := rules.PortProtoHash(rules.ServicePortName(s.Namespace, s.Name, s.PortName), s.Protocol)
 	seen := map[string]bool{}
-	for _, m := range sepTarget.FindAllStringSubmatch(out, -1) {
-		seen[m[1]] = true
+	for _, prefix := range []string{rules.PrefixSVC, rules.PrefixSVL} {
+		out, err := ns.Run(bin, "-w", "5", "-t", "nat", "-S", prefix+hash)
+		if err != nil {
+			continue // no chain: kube-proxy rejects the service
+		}
+		for _, m := range sepTarget.FindAllStringSubmatch(out, -1) {
+			seen[m[1]] = true
+		}
 	}
 	return len(seen)
 }
@@ -198,7 +216,7 @@ func rulesTestServices(family int) []fixture.Service {
 
 // rulesExpectIPTables builds the expected iptables samples from the
 // kernel's own listing.
-func rulesExpectIPTables(t testing.TB, ns *netns.NS, backend string, svcs map[string][]fixture.Service) map[string]float64 {
+func rulesExpectIPTables(t testing.TB, ns *netns.NS, backend string, svcs map[string][]rulesSvcPort) map[string]float64 {
 	t.Helper()
 	want := map[string]float64{}
 	for _, family := range []string{"ipv4", "ipv6"} {
@@ -252,6 +270,9 @@ func TestIPTablesCollector(t *testing.T) {
 			}
 			ns := netns.New(t, "ipt"+backend)
 			svcs := map[string][]fixture.Service{"ipv4": rulesTestServices(4), "ipv6": rulesTestServices(6)}
+			ports := func() map[string][]rulesSvcPort {
+				return map[string][]rulesSvcPort{"ipv4": rulesSvcPorts(svcs["ipv4"]), "ipv6": rulesSvcPorts(svcs["ipv6"])}
+			}
 			rulesRestore(t, ns, backend, 4, fixture.IPTablesRestore(svcs["ipv4"], 4))
 			rulesRestore(t, ns, backend, 6, fixture.IPTablesRestore(svcs["ipv6"], 6))
 			before := rulesSnapshotText(t, ns)
@@ -266,7 +287,7 @@ func TestIPTablesCollector(t *testing.T) {
 
 			got := rulesGather(t, c)
 			rulesDiff(t, "iptables series", rulesSelect(got, "netinspect_iptables_rules", "netinspect_iptables_service_endpoints"),
-				rulesExpectIPTables(t, ns, backend, svcs))
+				rulesExpectIPTables(t, ns, backend, ports()))
 			rulesDiff(t, "mode", rulesSelect(got, "netinspect_kube_proxy_mode_info"),
 				map[string]float64{`netinspect_kube_proxy_mode_info{mode="iptables"}`: 1})
 			if v := got[`netinspect_rules_last_refresh_timestamp_seconds{source="iptables"}`]; v <= 0 {
@@ -292,7 +313,7 @@ func TestIPTablesCollector(t *testing.T) {
 			rulesWaitRefresh(t, c, time.Now(), nil)
 			before = rulesSnapshotText(t, ns)
 			got = rulesGather(t, c)
-			want := rulesExpectIPTables(t, ns, backend, svcs)
+			want := rulesExpectIPTables(t, ns, backend, ports())
 			rulesDiff(t, "after endpoint change", rulesSelect(got, "netinspect_iptables_rules", "netinspect_iptables_service_endpoints"), want)
 			if v := got[`netinspect_iptables_service_endpoints{family="ipv4",namespace="ns1",port="http",service="svc-0"}`]; v != 3 {
 				t.Errorf("svc-0 endpoints after the change = %v, want 3", v)
@@ -320,8 +341,13 @@ func TestIPTablesModeDetection(t *testing.T) {
 		t.Cleanup(c.Close)
 		return c
 	}
+	before := rulesSnapshotText(t, ns)
 	if st := rulesWaitRefresh(t, newC(), time.Time{}, nil); st.mode != ModeNone {
 		t.Errorf("empty netns: mode %q, want none", st.mode)
+	}
+	// Listing an empty namespace creates no table in either backend.
+	if after := rulesSnapshotText(t, ns); after != before {
+		t.Errorf("listing an empty namespace changed it:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 
 	// nftables mode: kube-proxy's own table.
@@ -385,7 +411,7 @@ func TestIPTablesNoIPTablesSave(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
 	c := NewIPTables(IPTablesConfig{RefreshInterval: time.Hour}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
 	defer c.Close()
-	c.Start(t.Context())
+	_ = c.Start(t.Context())
 	deadline := time.Now().Add(time.Minute)
 	for c.refresher.Snapshot() == nil && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -395,3 +421,30 @@ func TestIPTablesNoIPTablesSave(t *testing.T) {
 		t.Fatalf("Update without iptables-save: %v, want ErrNoData", err)
 	}
 }
+
+func TestNFTablesLoaded(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		modules *string // nil: no modules file (kernel without modules)
+		want    bool
+	}{
+		{"no module support", nil, true},
+		{"loaded first", rulesStrPtr("nf_tables 360448 500 nft_chain_nat, Live 0x0\nx_tables 1 2 - Live 0x0\n"), true},
+		{"loaded later", rulesStrPtr("x_tables 1 2 - Live 0x0\nnf_tables 360448 500 - Live 0x0\n"), true},
+		{"not loaded", rulesStrPtr("ip_tables 1 2 - Live 0x0\nnf_tables_set_x 1 0 - Live 0x0\n"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if tc.modules != nil {
+				if err := os.WriteFile(filepath.Join(dir, "modules"), []byte(*tc.modules), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := nfTablesLoaded(dir); got != tc.want {
+				t.Errorf("nfTablesLoaded = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func rulesStrPtr(s string) *string { return &s }

@@ -80,7 +80,7 @@ func NewNFTables(cfg NFTablesConfig, deps Deps) *NFTables {
 			"Rules in kube-proxy's nftables table.",
 			[]string{"family", "table"}, nil),
 		endpoints: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "nftables", "service_endpoints"),
-			"Endpoint chains kube-proxy's nftables table holds for a service port; 0 for a service port in no-endpoint-services.",
+			"Endpoints the service chain of a service port balances over in kube-proxy's nftables table (numgen modulus, or 1 for a single dnat); 0 for a service port in no-endpoint-services.",
 			[]string{"family", "namespace", "service", "port"}, nil),
 		lastRefresh: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "rules", "last_refresh_timestamp_seconds"),
 			"When the rules of the source were last listed successfully (Unix time).",
@@ -93,12 +93,14 @@ func NewNFTables(cfg NFTablesConfig, deps Deps) *NFTables {
 	return c
 }
 
-// Start starts the background listing; it stops when ctx is done.
-func (c *NFTables) Start(ctx context.Context) {
+// Start implements Starter: it starts the background listing, which
+// stops when ctx is done. Later calls do nothing.
+func (c *NFTables) Start(ctx context.Context) error {
 	c.startOnce.Do(func() {
 		ctx, c.stop = context.WithCancel(ctx)
 		c.refresher.Start(ctx)
 	})
+	return nil
 }
 
 // Close stops the background listing and waits for it to end.
@@ -112,7 +114,7 @@ func (c *NFTables) Close() {
 
 // Update implements Collector. It reads the latest snapshot only.
 func (c *NFTables) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
-	c.Start(context.Background())
+	_ = c.Start(context.Background())
 	c.refresher.Kick()
 	s := c.refresher.Snapshot()
 	if s == nil {
@@ -123,17 +125,8 @@ func (c *NFTables) Update(ctx context.Context, ch chan<- prometheus.Metric) erro
 		ch <- prometheus.MustNewConstMetric(c.refreshDuration, prometheus.GaugeValue, s.Duration.Seconds(), NFTablesName)
 	}
 	if st := s.Value; st != nil {
-		for _, f := range st.families {
-			for _, m := range f.maps {
-				ch <- prometheus.MustNewConstMetric(c.mapElements, prometheus.GaugeValue, float64(m.n), f.family, nftKubeProxyTable, m.name)
-			}
-			for _, kind := range rules.NFTChainKinds {
-				ch <- prometheus.MustNewConstMetric(c.chains, prometheus.GaugeValue, float64(f.chains[kind]), f.family, nftKubeProxyTable, kind)
-			}
-			ch <- prometheus.MustNewConstMetric(c.rules, prometheus.GaugeValue, float64(f.rules), f.family, nftKubeProxyTable)
-			for _, e := range f.endpoints {
-				ch <- prometheus.MustNewConstMetric(c.endpoints, prometheus.GaugeValue, float64(e.n), f.family, e.namespace, e.service, e.port)
-			}
+		for _, m := range st.metrics {
+			ch <- m
 		}
 	}
 	if s.Err != nil {
@@ -150,6 +143,8 @@ func (c *NFTables) Update(ctx context.Context, ch chan<- prometheus.Metric) erro
 
 type nftState struct {
 	families []nftFamily
+	// metrics are built by the refresher, so a scrape only sends them.
+	metrics []prometheus.Metric
 }
 
 type nftFamily struct {
@@ -214,6 +209,18 @@ func (c *NFTables) list(ctx context.Context) (*nftState, error) {
 		}
 		st.families = append(st.families, f)
 	}
+	for _, f := range st.families {
+		for _, m := range f.maps {
+			st.metrics = append(st.metrics, prometheus.MustNewConstMetric(c.mapElements, prometheus.GaugeValue, float64(m.n), f.family, nftKubeProxyTable, m.name))
+		}
+		for _, kind := range rules.NFTChainKinds {
+			st.metrics = append(st.metrics, prometheus.MustNewConstMetric(c.chains, prometheus.GaugeValue, float64(f.chains[kind]), f.family, nftKubeProxyTable, kind))
+		}
+		st.metrics = append(st.metrics, prometheus.MustNewConstMetric(c.rules, prometheus.GaugeValue, float64(f.rules), f.family, nftKubeProxyTable))
+		for _, e := range f.endpoints {
+			st.metrics = append(st.metrics, prometheus.MustNewConstMetric(c.endpoints, prometheus.GaugeValue, float64(e.n), f.family, e.namespace, e.service, e.port))
+		}
+	}
 	return st, nil
 }
 
@@ -232,15 +239,8 @@ func (c *NFTables) listTable(ctx context.Context, conn *nftables.Conn, table *nf
 		}
 		p := rules.ParseNFTChainName(ch.Name)
 		f.chains[p.Kind]++
-		switch p.Kind {
-		case rules.NFTKindEndpoint:
-			if p.ServicePort != "" {
-				endpoints[p.ServicePort]++
-			}
-		case rules.NFTKindService:
-			if p.ServicePort != "" {
-				endpoints[p.ServicePort] += 0
-			}
+		if p.Kind == rules.NFTKindService && p.ServicePort != "" {
+			endpoints[p.ServicePort] += 0
 		}
 	}
 	if err := ctx.Err(); err != nil {
@@ -292,9 +292,17 @@ func (c *NFTables) listTable(ctx context.Context, conn *nftables.Conn, table *nf
 	}
 	sort.Slice(f.maps, func(i, j int) bool { return f.maps[i].name < f.maps[j].name })
 
-	f.rules, err = countNFTRules(c.cfg.NetNS, table, ctx)
+	var chainRules map[string]nftChainRules
+	f.rules, chainRules, err = nftRuleStats(ctx, c.cfg.NetNS, table)
 	if err != nil {
 		return f, fmt.Errorf("count rules of %s: %w", where, err)
+	}
+	// A service port's endpoints are those its service- chain balances
+	// over; local- chains (traffic policy Local) hold a subset.
+	for chain, r := range chainRules {
+		if p := rules.ParseNFTChainName(chain); p.Kind == rules.NFTKindService && p.ServicePort != "" {
+			endpoints[p.ServicePort] = r.endpoints()
+		}
 	}
 
 	var unnamedFromIndex map[[2]string]string
@@ -313,12 +321,11 @@ func (c *NFTables) listTable(ctx context.Context, conn *nftables.Conn, table *nf
 	eps := map[serviceEndpoints]int{}
 	seen := map[string]bool{}
 	for sp, n := range endpoints {
-		ns, svc, proto, port, ok := rules.SplitNFTServicePort(sp)
+		ns, svc, _, port, ok := rules.SplitNFTServicePort(sp)
 		if !ok {
 			continue
 		}
 		seen[rules.ServicePortName(ns, svc, port)] = true
-		_ = proto
 		eps[serviceEndpoints{namespace: ns, service: svc, port: portLabel(ns, svc, port, unnamedPorts[sp])}] += n
 	}
 	for name, number := range noEndpoints {
@@ -389,25 +396,53 @@ func unnamedIndexPorts(ix *kube.Index) map[[2]string]string {
 	return out
 }
 
-// countNFTRules counts the rules of a table with one netlink dump
-// (NFT_MSG_GETRULE filtered by table), without decoding their expressions:
-// google/nftables lists rules per chain only, and decodes every expression.
-func countNFTRules(netnsFD int, table *nftables.Table, ctx context.Context) (int, error) {
+// nftChainRules is what the rules of one per-service chain say about its
+// endpoints.
+type nftChainRules struct {
+	// modulus is the largest "numgen random mod N" of the chain's rules:
+	// kube-proxy balances over N endpoints with it.
+	modulus uint32
+	// nat is set when a rule DNATs (a service port with one endpoint is a
+	// single "dnat to ip:port" without numgen).
+	nat bool
+}
+
+// endpoints is the number of endpoints the chain balances over.
+func (r nftChainRules) endpoints() int {
+	switch {
+	case r.modulus > 0:
+		return int(r.modulus)
+	case r.nat:
+		return 1
+	}
+	return 0
+}
+
+// nftRuleStats counts the rules of a table with one netlink dump
+// (NFT_MSG_GETRULE filtered by table) and, for per-service chains (names
+// with a "/"), finds the numgen modulus and nat expressions. It walks the
+// attributes itself: google/nftables lists rules one chain at a time and
+// decodes every expression into objects.
+//
+// kube-proxy 1.37 puts a service's endpoints into its service chain
+// ("dnat to numgen random mod N map { 0 : ip . port, ... }"); only
+// endpoints with session affinity get endpoint- chains of their own.
+func nftRuleStats(ctx context.Context, netnsFD int, table *nftables.Table) (int, map[string]nftChainRules, error) {
 	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netnsFD})
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer conn.Close()
 	if deadline, ok := ctx.Deadline(); ok {
 		if err := conn.SetDeadline(deadline); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 	}
 	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
 		{Type: unix.NFTA_RULE_TABLE, Data: []byte(table.Name + "\x00")},
 	})
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	// nfgenmsg: family, version, resource id.
 	hdr := []byte{byte(table.Family), unix.NFNETLINK_V0, 0, 0}
@@ -419,13 +454,83 @@ func countNFTRules(netnsFD int, table *nftables.Table, ctx context.Context) (int
 		Data: append(hdr, attrs...),
 	})
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	n := 0
+	chains := map[string]nftChainRules{}
 	for _, m := range msgs {
-		if m.Header.Type == netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWRULE) {
-			n++
+		if m.Header.Type != netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWRULE) || len(m.Data) < 4 {
+			continue
+		}
+		n++
+		chain, stats, err := decodeNFTRule(m.Data[4:])
+		if err != nil {
+			return 0, nil, fmt.Errorf("decode rule: %w", err)
+		}
+		if !strings.Contains(chain, "/") {
+			continue
+		}
+		cur := chains[chain]
+		cur.modulus = max(cur.modulus, stats.modulus)
+		cur.nat = cur.nat || stats.nat
+		chains[chain] = cur
+	}
+	return n, chains, nil
+}
+
+// decodeNFTRule reads a rule's chain and, from its expressions, numgen
+// moduli and nat (include/uapi/linux/netfilter/nf_tables.h).
+func decodeNFTRule(b []byte) (string, nftChainRules, error) {
+	var chain string
+	var st nftChainRules
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return "", st, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_RULE_CHAIN:
+			chain = ad.String()
+		case unix.NFTA_RULE_EXPRESSIONS:
+			ad.Nested(func(list *netlink.AttributeDecoder) error {
+				for list.Next() {
+					if list.Type() != unix.NFTA_LIST_ELEM {
+						continue
+					}
+					list.Nested(func(e *netlink.AttributeDecoder) error {
+						var name string
+						var data []byte
+						for e.Next() {
+							switch e.Type() {
+							case unix.NFTA_EXPR_NAME:
+								name = e.String()
+							case unix.NFTA_EXPR_DATA:
+								data = e.Bytes()
+							}
+						}
+						switch name {
+						case "nat":
+							st.nat = true
+						case "numgen":
+							nd, err := netlink.NewAttributeDecoder(data)
+							if err != nil {
+								return err
+							}
+							nd.ByteOrder = binary.BigEndian
+							for nd.Next() {
+								if nd.Type() == unix.NFTA_NG_MODULUS {
+									st.modulus = max(st.modulus, nd.Uint32())
+								}
+							}
+							return nd.Err()
+						}
+						return e.Err()
+					})
+				}
+				return list.Err()
+			})
 		}
 	}
-	return n, nil
+	return chain, st, ad.Err()
 }

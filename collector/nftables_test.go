@@ -2,16 +2,21 @@ package collector
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/mdlayher/netlink"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/netinspect/netinspect/collector/rules/fixture"
 	"github.com/netinspect/netinspect/test/netns"
@@ -19,6 +24,8 @@ import (
 )
 
 func errorsIsNoData(err error) bool { return errors.Is(err, ErrNoData) }
+
+var numgenMod = regexp.MustCompile(`"numgen":\s*\{[^}]*"mod":\s*(\d+)`)
 
 func rulesNFTLoad(t testing.TB, ns *netns.NS, text []byte) {
 	t.Helper()
@@ -53,8 +60,9 @@ func rulesNFTExpect(t testing.TB, ns *netns.NS, unnamed map[string]string) map[s
 		for _, obj := range doc.Nftables {
 			for typ, raw := range obj {
 				var o struct {
-					Name string            `json:"name"`
-					Elem []json.RawMessage `json:"elem"`
+					Name  string            `json:"name"`
+					Chain string            `json:"chain"`
+					Elem  []json.RawMessage `json:"elem"`
 				}
 				_ = json.Unmarshal(raw, &o)
 				switch typ {
@@ -64,15 +72,28 @@ func rulesNFTExpect(t testing.TB, ns *netns.NS, unnamed map[string]string) map[s
 						kind, _, _ = strings.Cut(o.Name, "-")
 					}
 					kinds[kind]++
-					if kind == "endpoint" || kind == "service" {
-						// <kind>-<HASH8>-<ns>/<svc>/<proto>/<port>[__<ep>]
-						base := o.Name[len(kind)+10:]
-						base, _, _ = strings.Cut(base, "__")
-						eps[base] += map[bool]int{true: 1}[kind == "endpoint"]
+					if kind == "service" {
+						// service-<HASH8>-<ns>/<svc>/<proto>/<port>
+						eps[o.Name[len("service-")+9:]] += 0
 					}
 				case "rule":
 					rules++
+					// A service chain balances over "numgen random mod N"
+					// endpoints, or DNATs to its only one.
+					if strings.HasPrefix(o.Chain, "service-") && strings.Contains(o.Chain, "/") {
+						base := o.Chain[len("service-")+9:]
+						n := 0
+						if m := numgenMod.FindSubmatch(raw); m != nil {
+							n, _ = strconv.Atoi(string(m[1]))
+						} else if strings.Contains(string(raw), `"dnat"`) {
+							n = 1
+						}
+						eps[base] = max(eps[base], n)
+					}
 				case "set", "map":
+					if strings.HasPrefix(o.Name, "affinity-") {
+						continue // per-endpoint sets are not exported
+					}
 					want[fmt.Sprintf(`netinspect_nftables_map_elements{family=%q,map=%q,table="kube-proxy"}`, fam.label, o.Name)] = float64(len(o.Elem))
 				}
 			}
@@ -95,7 +116,7 @@ func rulesNFTExpect(t testing.TB, ns *netns.NS, unnamed map[string]string) map[s
 
 func rulesNFTWait(t testing.TB, c *NFTables, after time.Time) *nftState {
 	t.Helper()
-	c.Start(t.Context())
+	_ = c.Start(t.Context())
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
 		c.refresher.Kick()
@@ -175,4 +196,65 @@ func TestNFTablesAbsent(t *testing.T) {
 	if !errorsIsNoData(err) {
 		t.Fatalf("Update without a kube-proxy table: %v, want ErrNoData", err)
 	}
+}
+
+// rulesNFTRuleMsg builds the attributes of an NFT_MSG_NEWRULE message as
+// the kernel sends them: chain name and expressions (numgen, nat).
+func rulesNFTRuleMsg(t testing.TB, chain string, modulus uint32, nat bool) []byte {
+	t.Helper()
+	expr := func(name string, data []byte) netlink.Attribute {
+		b, err := netlink.MarshalAttributes([]netlink.Attribute{
+			{Type: unix.NFTA_EXPR_NAME, Data: []byte(name + "\x00")},
+			{Type: unix.NFTA_EXPR_DATA | unix.NLA_F_NESTED, Data: data},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return netlink.Attribute{Type: unix.NFTA_LIST_ELEM | unix.NLA_F_NESTED, Data: b}
+	}
+	var exprs []netlink.Attribute
+	if modulus > 0 {
+		ng, _ := netlink.MarshalAttributes([]netlink.Attribute{
+			{Type: unix.NFTA_NG_DREG, Data: binary.BigEndian.AppendUint32(nil, 1)},
+			{Type: unix.NFTA_NG_MODULUS, Data: binary.BigEndian.AppendUint32(nil, modulus)},
+		})
+		exprs = append(exprs, expr("numgen", ng))
+	}
+	if nat {
+		exprs = append(exprs, expr("nat", nil))
+	}
+	list, err := netlink.MarshalAttributes(exprs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_RULE_TABLE, Data: []byte("kube-proxy\x00")},
+		{Type: unix.NFTA_RULE_CHAIN, Data: []byte(chain + "\x00")},
+		{Type: unix.NFTA_RULE_EXPRESSIONS | unix.NLA_F_NESTED, Data: list},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestDecodeNFTRule(t *testing.T) {
+	for _, tc := range []struct {
+		modulus   uint32
+		nat       bool
+		endpoints int
+	}{{3, true, 3}, {0, true, 1}, {0, false, 0}, {2, false, 2}} {
+		chain, st, err := decodeNFTRule(rulesNFTRuleMsg(t, "service-X-a/b/tcp/p", tc.modulus, tc.nat))
+		if err != nil || chain != "service-X-a/b/tcp/p" || st.endpoints() != tc.endpoints {
+			t.Errorf("modulus %d nat %v: chain %q endpoints %d err %v, want %d", tc.modulus, tc.nat, chain, st.endpoints(), err, tc.endpoints)
+		}
+	}
+}
+
+func FuzzDecodeNFTRule(f *testing.F) {
+	f.Add(rulesNFTRuleMsg(f, "service-X-a/b/tcp/p", 2, true))
+	f.Add(rulesNFTRuleMsg(f, "endpoint-X-a/b/tcp/p__10.0.0.1/80", 0, true))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _, _ = decodeNFTRule(b) // must not panic
+	})
 }

@@ -284,8 +284,10 @@ func TestBinaryWithoutConntrackCollector(t *testing.T) {
 	ns := netns.New(t, "e2e-off")
 	e := startExporter(t, ns, nil, "--no-collector.conntrack")
 	_, body := e.get(t, ns, "/metrics")
-	if strings.Contains(body, "netinspect_conntrack_") || strings.Contains(body, `collector="conntrack"`) {
-		t.Errorf("conntrack series exposed with --no-collector.conntrack:\n%s", grepLines(body, "conntrack"))
+	for _, series := range []string{"netinspect_conntrack_entries", "netinspect_conntrack_stat_", `collector="conntrack"}`} {
+		if strings.Contains(body, series) {
+			t.Errorf("%s exposed with --no-collector.conntrack:\n%s", series, grepLines(body, series))
+		}
 	}
 	sample(t, body, "netinspect_build_info{goversion=\""+goVersion(t)+"\",revision=\"e2e\",version=\"test\"}")
 }
