@@ -5,7 +5,6 @@ GO        ?= go
 BIN       := bin/netinspect
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
-LDFLAGS   := -s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)
 RUN_ARGS  ?= --log.format=console
 # Each fuzz target runs this long in `make test`.
 FUZZTIME  ?= 15s
@@ -14,8 +13,9 @@ FUZZTIME  ?= 15s
 
 all: build
 
+# The same script the Dockerfile's build stage runs: a static binary.
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/netinspect
+	VERSION=$(VERSION) REVISION=$(REVISION) ./deploy/image/build.sh $(BIN)
 
 # Without a kubeconfig or in-cluster config, Kubernetes enrichment is off and
 # the node's own metrics are served. Run as root for netlink (CAP_NET_ADMIN);

@@ -6,3 +6,6 @@ cd "$(dirname "$0")/.."
 
 # etcd, kube-apiserver, kube-proxy from the Go module proxy (tools/).
 bash test/controlplane/build.sh
+
+# helm, for the chart tests in deploy/.
+bash deploy/helm/install-helm.sh

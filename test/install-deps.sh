@@ -10,6 +10,8 @@ packages=(
 	nftables      # nft
 	util-linux    # setpriv: run the exporter without CAP_NET_ADMIN
 	procps        # sysctl
+	prometheus              # promtool and Prometheus for alerts/ and test/e2e
+	prometheus-alertmanager # Alertmanager for test/e2e
 )
 
 missing=()
@@ -27,3 +29,8 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The tests start their own Prometheus and Alertmanager on loopback inside
+# network namespaces; the packaged services must not run beside them.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+	systemctl disable --now prometheus prometheus-alertmanager prometheus-node-exporter 2>/dev/null || true
+fi

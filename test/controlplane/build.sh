@@ -43,3 +43,5 @@ kube_ldflags+=" -X k8s.io/component-base/version.gitMajor=$kube_major -X k8s.io/
 kube_ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
 build "$root/tools/kube" k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$kube_version" "$kube_ldflags"
 build "$root/tools/kube" k8s.io/kubernetes/cmd/kube-proxy kube-proxy "$kube_version" "$kube_ldflags"
+# kubectl renders deploy/ with kustomize and server-side dry-runs it.
+build "$root/tools/kube" k8s.io/kubernetes/cmd/kubectl kubectl "$kube_version" "$kube_ldflags"

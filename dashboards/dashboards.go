@@ -1,0 +1,272 @@
+// Package dashboards defines netinspect's Grafana dashboards as code and
+// renders them to the JSON files next to this source (cluster.json,
+// node.json), which are what operators import. `go test ./dashboards
+// -update` rewrites the files; the test fails when they differ from the code.
+//
+// Conventions (Grafana's dashboard-linter rules): a `datasource` template
+// variable used by every panel and target, `$__rate_interval` in every rate,
+// a unit on every panel, a stable uid, editable false, and `job`/`instance`
+// variables (the monitors in deploy/monitoring set `instance` to the node
+// name).
+package dashboards
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// Panel is one dashboard panel.
+type Panel struct {
+	Title       string
+	Description string
+	Type        string // timeseries, table, bargauge, stat
+	Unit        string
+	Targets     []Target
+	W, H        int
+	// Instant makes table and bargauge targets instant queries.
+	Instant bool
+}
+
+// Target is one PromQL query of a panel.
+type Target struct {
+	Expr   string
+	Legend string
+}
+
+// Dashboard is one Grafana dashboard.
+type Dashboard struct {
+	File        string // file name next to this package
+	UID, Title  string
+	Description string
+	// NodeVariable adds the instance variable (one node).
+	NodeVariable bool
+	Panels       []Panel
+}
+
+const (
+	sel     = `job=~"$job"`
+	nodeSel = `job=~"$job",instance=~"$instance"`
+)
+
+// All returns every dashboard.
+func All() []Dashboard { return []Dashboard{cluster(), node()} }
+
+func cluster() Dashboard {
+	ratio := fmt.Sprintf(`netinspect_conntrack_entries{%[1]s} / netinspect_conntrack_entries_limit{%[1]s}`, sel)
+	return Dashboard{
+		File: "cluster.json", UID: "netinspect-cluster", Title: "netinspect / Cluster",
+		Description: "Node networking across the cluster: conntrack usage against the limit, drops, kube-proxy rules and IPVS backends.",
+		Panels: []Panel{
+			{Title: "Conntrack usage per node", Type: "timeseries", Unit: "percentunit", W: 12, H: 8,
+				Description: "Entries in each node's conntrack table over its limit (nf_conntrack_max). At 100% new connections are dropped.",
+				Targets:     []Target{{Expr: ratio, Legend: "{{instance}}"}}},
+			{Title: "Nodes nearest full", Type: "bargauge", Unit: "percentunit", W: 12, H: 8, Instant: true,
+				Description: "The ten nodes whose conntrack tables are fullest.",
+				Targets:     []Target{{Expr: "topk(10, " + ratio + ")", Legend: "{{instance}}"}}},
+			{Title: "Conntrack entries and limit, all nodes", Type: "timeseries", Unit: "short", W: 12, H: 8,
+				Description: "Sum of entries and of limits over all nodes.",
+				Targets: []Target{
+					{Expr: fmt.Sprintf(`sum(netinspect_conntrack_entries{%s})`, sel), Legend: "entries"},
+					{Expr: fmt.Sprintf(`sum(netinspect_conntrack_entries_limit{%s})`, sel), Legend: "limit"},
+				}},
+			{Title: "Conntrack drops and failures per node", Type: "timeseries", Unit: "pps", W: 12, H: 8,
+				Description: "Packets dropped because the table was full, entries evicted early to make room, and failed inserts.",
+				Targets: []Target{
+					{Expr: fmt.Sprintf(`sum by (instance) (rate(netinspect_conntrack_stat_drop_total{%s}[$__rate_interval]))`, sel), Legend: "drop {{instance}}"},
+					{Expr: fmt.Sprintf(`sum by (instance) (rate(netinspect_conntrack_stat_early_drop_total{%s}[$__rate_interval]))`, sel), Legend: "early_drop {{instance}}"},
+					{Expr: fmt.Sprintf(`sum by (instance) (rate(netinspect_conntrack_stat_insert_failed_total{%s}[$__rate_interval]))`, sel), Legend: "insert_failed {{instance}}"},
+				}},
+			{Title: "kube-proxy rules per node", Type: "timeseries", Unit: "short", W: 12, H: 8,
+				Description: "Rules in kube-proxy's iptables nat chains and nftables table per node; nodes that lag behind the others have stale rules.",
+				Targets: []Target{
+					{Expr: fmt.Sprintf(`sum by (instance) (netinspect_iptables_rules{%s,table="nat"})`, sel), Legend: "iptables {{instance}}"},
+					{Expr: fmt.Sprintf(`sum by (instance) (netinspect_nftables_rules{%s})`, sel), Legend: "nftables {{instance}}"},
+				}},
+			{Title: "Service ports in the rules per node", Type: "timeseries", Unit: "short", W: 12, H: 8,
+				Description: "Service ports kube-proxy programmed on each node (iptables or nftables); all nodes should agree.",
+				Targets: []Target{
+					{Expr: fmt.Sprintf(`count by (instance) (netinspect_iptables_service_endpoints{%s})`, sel), Legend: "iptables {{instance}}"},
+					{Expr: fmt.Sprintf(`count by (instance) (netinspect_nftables_service_endpoints{%s})`, sel), Legend: "nftables {{instance}}"},
+				}},
+			{Title: "kube-proxy mode", Type: "table", Unit: "none", W: 8, H: 8, Instant: true,
+				Description: "The mode kube-proxy runs in on each node, from the rules present.",
+				Targets:     []Target{{Expr: fmt.Sprintf(`count by (mode) (netinspect_kube_proxy_mode_info{%s})`, sel), Legend: "{{mode}}"}}},
+			{Title: "Rules snapshot age", Type: "timeseries", Unit: "s", W: 8, H: 8,
+				Description: "Seconds since each node last listed kube-proxy's rules; alerts at 5 minutes.",
+				Targets:     []Target{{Expr: fmt.Sprintf(`time() - netinspect_rules_last_refresh_timestamp_seconds{%s}`, sel), Legend: "{{source}} {{instance}}"}}},
+			{Title: "IPVS services without a usable backend", Type: "table", Unit: "none", W: 8, H: 8, Instant: true,
+				Description: "IPVS virtual servers (kube-proxy ipvs mode) with no backend of weight above 0.",
+				Targets: []Target{{Expr: fmt.Sprintf(
+					`netinspect_ipvs_service_connections_total{%[1]s} unless on (job, instance, protocol, address, port) netinspect_ipvs_backend_weight{%[1]s} > 0`, sel),
+					Legend: "{{namespace}}/{{service}} {{instance}}"}}},
+			{Title: "IPVS backends per service", Type: "timeseries", Unit: "short", W: 12, H: 8,
+				Description: "Backends with weight above 0, per Service, summed over nodes.",
+				Targets:     []Target{{Expr: fmt.Sprintf(`count by (namespace, service) (netinspect_ipvs_backend_weight{%s} > 0)`, sel), Legend: "{{namespace}}/{{service}}"}}},
+			{Title: "Collectors succeeding", Type: "timeseries", Unit: "short", W: 12, H: 8,
+				Description: "Nodes on which each collector succeeded; a collector whose kernel feature a node lacks reports 0 there.",
+				Targets: []Target{
+					{Expr: fmt.Sprintf(`sum by (collector) (netinspect_scrape_collector_success{%s})`, sel), Legend: "{{collector}}"},
+					{Expr: fmt.Sprintf(`count(up{%s} == 1)`, sel), Legend: "exporters up"},
+				}},
+		},
+	}
+}
+
+func node() Dashboard {
+	return Dashboard{
+		File: "node.json", UID: "netinspect-node", Title: "netinspect / Node",
+		Description:  "One node: conntrack table, who fills it, pod traffic through veths, kube-proxy rules and IPVS.",
+		NodeVariable: true,
+		Panels: []Panel{
+			{Title: "Conntrack entries and limit", Type: "timeseries", Unit: "short", W: 12, H: 8,
+				Targets: []Target{
+					{Expr: fmt.Sprintf(`netinspect_conntrack_entries{%s}`, nodeSel), Legend: "entries"},
+					{Expr: fmt.Sprintf(`netinspect_conntrack_entries_limit{%s}`, nodeSel), Legend: "limit"},
+				}},
+			{Title: "Conntrack usage", Type: "stat", Unit: "percentunit", W: 6, H: 8,
+				Targets: []Target{{Expr: fmt.Sprintf(`netinspect_conntrack_entries{%[1]s} / netinspect_conntrack_entries_limit{%[1]s}`, nodeSel), Legend: "usage"}}},
+			{Title: "Conntrack headroom", Type: "stat", Unit: "short", W: 6, H: 8,
+				Description: "Entries the table can still take.",
+				Targets:     []Target{{Expr: fmt.Sprintf(`netinspect_conntrack_entries_limit{%[1]s} - netinspect_conntrack_entries{%[1]s}`, nodeSel), Legend: "headroom"}}},
+			{Title: "Conntrack events", Type: "timeseries", Unit: "ops", W: 12, H: 8,
+				Description: "Inserts, drops (table full), early drops (evictions), failed inserts and untrackable packets per second.",
+				Targets: []Target{
+					{Expr: fmt.Sprintf(`sum without (cpu) (rate(netinspect_conntrack_stat_insert_total{%s}[$__rate_interval]))`, nodeSel), Legend: "insert"},
+					{Expr: fmt.Sprintf(`sum without (cpu) (rate(netinspect_conntrack_stat_drop_total{%s}[$__rate_interval]))`, nodeSel), Legend: "drop"},
+					{Expr: fmt.Sprintf(`sum without (cpu) (rate(netinspect_conntrack_stat_early_drop_total{%s}[$__rate_interval]))`, nodeSel), Legend: "early_drop"},
+					{Expr: fmt.Sprintf(`sum without (cpu) (rate(netinspect_conntrack_stat_insert_failed_total{%s}[$__rate_interval]))`, nodeSel), Legend: "insert_failed"},
+					{Expr: fmt.Sprintf(`sum without (cpu) (rate(netinspect_conntrack_stat_invalid_total{%s}[$__rate_interval]))`, nodeSel), Legend: "invalid"},
+				}},
+			{Title: "Pods by conntrack entries", Type: "bargauge", Unit: "short", W: 12, H: 8, Instant: true,
+				Description: "The pods of this node with the most conntrack entries (as client, or as backend after DNAT).",
+				Targets:     []Target{{Expr: fmt.Sprintf(`topk(20, sum by (namespace, pod) (netinspect_conntrack_pod_entries{%s}))`, nodeSel), Legend: "{{namespace}}/{{pod}}"}}},
+			{Title: "Services by conntrack entries", Type: "bargauge", Unit: "short", W: 12, H: 8, Instant: true,
+				Targets: []Target{{Expr: fmt.Sprintf(`topk(20, sum by (namespace, service) (netinspect_conntrack_service_entries{%s}))`, nodeSel), Legend: "{{namespace}}/{{service}}"}}},
+			{Title: "Pods by traffic received", Type: "timeseries", Unit: "Bps", W: 12, H: 8,
+				Targets: []Target{{Expr: fmt.Sprintf(`topk(10, sum by (namespace, pod) (rate(netinspect_pod_network_receive_bytes_total{%s}[$__rate_interval])))`, nodeSel), Legend: "{{namespace}}/{{pod}}"}}},
+			{Title: "Pods by traffic sent", Type: "timeseries", Unit: "Bps", W: 12, H: 8,
+				Targets: []Target{{Expr: fmt.Sprintf(`topk(10, sum by (namespace, pod) (rate(netinspect_pod_network_transmit_bytes_total{%s}[$__rate_interval])))`, nodeSel), Legend: "{{namespace}}/{{pod}}"}}},
+			{Title: "Pod drops on veths", Type: "timeseries", Unit: "pps", W: 12, H: 8,
+				Targets: []Target{
+					{Expr: fmt.Sprintf(`sum by (namespace, pod) (rate(netinspect_pod_network_receive_dropped_total{%s}[$__rate_interval])) > 0`, nodeSel), Legend: "rx {{namespace}}/{{pod}}"},
+					{Expr: fmt.Sprintf(`sum by (namespace, pod) (rate(netinspect_pod_network_transmit_dropped_total{%s}[$__rate_interval])) > 0`, nodeSel), Legend: "tx {{namespace}}/{{pod}}"},
+				}},
+			{Title: "veth to pod map", Type: "table", Unit: "none", W: 12, H: 8, Instant: true,
+				Description: "Each host veth and the pod interface it belongs to; unmapped veths are counted separately.",
+				Targets: []Target{
+					{Expr: fmt.Sprintf(`netinspect_pod_interface_info{%s}`, nodeSel), Legend: "{{host_interface}}"},
+					{Expr: fmt.Sprintf(`netinspect_veth_unmapped{%s}`, nodeSel), Legend: "unmapped"},
+				}},
+			{Title: "kube-proxy rules by chain", Type: "table", Unit: "none", W: 12, H: 8, Instant: true,
+				Targets: []Target{
+					{Expr: fmt.Sprintf(`netinspect_iptables_rules{%s}`, nodeSel), Legend: "{{family}} {{table}} {{chain}}"},
+					{Expr: fmt.Sprintf(`netinspect_nftables_rules{%s}`, nodeSel), Legend: "{{family}} {{table}}"},
+				}},
+			{Title: "kube-proxy mode and rules age", Type: "table", Unit: "s", W: 12, H: 8, Instant: true,
+				Targets: []Target{
+					{Expr: fmt.Sprintf(`netinspect_kube_proxy_mode_info{%s}`, nodeSel), Legend: "{{mode}}"},
+					{Expr: fmt.Sprintf(`time() - netinspect_rules_last_refresh_timestamp_seconds{%s}`, nodeSel), Legend: "{{source}}"},
+				}},
+			{Title: "IPVS backends", Type: "table", Unit: "none", W: 12, H: 8, Instant: true,
+				Targets: []Target{{Expr: fmt.Sprintf(`netinspect_ipvs_backend_weight{%s}`, nodeSel), Legend: "{{address}}:{{port}} -> {{backend_address}}:{{backend_port}}"}}},
+			{Title: "Collector success", Type: "table", Unit: "none", W: 12, H: 8, Instant: true,
+				Description: "1 when the collector succeeded on the last scrape; 0 also when the node lacks its kernel feature.",
+				Targets:     []Target{{Expr: fmt.Sprintf(`netinspect_scrape_collector_success{%s}`, nodeSel), Legend: "{{collector}}"}}},
+			{Title: "Collector duration", Type: "timeseries", Unit: "s", W: 12, H: 8,
+				Targets: []Target{{Expr: fmt.Sprintf(`netinspect_scrape_collector_duration_seconds{%s}`, nodeSel), Legend: "{{collector}}"}}},
+		},
+	}
+}
+
+// Queries returns every PromQL expression of d, in panel order.
+func (d Dashboard) Queries() []string {
+	var qs []string
+	for _, p := range d.Panels {
+		for _, t := range p.Targets {
+			qs = append(qs, t.Expr)
+		}
+	}
+	return qs
+}
+
+type obj = map[string]any
+
+var datasourceRef = obj{"type": "prometheus", "uid": "${datasource}"}
+
+// JSON renders d as a Grafana dashboard (schema 39), indented, with a final
+// newline.
+func (d Dashboard) JSON() ([]byte, error) {
+	vars := []any{
+		obj{"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+			"current": obj{}, "hide": 0, "refresh": 1, "regex": "", "options": []any{}},
+		queryVar("job", "Job", `label_values(netinspect_build_info, job)`, true),
+	}
+	if d.NodeVariable {
+		vars = append(vars, queryVar("instance", "Node", `label_values(netinspect_build_info{job=~"$job"}, instance)`, false))
+	}
+	panels := make([]any, 0, len(d.Panels))
+	x, y, rowH := 0, 0, 0
+	for i, p := range d.Panels {
+		if x+p.W > 24 {
+			x, y, rowH = 0, y+rowH, 0
+		}
+		targets := make([]any, 0, len(p.Targets))
+		for j, t := range p.Targets {
+			tj := obj{"datasource": datasourceRef, "expr": t.Expr, "legendFormat": t.Legend, "refId": string(rune('A' + j))}
+			if p.Instant {
+				tj["instant"], tj["range"], tj["format"] = true, false, "table"
+			}
+			targets = append(targets, tj)
+		}
+		panels = append(panels, obj{
+			"id": i + 1, "type": p.Type, "title": p.Title, "description": p.Description,
+			"datasource":  datasourceRef,
+			"gridPos":     obj{"x": x, "y": y, "w": p.W, "h": p.H},
+			"fieldConfig": obj{"defaults": obj{"unit": p.Unit}, "overrides": []any{}},
+			"options":     obj{},
+			"targets":     targets,
+		})
+		x += p.W
+		rowH = max(rowH, p.H)
+	}
+	dash := obj{
+		"uid": d.UID, "title": d.Title, "description": d.Description,
+		"tags": []string{"netinspect", "kubernetes", "networking"}, "editable": false,
+		"schemaVersion": 39, "version": 1, "graphTooltip": 1, "timezone": "utc", "refresh": "30s",
+		"time":        obj{"from": "now-6h", "to": "now"},
+		"templating":  obj{"list": vars},
+		"annotations": obj{"list": []any{}},
+		"links":       []any{},
+		"panels":      panels,
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(dash); err != nil {
+		return nil, fmt.Errorf("render dashboard %s: %w", d.UID, err)
+	}
+	return buf.Bytes(), nil
+}
+
+func queryVar(name, label, query string, multi bool) obj {
+	return obj{
+		"name": name, "label": label, "type": "query", "datasource": datasourceRef,
+		"query":      obj{"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+		"definition": query, "refresh": 2, "sort": 1, "hide": 0,
+		"multi": multi, "includeAll": multi, "current": obj{}, "options": []any{},
+	}
+}
+
+// Expand replaces Grafana's variables in expr: $__rate_interval with
+// rateInterval and $<name> with vars[name], for running a panel's query
+// outside Grafana (tests, the e2e Prometheus).
+func Expand(expr, rateInterval string, vars map[string]string) string {
+	out := strings.ReplaceAll(expr, "$__rate_interval", rateInterval)
+	for k, v := range vars {
+		out = strings.ReplaceAll(out, "$"+k, v)
+	}
+	return out
+}

@@ -1,0 +1,17 @@
+{{- define "netinspect.labels" -}}
+app.kubernetes.io/name: netinspect
+{{- end }}
+
+{{- define "netinspect.probe" -}}
+{{- if .Values.web.basicAuth }}
+tcpSocket:
+  port: metrics
+{{- else }}
+httpGet:
+  path: {{ .path }}
+  port: metrics
+  {{- if .Values.web.tls }}
+  scheme: HTTPS
+  {{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,53 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/netinspect/netinspect/dashboards"
+)
+
+// needsFeature lists, by metric name prefix, the series the test node cannot
+// have and why. A dashboard query that returns nothing must use one of them.
+var needsFeature = map[string]string{
+	"netinspect_ipvs_":                        "IPVS: the test kernel has no ip_vs, and no kube-proxy runs in ipvs mode",
+	"netinspect_nftables_":                    "kube-proxy in nftables mode: the test node's kube-proxy runs in iptables mode",
+	"netinspect_conntrack_pod_entries":        "conntrack-attribution collector (not in the binary yet) and pods on the node",
+	"netinspect_conntrack_service_entries":    "conntrack-attribution collector (not in the binary yet) and Services",
+	"netinspect_pod_network_receive_dropped":  "drops on a pod's veth (the query keeps only rates above 0)",
+	"netinspect_pod_network_transmit_dropped": "drops on a pod's veth (the query keeps only rates above 0)",
+}
+
+// checkDashboardQueries runs every dashboard query against the e2e
+// Prometheus: each returns data, or uses a metric listed in needsFeature.
+func checkDashboardQueries(t *testing.T, n *node) {
+	vars := map[string]string{"job": "netinspect", "instance": exporterAddr}
+	var withData, without int
+	for _, d := range dashboards.All() {
+		for _, q := range d.Queries() {
+			expr := dashboards.Expand(q, "1m", vars)
+			s, err := query(n, expr)
+			if err != nil {
+				t.Errorf("%s: %v", d.File, err)
+				continue
+			}
+			if len(s) > 0 {
+				withData++
+				continue
+			}
+			without++
+			reason := ""
+			for prefix, why := range needsFeature {
+				if strings.Contains(expr, prefix) {
+					reason = why
+				}
+			}
+			if reason == "" {
+				t.Errorf("%s: query returned no data and needs no feature the test node lacks: %s", d.File, expr)
+				continue
+			}
+			t.Logf("%s: no data (needs %s): %s", d.File, reason, expr)
+		}
+	}
+	t.Logf("dashboard queries: %d returned data, %d need a feature the test node lacks", withData, without)
+}

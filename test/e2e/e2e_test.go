@@ -1,0 +1,518 @@
+// Package e2e runs netinspect with real Prometheus and Alertmanager (the
+// Debian packages) against a real kernel: a network namespace plays the node,
+// the exporter built by deploy/image/build.sh runs in it, Prometheus scrapes
+// it with the project's rules (alerts/netinspect.rules.yml, `for:` shortened),
+// and Alertmanager delivers to a webhook receiver served by this test inside
+// the same namespace. Everything listens on that namespace's loopback, so the
+// test touches nothing of the host's network.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/netinspect/netinspect/test/controlplane"
+	"github.com/netinspect/netinspect/test/ctfill"
+	"github.com/netinspect/netinspect/test/netns"
+	"github.com/netinspect/netinspect/test/testenv"
+)
+
+const (
+	exporterAddr     = "127.0.0.1:10271"
+	prometheusAddr   = "127.0.0.1:9090"
+	alertmanagerAddr = "127.0.0.1:9093"
+
+	// shortFor replaces every alert's `for:` in the test's copy of the
+	// rules, so a condition fires within seconds instead of minutes.
+	shortFor = "3s"
+
+	// The Kubernetes view of the node: its name and address, one pod on it
+	// backing one Service that kube-proxy programs.
+	nodeName = "e2e-node"
+	nodeIP   = "10.99.1.1"
+	podIP    = "10.244.1.5"
+)
+
+// node is the namespace that plays a Kubernetes node, with the exporter,
+// Prometheus, Alertmanager and a webhook receiver on its loopback.
+type node struct {
+	ns     *netns.NS
+	client *http.Client // dials inside ns
+	hooks  *webhook
+	// exporter is the netinspect process.
+	exporter *exec.Cmd
+}
+
+func TestConntrackFullAlertIsDelivered(t *testing.T) {
+	testenv.RequireRoot(t)
+	prom := testenv.RequireCommand(t, "prometheus")
+	am := lookAlertmanager(t)
+	testenv.RequireCommand(t, "promtool")
+	testenv.RequireCommand(t, "nft")
+
+	n := startNode(t, prom, am)
+
+	// Before filling: the exporter is up, its table nearly empty, no alert.
+	waitQuery(t, n, `up{job="netinspect"} == 1`, time.Minute)
+	waitQuery(t, n, `netinspect_scrape_collector_success{collector="conntrack"} == 1`, time.Minute)
+	// The exporter sees kube-proxy's rules for the Service and the pod on
+	// its node through the control plane.
+	waitQuery(t, n, `netinspect_kube_proxy_mode_info{mode="iptables"} == 1`, time.Minute)
+	waitQuery(t, n, `netinspect_iptables_service_endpoints{namespace="shop",service="web",port="http"} == 1`, time.Minute)
+	waitQuery(t, n, `netinspect_pod_info{namespace="shop",pod="web-0",node="`+nodeName+`"} == 1`, time.Minute)
+	waitQuery(t, n, `netinspect_pod_interface_info{namespace="shop",pod="web-0",host_interface="veth-web0"} == 1`, time.Minute)
+	limit := queryScalar(t, n, `netinspect_conntrack_entries_limit`)
+	if limit <= 0 {
+		t.Fatalf("netinspect_conntrack_entries_limit = %v", limit)
+	}
+	if got := n.hooks.find("NetinspectConntrackTableFull"); got != nil {
+		t.Fatalf("NetinspectConntrackTableFull delivered before the table was filled: %+v", got)
+	}
+
+	// Fill the node's table to nf_conntrack_max with assured entries, as a
+	// busy node's long-lived connections would.
+	start := time.Now()
+	created, err := ctfill.Create(n.ns.FD(), ctfill.Spec{
+		Count: int(limit), Src: netip.MustParseAddr("10.2.0.1"), Dst: netip.MustParseAddr("10.96.0.1"), DstPort: 443,
+		Assured: true,
+	})
+	if err != nil && !errors.Is(err, ctfill.ErrTableFull) {
+		t.Fatalf("fill conntrack table: created %d of %v: %v", created, limit, err)
+	}
+	t.Logf("filled the node's conntrack table with %d entries in %v", created, time.Since(start).Round(time.Millisecond))
+	filled := time.Now()
+
+	// Bound: scrape (1s) + rule evaluation (1s) + for (3s) + Alertmanager
+	// group_wait (1s), with a wide margin for a loaded machine.
+	const bound = 2 * time.Minute
+	alert := n.hooks.wait(t, "NetinspectConntrackTableFull", bound)
+	t.Logf("Alertmanager delivered NetinspectConntrackTableFull %v after the table was filled", time.Since(filled).Round(time.Millisecond))
+	for k, want := range map[string]string{"severity": "critical", "reason": "usage", "job": "netinspect", "instance": exporterAddr} {
+		if alert.Labels[k] != want {
+			t.Errorf("alert label %s = %q, want %q (labels %v)", k, alert.Labels[k], want, alert.Labels)
+		}
+	}
+	if want := "https://github.com/netinspect/netinspect/blob/main/docs/runbooks/NetinspectConntrackTableFull.md"; alert.Annotations["runbook_url"] != want {
+		t.Errorf("runbook_url = %q, want %q", alert.Annotations["runbook_url"], want)
+	}
+	if want := "The conntrack table of " + exporterAddr + " is 100% full."; !strings.HasPrefix(alert.Annotations["description"], want) {
+		t.Errorf("description = %q, want it to start with %q", alert.Annotations["description"], want)
+	}
+	if got := queryScalar(t, n, `instance:netinspect_conntrack_usage:ratio`); got != 1 {
+		t.Errorf("instance:netinspect_conntrack_usage:ratio = %v, want 1", got)
+	}
+
+	// Collectors whose feature this node lacks (no IPVS in this kernel, no
+	// kube-proxy rules) report success 0 on every scrape; they must not page.
+	for _, a := range n.hooks.all() {
+		if a.Labels["alertname"] == "NetinspectCollectorFailing" || a.Labels["alertname"] == "NetinspectDown" {
+			t.Errorf("unexpected alert delivered: %v", a.Labels)
+		}
+	}
+
+	t.Run("dashboards", func(t *testing.T) { checkDashboardQueries(t, n) })
+	logUsage(t, n.exporter.Process.Pid)
+}
+
+// logUsage logs a process's peak resident memory and CPU time so far, the
+// figures the DaemonSet's resource requests and limits are based on.
+func logUsage(t *testing.T, pid int) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Logf("exporter usage: %v", err)
+		return
+	}
+	var hwm string
+	for _, l := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(l, "VmHWM:") {
+			hwm = strings.TrimSpace(strings.TrimPrefix(l, "VmHWM:"))
+		}
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Logf("exporter usage: %v", err)
+		return
+	}
+	// Fields after the command name (which is in parentheses): utime and
+	// stime are the 12th and 13th, in clock ticks (100 per second on Linux).
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	t.Logf("exporter usage: peak RSS %s, CPU %.2fs (user+system) since start", hwm, float64(utime+stime)/100)
+}
+
+// lookAlertmanager finds Alertmanager: Debian names it prometheus-alertmanager.
+func lookAlertmanager(t *testing.T) string {
+	for _, name := range []string{"prometheus-alertmanager", "alertmanager"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	testenv.Require(t, false, "prometheus-alertmanager (or alertmanager) not found on PATH")
+	return ""
+}
+
+func startNode(t *testing.T, prom, am string) *node {
+	t.Helper()
+	ns := netns.New(t, "e2e")
+	dir := t.TempDir()
+	n := &node{ns: ns}
+	n.client = &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{DialContext: dialerIn(ns.Path()), DisableKeepAlives: true},
+	}
+
+	// The webhook receiver listens on the namespace's loopback.
+	l, err := listenIn(ns.Path(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen in %s: %v", ns.Name, err)
+	}
+	n.hooks = newWebhook(t, l)
+
+	// kube-proxy's rules make the kernel track connections in ns, and
+	// with the table full it drops every new one, the test's queries and
+	// Prometheus' scrapes included (on a real node Prometheus scrapes from
+	// elsewhere and reuses its connections). The monitoring stack's
+	// loopback traffic is exempted, as the notrack rules of a raw table do.
+	ns.MustRun("nft", "add table inet e2e_notrack")
+	ns.MustRun("nft", "add chain inet e2e_notrack pre { type filter hook prerouting priority raw ; }")
+	ns.MustRun("nft", "add rule inet e2e_notrack pre iif lo notrack")
+	ns.MustRun("nft", "add chain inet e2e_notrack out { type filter hook output priority raw ; }")
+	ns.MustRun("nft", "add rule inet e2e_notrack out oif lo notrack")
+
+	kubeconfig := startKubernetes(t, ns)
+
+	exporter := filepath.Join(dir, "netinspect")
+	build := exec.Command("../../deploy/image/build.sh", exporter)
+	build.Env = append(os.Environ(), "VERSION=e2e", "REVISION=e2e")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build exporter: %v\n%s", err, out)
+	}
+
+	rules := writeShortRules(t, dir)
+	writeFile(t, filepath.Join(dir, "prometheus.yml"), fmt.Sprintf(`
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files: [%q]
+alerting:
+  alertmanagers:
+    - static_configs: [{targets: [%q]}]
+scrape_configs:
+  - job_name: netinspect
+    static_configs: [{targets: [%q]}]
+`, rules, alertmanagerAddr, exporterAddr))
+	writeFile(t, filepath.Join(dir, "alertmanager.yml"), fmt.Sprintf(`
+route:
+  receiver: webhook
+  group_by: [alertname, instance, reason]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: webhook
+    webhook_configs:
+      - url: %q
+        send_resolved: false
+`, "http://"+l.Addr().String()+"/"))
+
+	n.exporter = startProcess(t, ns, dir, "netinspect", exporter,
+		"--web.listen-address="+exporterAddr, "--log.format=console",
+		"--kubeconfig="+kubeconfig, "--node-name="+nodeName,
+		"--collector.iptables.refresh-interval=2s", "--collector.nftables.refresh-interval=2s")
+	startProcess(t, ns, dir, "alertmanager", am,
+		"--config.file="+filepath.Join(dir, "alertmanager.yml"),
+		"--storage.path="+filepath.Join(dir, "am-data"),
+		"--web.listen-address="+alertmanagerAddr,
+		"--cluster.listen-address=")
+	startProcess(t, ns, dir, "prometheus", prom,
+		"--config.file="+filepath.Join(dir, "prometheus.yml"),
+		"--storage.tsdb.path="+filepath.Join(dir, "prom-data"),
+		"--web.listen-address="+prometheusAddr)
+	waitHTTP(t, n, "http://"+exporterAddr+"/healthz", time.Minute)
+	waitHTTP(t, n, "http://"+alertmanagerAddr+"/-/ready", time.Minute)
+	waitHTTP(t, n, "http://"+prometheusAddr+"/-/ready", time.Minute)
+	return n
+}
+
+// startKubernetes runs a real control plane (test/controlplane) and, in ns,
+// the real kube-proxy in iptables mode for a Node named nodeName with one
+// Service whose one endpoint is a pod on that node. It returns a kubeconfig
+// that works from inside ns.
+func startKubernetes(t *testing.T, ns *netns.NS) string {
+	t.Helper()
+	cp := controlplane.Start(t)
+	ns.MustRun("ip", "addr", "add", nodeIP+"/32", "dev", "lo")
+	cp.CreateNode(t, nodeName, nodeIP)
+	// The pod's network: its own namespace, joined to the node by a veth
+	// pair as a CNI plugin would, with a route to it on the node.
+	podNS := netns.New(t, "e2e-pod")
+	ns.MustRun("ip", "link", "add", "veth-web0", "type", "veth", "peer", "name", "eth0", "netns", podNS.Name)
+	ns.MustRun("ip", "link", "set", "veth-web0", "up")
+	ns.MustRun("ip", "route", "add", podIP+"/32", "dev", "veth-web0")
+	podNS.MustRun("ip", "addr", "add", podIP+"/32", "dev", "eth0")
+	podNS.MustRun("ip", "link", "set", "eth0", "up")
+	pod := cp.CreatePod(t, controlplane.PodSpec{Namespace: "shop", Name: "web-0", Node: nodeName,
+		IPs: []string{podIP}, Labels: map[string]string{"app": "web"}})
+	ports := []controlplane.ServicePort{{Name: "http", Port: 80, TargetPort: 8080, Protocol: corev1.ProtocolTCP}}
+	cp.CreateService(t, controlplane.ServiceSpec{Namespace: "shop", Name: "web", Ports: ports, Selector: map[string]string{"app": "web"}})
+	cp.CreateEndpointSlice(t, "shop", "web-1", "web", discoveryv1.AddressTypeIPv4, ports,
+		[]controlplane.Endpoint{{IP: podIP, Node: nodeName, Pod: pod.Name, PodUID: pod.UID}})
+	// StartKubeProxy already made the API server reachable from ns
+	// (KubeconfigIn; calling it again would listen on the same port twice).
+	cp.StartKubeProxy(t, ns, controlplane.KubeProxyOptions{NodeName: nodeName, Mode: "iptables"})
+	return cp.AdminKubeconfig
+}
+
+var forLine = regexp.MustCompile(`(?m)^(\s+for:\s*)\S+\s*$`)
+
+// writeShortRules copies the project's rule file with every `for:` set to
+// shortFor, checks the copy with promtool, and returns its path.
+func writeShortRules(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile("../../alerts/netinspect.rules.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alerts := bytes.Count(b, []byte("- alert: "))
+	fors := len(forLine.FindAll(b, -1))
+	if fors != alerts {
+		t.Fatalf("rules have %d alerts but %d for: lines; the shortening below assumes one each", alerts, fors)
+	}
+	path := filepath.Join(dir, "rules.yml")
+	writeFile(t, path, string(forLine.ReplaceAll(b, []byte("${1}"+shortFor))))
+	if out, err := exec.Command("promtool", "check", "rules", path).CombinedOutput(); err != nil {
+		t.Fatalf("promtool check rules on the shortened copy: %v\n%s", err, out)
+	}
+	return path
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startProcess runs argv in ns with its output in dir/<name>.log, and stops
+// it (SIGTERM, then SIGKILL after 10s) when the test ends; the log is printed
+// when the test failed.
+func startProcess(t *testing.T, ns *netns.NS, dir, name string, argv ...string) *exec.Cmd {
+	t.Helper()
+	logPath := filepath.Join(dir, name+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// `ip netns exec` execs argv after entering ns, so the PID is argv's.
+	cmd := ns.Command(context.Background(), argv...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			if len(b) > 8000 {
+				b = b[len(b)-8000:]
+			}
+			t.Logf("--- %s log (tail) ---\n%s", name, b)
+		}
+	})
+	return cmd
+}
+
+// waitHTTP polls url until it answers 200, up to timeout.
+func waitHTTP(t *testing.T, n *node, u string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		resp, err := n.client.Get(u)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			err = fmt.Errorf("status %s", resp.Status)
+		}
+		last = err
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("%s not ready after %v: %v", u, timeout, last)
+}
+
+type sample struct {
+	Metric map[string]string `json:"metric"`
+	Value  [2]any            `json:"value"`
+}
+
+// query runs an instant query against the test's Prometheus.
+func query(n *node, q string) ([]sample, error) {
+	resp, err := n.client.Get("http://" + prometheusAddr + "/api/v1/query?query=" + url.QueryEscape(q))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	var r struct {
+		Status string `json:"status"`
+		Error  string `json:"error"`
+		Data   struct {
+			ResultType string   `json:"resultType"`
+			Result     []sample `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", body, err)
+	}
+	if r.Status != "success" {
+		return nil, fmt.Errorf("query %q: %s", q, r.Error)
+	}
+	if r.Data.ResultType != "vector" {
+		return nil, fmt.Errorf("query %q: result type %s, want vector", q, r.Data.ResultType)
+	}
+	return r.Data.Result, nil
+}
+
+// waitQuery polls q until it returns at least one sample, up to timeout.
+func waitQuery(t *testing.T, n *node, q string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		s, err := query(n, q)
+		if err == nil && len(s) > 0 {
+			return
+		}
+		last = err
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("query %q returned nothing within %v (last error: %v)", q, timeout, last)
+}
+
+// queryScalar returns the value of the single sample q returns.
+func queryScalar(t *testing.T, n *node, q string) float64 {
+	t.Helper()
+	s, err := query(n, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s) != 1 {
+		t.Fatalf("query %q returned %d samples, want 1: %v", q, len(s), s)
+	}
+	str, _ := s[0].Value[1].(string)
+	v, err := strconv.ParseFloat(str, 64)
+	if err != nil {
+		t.Fatalf("query %q value %v: %v", q, s[0].Value, err)
+	}
+	return v
+}
+
+// webhook receives Alertmanager's webhook notifications.
+type webhook struct {
+	mu     sync.Mutex
+	alerts []amAlert
+	notify chan struct{}
+}
+
+type amAlert struct {
+	Status      string            `json:"status"`
+	Labels      map[string]string `json:"labels"`
+	Annotations map[string]string `json:"annotations"`
+}
+
+func newWebhook(t *testing.T, l net.Listener) *webhook {
+	w := &webhook{notify: make(chan struct{}, 1)}
+	srv := &http.Server{Handler: w, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	return w
+}
+
+func (w *webhook) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	var msg struct {
+		Alerts []amAlert `json:"alerts"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&msg); err != nil {
+		http.Error(rw, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.mu.Lock()
+	w.alerts = append(w.alerts, msg.Alerts...)
+	w.mu.Unlock()
+	select {
+	case w.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (w *webhook) all() []amAlert {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]amAlert(nil), w.alerts...)
+}
+
+func (w *webhook) find(name string) *amAlert {
+	for _, a := range w.all() {
+		if a.Labels["alertname"] == name && a.Status == "firing" {
+			return &a
+		}
+	}
+	return nil
+}
+
+// wait returns the first firing alert named name, failing after timeout.
+func (w *webhook) wait(t *testing.T, name string, timeout time.Duration) amAlert {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		if a := w.find(name); a != nil {
+			return *a
+		}
+		select {
+		case <-w.notify:
+		case <-deadline:
+			var got []string
+			for _, a := range w.all() {
+				got = append(got, fmt.Sprint(a.Labels))
+			}
+			t.Fatalf("Alertmanager did not deliver %s within %v; delivered: %v", name, timeout, got)
+		}
+	}
+}
