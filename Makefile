@@ -44,6 +44,7 @@ fuzz:
 	$(GO) test ./collector -run '^$$' -fuzz '^FuzzDecodeNFTRule$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./collector/rules -run '^$$' -fuzz '^FuzzParseIPTablesSave$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./collector/rules -run '^$$' -fuzz '^FuzzParseNFTChainName$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./collector/ctdump -run '^$$' -fuzz '^FuzzDecodeDatagram$$' -fuzztime $(FUZZTIME)
 
 bench:
 	$(GO) test ./... -run '^$$' -bench . -benchmem

@@ -25,6 +25,11 @@ type Spec struct {
 	Assured bool
 	// TimeoutSeconds keeps the entries alive for the test; 0 means 600.
 	TimeoutSeconds uint32
+	// ReplySrc, when set, makes the flows look DNATed: their reply tuple
+	// comes from ReplySrc:ReplySrcPort (the backend a Service rule chose)
+	// instead of Dst:DstPort. ReplySrcPort 0 means DstPort.
+	ReplySrc     netip.Addr
+	ReplySrcPort uint16
 }
 
 // flowsPerSource is how many source ports are used per source address.
@@ -55,7 +60,14 @@ func Flows(spec Spec) []conntrack.Flow {
 			src = src.Next()
 		}
 		port := uint16(1024 + i%flowsPerSource)
-		flows = append(flows, conntrack.NewFlow(proto, status, src, spec.Dst, port, spec.DstPort, timeout, 0))
+		f := conntrack.NewFlow(proto, status, src, spec.Dst, port, spec.DstPort, timeout, 0)
+		if spec.ReplySrc.IsValid() {
+			f.TupleReply.IP.SourceAddress = spec.ReplySrc
+			if spec.ReplySrcPort != 0 {
+				f.TupleReply.Proto.SourcePort = spec.ReplySrcPort
+			}
+		}
+		flows = append(flows, f)
 	}
 	return flows
 }

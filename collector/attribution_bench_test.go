@@ -1,0 +1,162 @@
+package collector
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"runtime"
+	"runtime/metrics"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
+	"go.uber.org/zap"
+
+	"github.com/netinspect/netinspect/collector/ctdump"
+	"github.com/netinspect/netinspect/test/netns"
+	"github.com/netinspect/netinspect/test/testenv"
+)
+
+// BenchmarkAttributionPass measures one pass of the attribution collector
+// over tables of 16,384, 65,536 and 262,144 entries (one namespace filled
+// level by level), a scrape after it, and the dump alone (counting entries,
+// no attribution), next to the baselines in the same run: `conntrack -L >
+// /dev/null` in the namespace (what an engineer runs by hand) and
+// ti-mo/conntrack's Dump (a library that materialises every flow). Besides
+// time and allocations it reports peak-heap-MiB, the largest heap (bytes in
+// heap objects, from runtime/metrics, sampled every millisecond) seen during
+// an iteration, after a GC before it.
+func BenchmarkAttributionPass(b *testing.B) {
+	testenv.RequireCommand(b, "conntrack")
+	ns := netns.New(b, "attr-bench")
+	ix := fullTableIndex()
+	filled := 0
+	for level, size := range []int{16384, 65536, 262144} {
+		perClient := (size - filled) / fullClients
+		fillFlows(b, ns, fullTableSpecs(level, perClient))
+		filled = size
+		if n := conntrackCount(b, ns); n != size {
+			b.Fatalf("conntrack -C = %d, want %d", n, size)
+		}
+
+		b.Run(fmt.Sprintf("entries=%d/pass", size), func(b *testing.B) {
+			a := NewAttribution(AttributionConfig{NetNS: ns.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+			benchHeap(b, func() {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				if err := a.Pass(ctx); err != nil {
+					b.Fatal(err)
+				}
+				if got := a.snap.Load().scanned; got != size {
+					b.Fatalf("scanned %d, want %d", got, size)
+				}
+			})
+		})
+		b.Run(fmt.Sprintf("entries=%d/scrape", size), func(b *testing.B) {
+			// What a scrape costs once a pass has finished: it serves the
+			// snapshot, so the cost follows the series, not the table.
+			a := NewAttribution(AttributionConfig{NetNS: ns.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+			if err := a.Pass(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+			benchScrape(b, a)
+		})
+		b.Run(fmt.Sprintf("entries=%d/ctdump-count-only", size), func(b *testing.B) {
+			d := ctdump.NewDumper()
+			benchHeap(b, func() {
+				n := 0
+				if _, err := d.Dump(context.Background(), ns.FD(), ctdump.FamilyAll, func(*ctdump.Entry) { n++ }); err != nil || n != size {
+					b.Fatalf("dumped %d, want %d: %v", n, size, err)
+				}
+			})
+		})
+		b.Run(fmt.Sprintf("entries=%d/baseline-conntrack-cli", size), func(b *testing.B) {
+			var childCPU time.Duration
+			defer func() { b.ReportMetric(float64(childCPU.Milliseconds())/float64(b.N), "child-cpu-ms/op") }()
+			benchHeap(b, func() {
+				// Stdout left nil is /dev/null, as in `conntrack -L > /dev/null`;
+				// stderr holds the CLI's one-line summary.
+				cmd := exec.Command("ip", "netns", "exec", ns.Name, "conntrack", "-L")
+				var stderr strings.Builder
+				cmd.Stderr = &stderr
+				if err := cmd.Run(); err != nil {
+					b.Fatalf("conntrack -L: %v: %s", err, stderr.String())
+				}
+				childCPU += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+			})
+		})
+		b.Run(fmt.Sprintf("entries=%d/baseline-timo-dump", size), func(b *testing.B) {
+			benchHeap(b, func() {
+				c, err := conntrack.Dial(&netlink.Config{NetNS: ns.FD()})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close()
+				flows, err := c.Dump(nil)
+				if err != nil || len(flows) != size {
+					b.Fatalf("dumped %d, want %d: %v", len(flows), size, err)
+				}
+			})
+		})
+	}
+}
+
+// benchHeap runs fn b.N times, each after a GC outside the timer, and
+// reports the peak heap seen during any run and the CPU time (user and
+// system, of this process) per run: on a machine shared with other work,
+// CPU time says more than wall time. For the CLI baseline the CPU time is
+// that of the child process, reported separately.
+func benchHeap(b *testing.B, fn func()) {
+	b.ReportAllocs()
+	var peak uint64
+	var cpu time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		runtime.GC()
+		stop := sampleHeap()
+		before := processCPU(b)
+		b.StartTimer()
+		fn()
+		b.StopTimer()
+		cpu += processCPU(b) - before
+		peak = max(peak, stop())
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MiB")
+	b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "cpu-ms/op")
+}
+
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// sampleHeap samples the bytes in heap objects every millisecond until the
+// returned function is called, which returns the largest sample.
+func sampleHeap() func() uint64 {
+	s := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	read := func() uint64 { metrics.Read(s); return s[0].Value.Uint64() }
+	done := make(chan struct{})
+	result := make(chan uint64, 1)
+	go func() {
+		peak := read()
+		t := time.NewTicker(time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				result <- max(peak, read())
+				return
+			case <-t.C:
+				peak = max(peak, read())
+			}
+		}
+	}()
+	return func() uint64 { close(done); return <-result }
+}

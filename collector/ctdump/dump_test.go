@@ -1,0 +1,117 @@
+package ctdump
+
+import (
+	"context"
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/netinspect/netinspect/test/ctfill"
+	"github.com/netinspect/netinspect/test/netns"
+	"github.com/netinspect/netinspect/test/testenv"
+)
+
+func fill(t testing.TB, ns *netns.NS, specs ...ctfill.Spec) {
+	t.Helper()
+	for _, s := range specs {
+		n, err := ctfill.Create(ns.FD(), s)
+		if err != nil || n != s.Count {
+			t.Fatalf("created %d of %d flows of %+v: %v", n, s.Count, s, err)
+		}
+	}
+}
+
+func TestDumpDecodesEveryEntryOfTheNamespace(t *testing.T) {
+	testenv.RequireCommand(t, "conntrack")
+	ns := netns.New(t, "ctdump")
+	specs := []ctfill.Spec{
+		{Count: 300, Src: netip.MustParseAddr("10.244.0.5"), Dst: netip.MustParseAddr("10.96.0.10"), DstPort: 53},
+		{Count: 200, Proto: 6, Src: netip.MustParseAddr("10.244.0.6"), Dst: netip.MustParseAddr("10.96.0.1"), DstPort: 443,
+			ReplySrc: netip.MustParseAddr("10.244.0.7"), ReplySrcPort: 8443},
+		{Count: 100, Src: netip.MustParseAddr("fd00:10:244::5"), Dst: netip.MustParseAddr("fd00:10:96::a"), DstPort: 53,
+			ReplySrc: netip.MustParseAddr("fd00:10:244::9")},
+	}
+	fill(t, ns, specs...)
+
+	want := map[[2]Tuple]int{}
+	total := 0
+	for _, s := range specs {
+		for _, f := range ctfill.Flows(s) {
+			k := [2]Tuple{
+				{Src: f.TupleOrig.IP.SourceAddress, Dst: f.TupleOrig.IP.DestinationAddress, SrcPort: f.TupleOrig.Proto.SourcePort, DstPort: f.TupleOrig.Proto.DestinationPort, Proto: f.TupleOrig.Proto.Protocol},
+				{Src: f.TupleReply.IP.SourceAddress, Dst: f.TupleReply.IP.DestinationAddress, SrcPort: f.TupleReply.Proto.SourcePort, DstPort: f.TupleReply.Proto.DestinationPort, Proto: f.TupleReply.Proto.Protocol},
+			}
+			want[k]++
+			total++
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	got := map[[2]Tuple]int{}
+	families := map[uint8]int{}
+	st, err := NewDumper().Dump(ctx, ns.FD(), FamilyAll, func(e *Entry) {
+		got[[2]Tuple{e.Orig, e.Reply}]++
+		families[e.Family]++
+	})
+	if err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	t.Logf("%d entries in %d datagrams", st.Entries, st.Datagrams)
+	if st.Entries != total {
+		t.Errorf("dumped %d entries, created %d", st.Entries, total)
+	}
+	for k, n := range want {
+		if got[k] != n {
+			t.Errorf("entry %+v dumped %d times, want %d", k, got[k], n)
+			break
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("dumped %d distinct entries, want %d", len(got), len(want))
+	}
+	if families[2] != 500 || families[10] != 100 {
+		t.Errorf("families = %v, want 500 AF_INET and 100 AF_INET6", families)
+	}
+
+	v6 := 0
+	st6, err := NewDumper().Dump(ctx, ns.FD(), FamilyIPv6, func(e *Entry) { v6++ })
+	if err != nil || st6.Entries != 100 || v6 != 100 {
+		t.Errorf("IPv6 dump: %d entries (%d calls), err %v; want 100", st6.Entries, v6, err)
+	}
+
+	// Read-only: the table still holds what was created.
+	if c := strings.TrimSpace(ns.MustRun("conntrack", "-C")); c != strconv.Itoa(total) {
+		t.Errorf("conntrack -C after dumps = %s, want %d", c, total)
+	}
+}
+
+func TestDumpOfAnEmptyTable(t *testing.T) {
+	ns := netns.New(t, "ctdump-empty")
+	calls := 0
+	st, err := NewDumper().Dump(context.Background(), ns.FD(), FamilyAll, func(*Entry) { calls++ })
+	if err != nil || st.Entries != 0 || calls != 0 {
+		t.Fatalf("dump of an empty table: %+v, %d calls, %v", st, calls, err)
+	}
+}
+
+func TestDumpStopsWhenCancelled(t *testing.T) {
+	ns := netns.New(t, "ctdump-cancel")
+	fill(t, ns, ctfill.Spec{Count: 2000, Src: netip.MustParseAddr("10.244.0.5"), Dst: netip.MustParseAddr("10.96.0.10"), DstPort: 53})
+	ctx, cancel := context.WithCancel(context.Background())
+	n := 0
+	_, err := NewDumper().Dump(ctx, ns.FD(), FamilyAll, func(*Entry) {
+		n++
+		if n == 10 {
+			cancel()
+		}
+	})
+	if err == nil || ctx.Err() == nil {
+		t.Fatalf("dump cancelled after 10 entries returned %v after %d entries", err, n)
+	}
+	if n >= 2000 {
+		t.Errorf("dump went on to %d entries after cancel", n)
+	}
+}
