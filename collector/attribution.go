@@ -347,7 +347,7 @@ func (a *Attribution) Update(_ context.Context, ch chan<- prometheus.Metric) err
 	}
 	s := a.current()
 	if s == nil {
-		return fmt.Errorf("no pass over the conntrack table has finished yet: %w", ErrNoData)
+		return fmt.Errorf("conntrack attribution: %w: %w", ErrNotReady, ErrNoData)
 	}
 	for _, c := range s.pods {
 		ch <- prometheus.MustNewConstMetric(a.podEntries, prometheus.GaugeValue, float64(c.entries), c.namespace, c.name, c.protocol)

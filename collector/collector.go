@@ -26,6 +26,12 @@ const Namespace = "netinspect"
 // collector reports success 0, and the reason is logged once at debug level.
 var ErrNoData = errors.New("collector returned no data")
 
+// ErrNotReady is wrapped, together with ErrNoData, by a collector that works
+// in the background (a Starter) before its first snapshot exists. To a scrape
+// it is ErrNoData; a one-shot reader (netinspect inspect) waits it out,
+// whereas plain ErrNoData means the source is absent.
+var ErrNotReady = errors.New("first background pass not finished")
+
 // Collector reads one source of node state and emits metrics for it.
 type Collector interface {
 	// Update sends the collector's metrics to ch. It must return promptly

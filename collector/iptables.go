@@ -133,7 +133,7 @@ func (c *IPTables) Update(ctx context.Context, ch chan<- prometheus.Metric) erro
 	c.refresher.Kick()
 	s := c.refresher.Snapshot()
 	if s == nil {
-		return fmt.Errorf("first iptables listing not finished yet: %w", ErrNoData)
+		return fmt.Errorf("iptables: %w: %w", ErrNotReady, ErrNoData)
 	}
 	if !s.Time.IsZero() {
 		ch <- prometheus.MustNewConstMetric(c.lastRefresh, prometheus.GaugeValue, float64(s.Time.UnixNano())/1e9, IPTablesName)

@@ -31,9 +31,22 @@ type config struct {
 	paths collector.Paths
 	kube  *kubeFlags
 
-	// enabled maps each collector's name to whether it runs, and its
+	// collectors lists every collector with whether it runs and its
 	// constructor.
 	collectors []enabledCollector
+
+	// command is "serve" (the default) or "inspect".
+	command string
+	inspect inspectFlags
+}
+
+// inspectFlags are the options of `netinspect inspect`.
+type inspectFlags struct {
+	output    string
+	namespace string
+	pod       string
+	service   string
+	timeout   time.Duration
 }
 
 type enabledCollector struct {
@@ -58,6 +71,13 @@ func parseFlags(args []string, stdout, stderr io.Writer) (cfg *config, code int,
 	cfg = &config{
 		web: kingpinflag.AddFlags(app, defaultListenAddress),
 	}
+	app.Command("serve", "Serve metrics (the default).").Default()
+	inspect := app.Command("inspect", "Print a one-shot report of this node's networking, from the same collectors, and exit.")
+	inspect.Flag("output", "Report format.").Short('o').Default("table").EnumVar(&cfg.inspect.output, "table", "json")
+	inspect.Flag("namespace", "Only pods and services of this namespace.").StringVar(&cfg.inspect.namespace)
+	inspect.Flag("pod", "Only this pod (and the services it backs).").StringVar(&cfg.inspect.pod)
+	inspect.Flag("service", "Only this service.").StringVar(&cfg.inspect.service)
+	inspect.Flag("timeout", "How long to wait for the Kubernetes cache and the first background passes (rules, attribution).").Default("30s").DurationVar(&cfg.inspect.timeout)
 	app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&cfg.metricsPath)
 	app.Flag("log.level", "Only log messages with the given severity or above: debug, info, warn, error.").Default("info").StringVar(&cfg.logLevel)
 	app.Flag("log.format", "Output format of log messages.").Default("json").EnumVar(&cfg.logFormat, "json", "console")
@@ -89,12 +109,14 @@ func parseFlags(args []string, stdout, stderr io.Writer) (cfg *config, code int,
 		}
 	}()
 
-	if _, perr := app.Parse(args); perr != nil {
+	command, perr := app.Parse(args)
+	if perr != nil {
 		fmt.Fprintf(stderr, "netinspect: %v\n\n", perr)
 		app.UsageWriter(stderr)
 		app.Usage(nil)
 		return nil, exitBadFlags, perr
 	}
+	cfg.command = command
 	return cfg, 0, nil
 }
 

@@ -42,6 +42,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if cfg == nil { // --help or --version already printed
 		return exitOK
 	}
+	if cfg.command == "inspect" {
+		if err := runInspect(ctx, cfg, stdout, stderr); err != nil {
+			fmt.Fprintf(stderr, "netinspect inspect: %v\n", err)
+			return exitStartup
+		}
+		return exitOK
+	}
 	if err := serve(ctx, cfg, stderr); err != nil {
 		fmt.Fprintf(stderr, "netinspect: %v\n", err)
 		return exitStartup

@@ -1,0 +1,347 @@
+package inspect
+
+import (
+	"cmp"
+	"slices"
+	"strconv"
+
+	"github.com/netinspect/netinspect/kube"
+)
+
+// Filter narrows the pods and services of a report. Empty fields match all.
+type Filter struct {
+	Namespace, Pod, Service string
+}
+
+func (f Filter) pod(namespace, name string) bool {
+	return (f.Namespace == "" || f.Namespace == namespace) && (f.Pod == "" || f.Pod == name)
+}
+
+func (f Filter) service(namespace, name string) bool {
+	return (f.Namespace == "" || f.Namespace == namespace) && (f.Service == "" || f.Service == name) && f.Pod == ""
+}
+
+// Report is everything `netinspect inspect` prints. Its JSON form is
+// described by inspect/report.schema.json.
+type Report struct {
+	Node          string          `json:"node"`
+	Kubernetes    string          `json:"kubernetes"`
+	KubeProxyMode string          `json:"kube_proxy_mode"`
+	Conntrack     *ConntrackUsage `json:"conntrack"`
+	Pods          []Pod           `json:"pods"`
+	Services      []Service       `json:"services"`
+	DNS           []DNSProbe      `json:"dns"`
+	Problems      []Problem       `json:"problems"`
+}
+
+// ConntrackUsage is the table's fill against its limit and who fills it.
+type ConntrackUsage struct {
+	Entries     float64            `json:"entries"`
+	Limit       float64            `json:"limit"`
+	UsageRatio  float64            `json:"usage_ratio"`
+	Source      string             `json:"source"`
+	Stats       map[string]float64 `json:"stats"`
+	TopPods     []Entries          `json:"top_pods"`
+	TopServices []Entries          `json:"top_services"`
+}
+
+// Entries is a pod's or service's share of the conntrack table.
+type Entries struct {
+	Namespace string  `json:"namespace"`
+	Name      string  `json:"name"`
+	Entries   float64 `json:"entries"`
+}
+
+// Pod is a pod of this node with its network plumbing.
+type Pod struct {
+	Namespace   string      `json:"namespace"`
+	Name        string      `json:"name"`
+	HostNetwork bool        `json:"host_network"`
+	IPs         []string    `json:"ips"`
+	Interfaces  []Interface `json:"interfaces"`
+	// ConntrackEntries is null when attribution did not run.
+	ConntrackEntries *float64 `json:"conntrack_entries"`
+}
+
+// Interface is one pod interface and its host veth.
+type Interface struct {
+	Interface     string `json:"interface"`
+	HostInterface string `json:"host_interface"`
+	Method        string `json:"method"`
+}
+
+// Service is a Service with what the kernel has programmed for it.
+type Service struct {
+	Namespace  string        `json:"namespace"`
+	Name       string        `json:"name"`
+	Type       string        `json:"type"`
+	ClusterIPs []string      `json:"cluster_ips"`
+	Ports      []ServicePort `json:"ports"`
+	// ReadyEndpoints is what the API says; null without Kubernetes.
+	ReadyEndpoints *int `json:"ready_endpoints"`
+	// IPVS is what IPVS has for the service's virtual servers; null when
+	// IPVS has none (or is not in use).
+	IPVS *IPVSState `json:"ipvs"`
+	// ConntrackEntries is null when attribution did not run.
+	ConntrackEntries *float64 `json:"conntrack_entries"`
+}
+
+// IPVSState sums the backends of a service's IPVS virtual servers.
+type IPVSState struct {
+	Backends            int     `json:"backends"`
+	ActiveConnections   float64 `json:"active_connections"`
+	InactiveConnections float64 `json:"inactive_connections"`
+}
+
+// ServicePort is one port of a service and its endpoints in each of
+// kube-proxy's backends (null where that backend has nothing for it).
+type ServicePort struct {
+	Port              string   `json:"port"`
+	IPTablesEndpoints *float64 `json:"iptables_endpoints"`
+	NFTablesEndpoints *float64 `json:"nftables_endpoints"`
+}
+
+// DNSProbe is the last result of one DNS probe.
+type DNSProbe struct {
+	Server  string `json:"server"`
+	Name    string `json:"name"`
+	Success bool   `json:"success"`
+}
+
+// Build assembles the report from the gathered metrics and the index (nil
+// when Kubernetes enrichment is off).
+func Build(node, kubeState string, index *kube.Index, fams Families, problems []Problem, f Filter) Report {
+	r := Report{
+		Node:       node,
+		Kubernetes: kubeState,
+		Pods:       []Pod{},
+		Services:   []Service{},
+		DNS:        []DNSProbe{},
+		Problems:   problems,
+	}
+	if r.Problems == nil {
+		r.Problems = []Problem{}
+	}
+	for _, s := range fams.series("netinspect_kube_proxy_mode_info") {
+		if s.value == 1 {
+			r.KubeProxyMode = s.labels["mode"]
+		}
+	}
+	r.Conntrack = conntrackUsage(fams, f)
+	r.Pods = pods(index, fams, f)
+	r.Services = services(index, fams, f)
+	for _, s := range fams.series("netinspect_dns_probe_success") {
+		r.DNS = append(r.DNS, DNSProbe{Server: s.labels["server"], Name: s.labels["name"], Success: s.value == 1})
+	}
+	slices.SortFunc(r.DNS, func(a, b DNSProbe) int { return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.Server, b.Server)) })
+	return r
+}
+
+// topN is how many pods and services the conntrack section lists.
+const topN = 5
+
+func conntrackUsage(fams Families, f Filter) *ConntrackUsage {
+	entries, ok := fams.value("netinspect_conntrack_entries")
+	if !ok {
+		return nil
+	}
+	c := &ConntrackUsage{Entries: entries, Stats: map[string]float64{}, TopPods: []Entries{}, TopServices: []Entries{}}
+	c.Limit, _ = fams.value("netinspect_conntrack_entries_limit")
+	if c.Limit > 0 {
+		c.UsageRatio = entries / c.Limit
+	}
+	for _, s := range fams.series("netinspect_conntrack_source_info") {
+		c.Source = s.labels["source"]
+	}
+	for name, mf := range fams {
+		stat, ok := statName(name)
+		if !ok {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			c.Stats[stat] += m.GetCounter().GetValue()
+		}
+	}
+	c.TopPods = top(sumBy(fams.series("netinspect_conntrack_pod_entries"), "pod", f.pod), topN)
+	c.TopServices = top(sumBy(fams.series("netinspect_conntrack_service_entries"), "service", f.service), topN)
+	return c
+}
+
+func statName(metric string) (string, bool) {
+	const prefix, suffix = "netinspect_conntrack_stat_", "_total"
+	if len(metric) <= len(prefix)+len(suffix) || metric[:len(prefix)] != prefix || metric[len(metric)-len(suffix):] != suffix {
+		return "", false
+	}
+	return metric[len(prefix) : len(metric)-len(suffix)], true
+}
+
+// sumBy sums series over their other labels, keyed by namespace and the
+// label nameLabel, keeping those keep accepts.
+func sumBy(ss []series, nameLabel string, keep func(namespace, name string) bool) []Entries {
+	sums := map[[2]string]float64{}
+	for _, s := range ss {
+		k := [2]string{s.labels["namespace"], s.labels[nameLabel]}
+		if keep(k[0], k[1]) {
+			sums[k] += s.value
+		}
+	}
+	out := make([]Entries, 0, len(sums))
+	for k, v := range sums {
+		out = append(out, Entries{Namespace: k[0], Name: k[1], Entries: v})
+	}
+	return out
+}
+
+func top(es []Entries, n int) []Entries {
+	slices.SortFunc(es, func(a, b Entries) int {
+		return cmp.Or(cmp.Compare(b.Entries, a.Entries), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	return es[:min(n, len(es))]
+}
+
+func pods(index *kube.Index, fams Families, f Filter) []Pod {
+	type key struct{ ns, name string }
+	byKey := map[key]*Pod{}
+	var order []key
+	add := func(ns, name string) *Pod {
+		k := key{ns, name}
+		if p, ok := byKey[k]; ok {
+			return p
+		}
+		p := &Pod{Namespace: ns, Name: name, IPs: []string{}, Interfaces: []Interface{}}
+		byKey[k] = p
+		order = append(order, k)
+		return p
+	}
+	for _, p := range index.Pods() {
+		if !f.pod(p.Namespace, p.Name) {
+			continue
+		}
+		rp := add(p.Namespace, p.Name)
+		rp.HostNetwork = p.HostNetwork
+		for _, ip := range p.IPs {
+			rp.IPs = append(rp.IPs, ip.String())
+		}
+	}
+	for _, s := range fams.series("netinspect_pod_interface_info") {
+		ns, name := s.labels["namespace"], s.labels["pod"]
+		if !f.pod(ns, name) {
+			continue
+		}
+		rp := add(ns, name)
+		rp.Interfaces = append(rp.Interfaces, Interface{Interface: s.labels["interface"], HostInterface: s.labels["host_interface"], Method: s.labels["method"]})
+	}
+	if _, ok := fams["netinspect_conntrack_pod_entries"]; ok {
+		for _, e := range sumBy(fams.series("netinspect_conntrack_pod_entries"), "pod", f.pod) {
+			v := e.Entries
+			add(e.Namespace, e.Name).ConntrackEntries = &v
+		}
+		for _, p := range byKey {
+			if p.ConntrackEntries == nil {
+				zero := 0.0
+				p.ConntrackEntries = &zero
+			}
+		}
+	}
+	out := make([]Pod, 0, len(order))
+	for _, k := range order {
+		p := byKey[k]
+		slices.SortFunc(p.Interfaces, func(a, b Interface) int {
+			return cmp.Or(cmp.Compare(a.Interface, b.Interface), cmp.Compare(a.HostInterface, b.HostInterface))
+		})
+		out = append(out, *p)
+	}
+	slices.SortFunc(out, func(a, b Pod) int { return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name)) })
+	return out
+}
+
+func services(index *kube.Index, fams Families, f Filter) []Service {
+	type key struct{ ns, name string }
+	byKey := map[key]*Service{}
+	add := func(ns, name string) *Service {
+		k := key{ns, name}
+		if s, ok := byKey[k]; ok {
+			return s
+		}
+		s := &Service{Namespace: ns, Name: name, ClusterIPs: []string{}, Ports: []ServicePort{}}
+		byKey[k] = s
+		return s
+	}
+	port := func(s *Service, name string) *ServicePort {
+		for i := range s.Ports {
+			if s.Ports[i].Port == name {
+				return &s.Ports[i]
+			}
+		}
+		s.Ports = append(s.Ports, ServicePort{Port: name})
+		return &s.Ports[len(s.Ports)-1]
+	}
+	for _, si := range index.Services() {
+		if !f.service(si.Namespace, si.Name) {
+			continue
+		}
+		s := add(si.Namespace, si.Name)
+		s.Type = si.Type
+		for _, ip := range si.ClusterIPs {
+			s.ClusterIPs = append(s.ClusterIPs, ip.String())
+		}
+		ready := si.ReadyEndpoints
+		s.ReadyEndpoints = &ready
+		for _, p := range si.Ports {
+			name := p.Name
+			if name == "" {
+				name = strconv.Itoa(int(p.Port))
+			}
+			port(s, name)
+		}
+	}
+	addCount := func(metric string, field func(*ServicePort) **float64) {
+		for _, ser := range fams.series(metric) {
+			ns, name := ser.labels["namespace"], ser.labels["service"]
+			if name == "" || !f.service(ns, name) {
+				continue
+			}
+			ptr := field(port(add(ns, name), ser.labels["port"]))
+			if *ptr == nil {
+				*ptr = new(float64)
+			}
+			**ptr += ser.value
+		}
+	}
+	addCount("netinspect_iptables_service_endpoints", func(p *ServicePort) **float64 { return &p.IPTablesEndpoints })
+	addCount("netinspect_nftables_service_endpoints", func(p *ServicePort) **float64 { return &p.NFTablesEndpoints })
+	ipvs := func(metric string, apply func(*IPVSState, float64)) {
+		for _, ser := range fams.series(metric) {
+			ns, name := ser.labels["namespace"], ser.labels["service"]
+			if name == "" || !f.service(ns, name) {
+				continue
+			}
+			s := add(ns, name)
+			if s.IPVS == nil {
+				s.IPVS = &IPVSState{}
+			}
+			apply(s.IPVS, ser.value)
+		}
+	}
+	ipvs("netinspect_ipvs_backend_weight", func(st *IPVSState, _ float64) { st.Backends++ })
+	ipvs("netinspect_ipvs_backend_connections_active", func(st *IPVSState, v float64) { st.ActiveConnections += v })
+	ipvs("netinspect_ipvs_backend_connections_inactive", func(st *IPVSState, v float64) { st.InactiveConnections += v })
+	if _, ok := fams["netinspect_conntrack_service_entries"]; ok {
+		for _, e := range sumBy(fams.series("netinspect_conntrack_service_entries"), "service", f.service) {
+			if e.Name == "" {
+				continue // the sum of services beyond the top-K
+			}
+			v := e.Entries
+			add(e.Namespace, e.Name).ConntrackEntries = &v
+		}
+	}
+	out := make([]Service, 0, len(byKey))
+	for _, s := range byKey {
+		slices.SortFunc(s.Ports, func(a, b ServicePort) int { return cmp.Compare(a.Port, b.Port) })
+		out = append(out, *s)
+	}
+	slices.SortFunc(out, func(a, b Service) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	return out
+}

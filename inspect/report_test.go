@@ -1,0 +1,244 @@
+package inspect
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/netinspect/netinspect/collector"
+	"github.com/netinspect/netinspect/kube"
+)
+
+// constSource emits fixed samples, like a collector would.
+type constSource struct {
+	samples []sampleSpec
+	err     error
+}
+
+type sampleSpec struct {
+	name   string
+	kind   prometheus.ValueType
+	labels map[string]string
+	value  float64
+}
+
+func (c constSource) Update(_ context.Context, ch chan<- prometheus.Metric) error {
+	for _, s := range c.samples {
+		var names, values []string
+		for k, v := range s.labels {
+			names = append(names, k)
+			values = append(values, v)
+		}
+		ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(s.name, "test", names, nil), s.kind, s.value, values...)
+	}
+	return c.err
+}
+
+func gauge(name string, v float64, kv ...string) sampleSpec {
+	return sampleSpec{name: name, kind: prometheus.GaugeValue, labels: pairs(kv), value: v}
+}
+
+func counter(name string, v float64, kv ...string) sampleSpec {
+	return sampleSpec{name: name, kind: prometheus.CounterValue, labels: pairs(kv), value: v}
+}
+
+func pairs(kv []string) map[string]string {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
+}
+
+func testIndex() *kube.Index {
+	ix := kube.NewIndex("node-a")
+	ix.SetPod(kube.PodInfo{Namespace: "shop", Name: "cart-0", Node: "node-a",
+		IPs: []netip.Addr{netip.MustParseAddr("10.244.0.2"), netip.MustParseAddr("fd00::2")}})
+	ix.SetPod(kube.PodInfo{Namespace: "a-very-long-namespace-name-for-the-payments-team", Name: "payments-api-7d9c8b6f5-x2x9q", Node: "node-a",
+		IPs: []netip.Addr{netip.MustParseAddr("10.244.0.3")}})
+	ix.SetService(kube.ServiceInfo{Namespace: "shop", Name: "cart", Type: "ClusterIP",
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")},
+		Ports:      []kube.ServicePortInfo{{Name: "http", Port: 80, Protocol: "tcp"}, {Port: 9090, Protocol: "tcp"}}})
+	return ix
+}
+
+func testSources() []Source {
+	return []Source{
+		{Name: "conntrack", Collector: constSource{samples: []sampleSpec{
+			gauge("netinspect_conntrack_entries", 196608),
+			gauge("netinspect_conntrack_entries_limit", 262144),
+			gauge("netinspect_conntrack_source_info", 1, "source", "netlink"),
+			counter("netinspect_conntrack_stat_drop_total", 12),
+			counter("netinspect_conntrack_stat_early_drop_total", 3),
+		}}},
+		{Name: "veth", Collector: constSource{samples: []sampleSpec{
+			gauge("netinspect_pod_interface_info", 1, "namespace", "shop", "pod", "cart-0", "interface", "eth0", "host_interface", "veth1a2b3c4d", "method", "netns"),
+		}}},
+		{Name: "iptables", Collector: constSource{samples: []sampleSpec{
+			gauge("netinspect_kube_proxy_mode_info", 1, "mode", "iptables"),
+			gauge("netinspect_iptables_service_endpoints", 2, "family", "ipv4", "namespace", "shop", "service", "cart", "port", "http"),
+		}}},
+		{Name: "conntrack-attribution", Collector: constSource{samples: []sampleSpec{
+			gauge("netinspect_conntrack_pod_entries", 100, "namespace", "shop", "pod", "cart-0", "protocol", "tcp"),
+			gauge("netinspect_conntrack_pod_entries", 20, "namespace", "shop", "pod", "cart-0", "protocol", "udp"),
+			gauge("netinspect_conntrack_service_entries", 90, "namespace", "shop", "service", "cart", "protocol", "tcp"),
+		}}},
+		{Name: "ipvs", Collector: constSource{err: errors.Join(errors.New("/proc/net/ip_vs absent, ip_vs is not loaded"), collector.ErrNoData)}},
+	}
+}
+
+func TestBuildJoinsKernelViewToKubernetes(t *testing.T) {
+	fams, problems := Gather(context.Background(), testSources())
+	r := Build("node-a", "kubernetes cache synced", testIndex(), fams, problems, Filter{})
+
+	if r.KubeProxyMode != "iptables" {
+		t.Errorf("mode %q", r.KubeProxyMode)
+	}
+	if c := r.Conntrack; c == nil || c.UsageRatio != 0.75 || c.Stats["drop"] != 12 || c.Source != "netlink" {
+		t.Errorf("conntrack %+v", c)
+	}
+	if got := r.Conntrack.TopPods; len(got) != 1 || got[0] != (Entries{"shop", "cart-0", 120}) {
+		t.Errorf("top pods %+v, want shop/cart-0 with 120 (tcp+udp)", got)
+	}
+	var cart *Pod
+	for i := range r.Pods {
+		if r.Pods[i].Name == "cart-0" {
+			cart = &r.Pods[i]
+		}
+	}
+	if cart == nil || len(cart.Interfaces) != 1 || cart.Interfaces[0].HostInterface != "veth1a2b3c4d" || *cart.ConntrackEntries != 120 {
+		t.Fatalf("cart-0 %+v", cart)
+	}
+	if len(r.Services) != 1 || len(r.Services[0].Ports) != 2 {
+		t.Fatalf("services %+v", r.Services)
+	}
+	http := r.Services[0].Ports[0] // ports sort by name: "9090" before "http"
+	if http.Port != "http" {
+		http = r.Services[0].Ports[1]
+	}
+	if http.Port != "http" || http.IPTablesEndpoints == nil || *http.IPTablesEndpoints != 2 {
+		t.Errorf("port http %+v", http)
+	}
+	if len(r.Problems) != 1 || r.Problems[0].Source != "ipvs" || !r.Problems[0].Absent {
+		t.Errorf("problems %+v", r.Problems)
+	}
+
+	only := Build("node-a", "", testIndex(), fams, problems, Filter{Namespace: "shop", Pod: "cart-0"})
+	if len(only.Pods) != 1 || len(only.Services) != 0 {
+		t.Errorf("filter by pod: %d pods, %d services", len(only.Pods), len(only.Services))
+	}
+}
+
+func TestTableFitsEightyColumns(t *testing.T) {
+	fams, problems := Gather(context.Background(), testSources())
+	var out bytes.Buffer
+	if err := Build("node-a", "kubernetes cache synced", testIndex(), fams, problems, Filter{}).WriteTable(&out); err != nil {
+		t.Fatal(err)
+	}
+	for i, line := range strings.Split(out.String(), "\n") {
+		if len(line) > Width {
+			t.Errorf("line %d is %d columns: %q", i+1, len(line), line)
+		}
+	}
+	for _, want := range []string{"196608 of 262144 entries (75.0%)", "shop/cart-0", "veth1a2b3c4d/netns", "ipt 2", "ipvs (absent)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+// ValidateJSON checks a report's JSON against report.schema.json.
+func ValidateJSON(t *testing.T, doc []byte) {
+	t.Helper()
+	sch, err := jsonschema.NewCompiler().Compile("report.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(doc))
+	if err != nil {
+		t.Fatalf("report is not JSON: %v", err)
+	}
+	if err := sch.Validate(inst); err != nil {
+		t.Errorf("report does not match the schema: %v\n%s", err, doc)
+	}
+}
+
+func TestJSONMatchesSchema(t *testing.T) {
+	fams, problems := Gather(context.Background(), testSources())
+	for _, r := range []Report{
+		Build("node-a", "synced", testIndex(), fams, problems, Filter{}),
+		Build("", "kubernetes enrichment off", nil, Families{}, nil, Filter{}),
+	} {
+		var out bytes.Buffer
+		if err := r.WriteJSON(&out); err != nil {
+			t.Fatal(err)
+		}
+		ValidateJSON(t, out.Bytes())
+	}
+	// The schema rejects what the report must not contain.
+	var bad map[string]any
+	var out bytes.Buffer
+	if err := Build("n", "", nil, Families{}, nil, Filter{}).WriteJSON(&out); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(out.Bytes(), &bad); err != nil {
+		t.Fatal(err)
+	}
+	bad["unexpected"] = 1
+	b, _ := json.Marshal(bad)
+	if schemaAccepts(t, b) {
+		t.Error("schema accepted an unknown field")
+	}
+}
+
+func schemaAccepts(t *testing.T, doc []byte) bool {
+	t.Helper()
+	sch, err := jsonschema.NewCompiler().Compile("report.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, _ := jsonschema.UnmarshalJSON(bytes.NewReader(doc))
+	return sch.Validate(inst) == nil
+}
+
+// warmingSource is a background source whose first snapshot takes a few
+// polls, and absentSource one whose feature is missing altogether.
+type warmingSource struct {
+	polls   int
+	started bool
+}
+
+func (w *warmingSource) Start(context.Context) error { w.started = true; return nil }
+
+func (w *warmingSource) Update(_ context.Context, ch chan<- prometheus.Metric) error {
+	if !w.started {
+		return errors.New("updated before Start")
+	}
+	if w.polls++; w.polls < 3 {
+		return errors.Join(collector.ErrNotReady, collector.ErrNoData)
+	}
+	ch <- prometheus.MustNewConstMetric(prometheus.NewDesc("netinspect_kube_proxy_mode_info", "test", []string{"mode"}, nil), prometheus.GaugeValue, 1, "nftables")
+	return nil
+}
+
+func TestGatherWaitsForFirstSnapshotButNotForAbsentSources(t *testing.T) {
+	w := &warmingSource{}
+	absent := constSource{err: errors.Join(errors.New("no table kube-proxy"), collector.ErrNoData)}
+	fams, problems := Gather(context.Background(), []Source{{Name: "iptables", Collector: w}, {Name: "nftables", Collector: absent}})
+	if w.polls != 3 {
+		t.Errorf("background source polled %d times, want 3", w.polls)
+	}
+	if r := Build("n", "", nil, fams, problems, Filter{}); r.KubeProxyMode != "nftables" {
+		t.Errorf("mode %q from the warmed-up source, want nftables", r.KubeProxyMode)
+	}
+	if len(problems) != 1 || problems[0].Source != "nftables" || !problems[0].Absent {
+		t.Errorf("problems %+v, want nftables absent", problems)
+	}
+}
