@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"time"
@@ -37,7 +36,7 @@ func runInspect(ctx context.Context, cfg *config, stdout, stderr io.Writer) erro
 		}
 		col, err := c.build(deps)
 		if err != nil {
-			return fmt.Errorf("collector %s: %w", c.name, err)
+			return badFlagsf("collector %s: %v", c.name, err)
 		}
 		sources = append(sources, inspect.Source{Name: c.name, Collector: col})
 	}

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -43,15 +44,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	if cfg.command == "inspect" {
-		if err := runInspect(ctx, cfg, stdout, stderr); err != nil {
-			fmt.Fprintf(stderr, "netinspect inspect: %v\n", err)
-			return exitStartup
-		}
+		err = runInspect(ctx, cfg, stdout, stderr)
+	} else {
+		err = serve(ctx, cfg, stderr)
+	}
+	if err == nil {
 		return exitOK
 	}
-	if err := serve(ctx, cfg, stderr); err != nil {
-		fmt.Fprintf(stderr, "netinspect: %v\n", err)
-		return exitStartup
+	fmt.Fprintf(stderr, "netinspect: %v\n", err)
+	var bf badFlagsError
+	if errors.As(err, &bf) {
+		fmt.Fprintln(stderr, "run netinspect --help for the flags")
+		return exitBadFlags
 	}
-	return exitOK
+	return exitStartup
+}
+
+// badFlagsError is a flag value that parsed but that a collector rejects;
+// the process exits 2, as for any other bad flag.
+type badFlagsError struct{ msg string }
+
+func (e badFlagsError) Error() string { return e.msg }
+
+func badFlagsf(format string, a ...any) error {
+	return badFlagsError{msg: fmt.Sprintf(format, a...)}
 }

@@ -367,6 +367,7 @@ func TestBinaryStartupErrors(t *testing.T) {
 		{"unknown flag", []string{"--no-such-flag"}, 2, regexp.MustCompile(`unknown long flag '--no-such-flag'(?s:.*)usage: netinspect`)},
 		{"bad flag value", []string{"--log.format=xml"}, 2, regexp.MustCompile(`enum value must be one of json,console`)},
 		{"unknown collector", []string{"--collector.nosuch"}, 2, regexp.MustCompile(`unknown long flag '--collector.nosuch'`)},
+		{"collector flag value rejected", []string{"--collector.dns", "--collector.dns.service=no-slash", "--web.listen-address=127.0.0.1:0"}, 2, regexp.MustCompile(`collector dns: .*no-slash(?s:.*)--help`)},
 		{"bad log level", []string{"--log.level=loud", "--web.listen-address=127.0.0.1:0"}, 1, regexp.MustCompile(`--log.level="loud" is not a log level; use one of debug, info, warn, error`)},
 		{"port in use", []string{"--web.listen-address=" + busy.Addr().String()}, 1, regexp.MustCompile(`listen on 127\.0\.0\.1:\d+: .*address already in use; choose a free address with --web.listen-address`)},
 		{"unreadable web config", []string{"--web.listen-address=127.0.0.1:0", "--web.config.file=" + unreadable}, 1, regexp.MustCompile(`web config file ".*missing-web.yml" \(--web.config.file\) is not usable: .*no such file`)},

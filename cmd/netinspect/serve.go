@@ -58,7 +58,7 @@ func serve(ctx context.Context, cfg *config, stderr io.Writer) error {
 		}
 		col, err := c.build(deps)
 		if err != nil {
-			return fmt.Errorf("collector %s: %w", c.name, err)
+			return badFlagsf("collector %s: %v", c.name, err)
 		}
 		if s, ok := col.(collector.Starter); ok {
 			if err := s.Start(ctx); err != nil {
