@@ -22,6 +22,7 @@ func inNetns(nsPath string, fn func() error) error {
 		runtime.LockOSThread()
 		orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("open own netns: %w", err)
 			return
 		}

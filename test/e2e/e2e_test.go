@@ -180,11 +180,11 @@ func startNode(t *testing.T, prom, am string) *node {
 	n := &node{ns: ns}
 	n.client = &http.Client{
 		Timeout:   10 * time.Second,
-		Transport: &http.Transport{DialContext: dialerIn(ns.Path()), DisableKeepAlives: true},
+		Transport: &http.Transport{DialContext: controlplane.DialerIn(ns.Path()), DisableKeepAlives: true},
 	}
 
 	// The webhook receiver listens on the namespace's loopback.
-	l, err := listenIn(ns.Path(), "127.0.0.1:0")
+	l, err := controlplane.ListenIn(ns.Path(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen in %s: %v", ns.Name, err)
 	}
