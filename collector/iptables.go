@@ -3,7 +3,6 @@ package collector
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,7 +10,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/nftables"
@@ -61,15 +59,13 @@ type IPTables struct {
 	logger *zap.Logger
 	index  *kube.Index
 
-	refresher *rules.Refresher[*iptablesState]
-	startOnce sync.Once
-	stop      context.CancelFunc
+	*ruleSource[*iptablesState]
 
 	// backend is the detected backend, reused until its hint chains vanish;
 	// only the refresher goroutine touches it.
 	backend string
 
-	rules, endpoints, mode, lastRefresh, refreshDuration *prometheus.Desc
+	rules, endpoints, mode *prometheus.Desc
 }
 
 // NewIPTables returns the iptables collector. Its refresher starts with
@@ -95,62 +91,23 @@ func NewIPTables(cfg IPTablesConfig, deps Deps) *IPTables {
 		mode: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "kube_proxy", "mode_info"),
 			"The mode kube-proxy runs in on this node, detected from the rules present: iptables, nftables, ipvs, or none.",
 			[]string{"mode"}, nil),
-		lastRefresh: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "rules", "last_refresh_timestamp_seconds"),
-			"When the rules of the source were last listed successfully (Unix time).",
-			[]string{"source"}, nil),
-		refreshDuration: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "rules", "refresh_duration_seconds"),
-			"How long the last successful listing of the source's rules took.",
-			[]string{"source"}, nil),
 	}
-	c.refresher = rules.NewRefresher(cfg.RefreshInterval, cfg.Timeout, c.list)
+	c.ruleSource = newRuleSource(IPTablesName, cfg.RefreshInterval, cfg.Timeout, c.list)
 	return c
-}
-
-// Start implements Starter: it starts the background listing, which
-// stops when ctx is done. Later calls do nothing.
-func (c *IPTables) Start(ctx context.Context) error {
-	c.startOnce.Do(func() {
-		ctx, c.stop = context.WithCancel(ctx)
-		c.refresher.Start(ctx)
-	})
-	return nil
-}
-
-// Close stops the background listing and waits for it to end.
-func (c *IPTables) Close() {
-	c.startOnce.Do(func() {})
-	if c.stop != nil {
-		c.stop()
-		<-c.refresher.Done()
-	}
 }
 
 // Update implements Collector. It reads the latest snapshot only.
 func (c *IPTables) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
-	// Without a Start hook from the caller, the first scrape starts the
-	// refresher; it runs until Close.
-	_ = c.Start(context.Background())
-	c.refresher.Kick()
-	s := c.refresher.Snapshot()
-	if s == nil {
-		return fmt.Errorf("iptables: %w: %w", ErrNotReady, ErrNoData)
+	_, err := c.serve(ch)
+	return err
+}
+
+// constMetrics are the series a listing built, so a scrape only sends them.
+func (st *iptablesState) constMetrics() []prometheus.Metric {
+	if st == nil {
+		return nil
 	}
-	if !s.Time.IsZero() {
-		ch <- prometheus.MustNewConstMetric(c.lastRefresh, prometheus.GaugeValue, float64(s.Time.UnixNano())/1e9, IPTablesName)
-		ch <- prometheus.MustNewConstMetric(c.refreshDuration, prometheus.GaugeValue, s.Duration.Seconds(), IPTablesName)
-	}
-	if st := s.Value; st != nil {
-		for _, m := range st.metrics {
-			ch <- m
-		}
-	}
-	if s.Err != nil {
-		if errors.Is(s.Err, ErrNoData) {
-			return s.Err
-		}
-		return fmt.Errorf("latest iptables listing failed (serving the one of %s): %w", s.Time.Format(time.RFC3339), s.Err)
-	}
-	return nil
+	return st.metrics
 }
 
 // iptablesState is one refresh, aggregated to the series it exports, so a

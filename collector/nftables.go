@@ -3,12 +3,10 @@ package collector
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/nftables"
@@ -49,11 +47,9 @@ type NFTables struct {
 	logger *zap.Logger
 	index  *kube.Index
 
-	refresher *rules.Refresher[*nftState]
-	startOnce sync.Once
-	stop      context.CancelFunc
+	*ruleSource[*nftState]
 
-	mapElements, chains, rules, endpoints, lastRefresh, refreshDuration *prometheus.Desc
+	mapElements, chains, rules, endpoints *prometheus.Desc
 }
 
 // NewNFTables returns the nftables collector. Its refresher starts with
@@ -82,63 +78,26 @@ func NewNFTables(cfg NFTablesConfig, deps Deps) *NFTables {
 		endpoints: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "nftables", "service_endpoints"),
 			"Endpoints the service chain of a service port balances over in kube-proxy's nftables table (numgen modulus, or 1 for a single dnat); 0 for a service port in no-endpoint-services.",
 			[]string{"family", "namespace", "service", "port"}, nil),
-		lastRefresh: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "rules", "last_refresh_timestamp_seconds"),
-			"When the rules of the source were last listed successfully (Unix time).",
-			[]string{"source"}, nil),
-		refreshDuration: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "rules", "refresh_duration_seconds"),
-			"How long the last successful listing of the source's rules took.",
-			[]string{"source"}, nil),
 	}
-	c.refresher = rules.NewRefresher(cfg.RefreshInterval, cfg.Timeout, c.list)
+	c.ruleSource = newRuleSource(NFTablesName, cfg.RefreshInterval, cfg.Timeout, c.list)
 	return c
-}
-
-// Start implements Starter: it starts the background listing, which
-// stops when ctx is done. Later calls do nothing.
-func (c *NFTables) Start(ctx context.Context) error {
-	c.startOnce.Do(func() {
-		ctx, c.stop = context.WithCancel(ctx)
-		c.refresher.Start(ctx)
-	})
-	return nil
-}
-
-// Close stops the background listing and waits for it to end.
-func (c *NFTables) Close() {
-	c.startOnce.Do(func() {})
-	if c.stop != nil {
-		c.stop()
-		<-c.refresher.Done()
-	}
 }
 
 // Update implements Collector. It reads the latest snapshot only.
 func (c *NFTables) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
-	_ = c.Start(context.Background())
-	c.refresher.Kick()
-	s := c.refresher.Snapshot()
-	if s == nil {
-		return fmt.Errorf("nftables: %w: %w", ErrNotReady, ErrNoData)
-	}
-	if !s.Time.IsZero() {
-		ch <- prometheus.MustNewConstMetric(c.lastRefresh, prometheus.GaugeValue, float64(s.Time.UnixNano())/1e9, NFTablesName)
-		ch <- prometheus.MustNewConstMetric(c.refreshDuration, prometheus.GaugeValue, s.Duration.Seconds(), NFTablesName)
-	}
-	if st := s.Value; st != nil {
-		for _, m := range st.metrics {
-			ch <- m
-		}
-	}
-	if s.Err != nil {
-		if errors.Is(s.Err, ErrNoData) {
-			return s.Err
-		}
-		return fmt.Errorf("latest nftables listing failed (serving the one of %s): %w", s.Time.Format(time.RFC3339), s.Err)
-	}
-	if s.Value != nil && len(s.Value.families) == 0 {
+	st, err := c.serve(ch)
+	if err == nil && st != nil && len(st.families) == 0 {
 		return fmt.Errorf("no table %s in family ip or ip6 (kube-proxy is not in nftables mode): %w", nftKubeProxyTable, ErrNoData)
 	}
-	return nil
+	return err
+}
+
+// constMetrics are the series a listing built, so a scrape only sends them.
+func (st *nftState) constMetrics() []prometheus.Metric {
+	if st == nil {
+		return nil
+	}
+	return st.metrics
 }
 
 type nftState struct {
