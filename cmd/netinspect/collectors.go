@@ -24,5 +24,10 @@ type collectorSpec struct {
 func collectorSpecs() []collectorSpec {
 	return []collectorSpec{
 		conntrackSpec(),
+		vethSpec(),
+		iptablesSpec(),
+		nftablesSpec(),
+		attributionSpec(),
+		dnsSpec(),
 	}
 }
