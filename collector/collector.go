@@ -164,7 +164,6 @@ func (s *Set) update(ctx context.Context, e *entry) ([]prometheus.Metric, error)
 	}
 	done := make(chan result, 1)
 	go func() {
-		defer func() { <-e.busy }()
 		buf := make(chan prometheus.Metric, 64)
 		collected := make(chan []prometheus.Metric, 1)
 		go func() {
@@ -176,7 +175,11 @@ func (s *Set) update(ctx context.Context, e *entry) ([]prometheus.Metric, error)
 		}()
 		err := safeUpdate(ctx, e.c, buf)
 		close(buf)
-		done <- result{metrics: <-collected, err: err}
+		r := result{metrics: <-collected, err: err}
+		// Free the collector before handing the result over, so the next
+		// scrape, which may start as soon as this one returns, finds it idle.
+		<-e.busy
+		done <- r
 	}()
 	select {
 	case r := <-done:
