@@ -35,7 +35,7 @@ func TestVMIPVS(t *testing.T) {
 		Package:  ".",
 		Run:      "^TestIPVSGuest",
 		Commands: []string{"ip"},
-		Timeout:  6 * time.Minute,
+		Timeout:  8 * time.Minute,
 	})
 	res.RequirePassed(t, "TestIPVSGuestCollector", "TestIPVSGuestBackendLabels")
 }
@@ -92,14 +92,20 @@ func newIPVSTopology(t *testing.T) *ipvsTopology {
 // kube-proxy does (moby/ipvs, NAT forwarding).
 func (tp *ipvsTopology) addService(t *testing.T, svc *ipvs.Service, weights map[string]int) {
 	t.Helper()
-	svc.AddressFamily = unix.AF_INET
-	svc.Netmask = 0xffffffff
+	svc.AddressFamily, svc.Netmask = unix.AF_INET, 0xffffffff
+	if svc.Address != nil && svc.Address.To4() == nil {
+		svc.AddressFamily, svc.Netmask = unix.AF_INET6, 128
+	}
 	if err := tp.h.NewService(svc); err != nil {
 		t.Fatalf("create IPVS service %+v: %v", svc, err)
 	}
 	for addr, w := range weights {
 		ap := netip.MustParseAddrPort(addr)
-		d := &ipvs.Destination{Address: net.IP(ap.Addr().AsSlice()), Port: ap.Port(), Weight: w, AddressFamily: unix.AF_INET}
+		af := uint16(unix.AF_INET)
+		if ap.Addr().Is6() {
+			af = unix.AF_INET6
+		}
+		d := &ipvs.Destination{Address: net.IP(ap.Addr().AsSlice()), Port: ap.Port(), Weight: w, AddressFamily: af}
 		if err := tp.h.NewDestination(svc, d); err != nil {
 			t.Fatalf("add backend %s: %v", addr, err)
 		}
@@ -135,6 +141,13 @@ func ipvsInNetNS(t *testing.T, ns *netns.NS, fn func() error) error {
 func ipvsEchoServers(t *testing.T, ns *netns.NS, addrs ...string) {
 	t.Helper()
 	var wg sync.WaitGroup
+	var lns []net.Listener
+	t.Cleanup(func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+		wg.Wait()
+	})
 	for _, a := range addrs {
 		var ln net.Listener
 		if err := ipvsInNetNS(t, ns, func() (err error) {
@@ -143,6 +156,7 @@ func ipvsEchoServers(t *testing.T, ns *netns.NS, addrs ...string) {
 		}); err != nil {
 			t.Fatalf("listen %s: %v", a, err)
 		}
+		lns = append(lns, ln)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -157,7 +171,6 @@ func ipvsEchoServers(t *testing.T, ns *netns.NS, addrs ...string) {
 				}()
 			}
 		}()
-		t.Cleanup(func() { ln.Close(); wg.Wait() })
 	}
 }
 
@@ -187,7 +200,7 @@ func ipvsDialEcho(t *testing.T, ns *netns.NS, addr string) net.Conn {
 func ipvsTestIndex() *kube.Index {
 	ix := kube.NewIndex("node1")
 	ix.SetService(kube.ServiceInfo{Namespace: "shop", Name: "web", Type: "ClusterIP",
-		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fd00::a")},
 		Ports:      []kube.ServicePortInfo{{Name: "http", Port: 80, Protocol: "tcp"}}})
 	ix.SetService(kube.ServiceInfo{Namespace: "shop", Name: "api", Type: "ClusterIP",
 		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.11")},
@@ -389,9 +402,12 @@ func TestIPVSGuestCollector(t *testing.T) {
 	if err := tp.h.DelDestination(dns, &ipvs.Destination{Address: net.IPv4(10, 0, 2, 11), Port: 53, AddressFamily: unix.AF_INET}); err != nil {
 		t.Fatalf("remove backend: %v", err)
 	}
+	// An IPv6 virtual server (dual-stack ClusterIP), no traffic.
+	v6 := &ipvs.Service{Address: net.ParseIP("fd00::a"), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "rr"}
+	tp.addService(t, v6, map[string]int{"[fd00::2:b]:8080": 1, "[fd00::2:c]:8080": 1})
 
 	ix := ipvsTestIndex()
-	c, err := NewIPVS(IPVSConfig{Backends: true, NetNS: tp.node.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+	c, err := NewIPVS(IPVSConfig{Backends: true, BackendStats: true, NetNS: tp.node.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,6 +424,27 @@ func TestIPVSGuestCollector(t *testing.T) {
 	conns = append(conns, ipvsDialEcho(t, tp.client, "10.0.1.1:30080"))
 	samples, procSvcs, procStats := ipvsWaitStable(t, tp, c, func(s IPVSProcStats) bool { return s.Conns == 10 })
 	t.Logf("/proc/net/ip_vs_stats totals: %+v", procStats)
+	// Each backend's own counters add up to the totals too (no backend was
+	// removed while it had traffic).
+	var beTotals IPVSProcStats
+	for k, v := range samples {
+		name, _, _ := strings.Cut(k, "{")
+		switch name {
+		case "netinspect_ipvs_backend_connections_total":
+			beTotals.Conns += uint64(v)
+		case "netinspect_ipvs_backend_in_packets_total":
+			beTotals.InPkts += uint64(v)
+		case "netinspect_ipvs_backend_out_packets_total":
+			beTotals.OutPkts += uint64(v)
+		case "netinspect_ipvs_backend_in_bytes_total":
+			beTotals.InBytes += uint64(v)
+		case "netinspect_ipvs_backend_out_bytes_total":
+			beTotals.OutBytes += uint64(v)
+		}
+	}
+	if beTotals != procStats {
+		t.Errorf("backend counters sum to %+v, /proc/net/ip_vs_stats says %+v", beTotals, procStats)
+	}
 	ipvsCheckBackends(t, samples, procSvcs, ix)
 
 	const svcHeader = "# HELP netinspect_ipvs_service_connections_total Connections scheduled by the IPVS virtual server since it was created.\n# TYPE netinspect_ipvs_service_connections_total counter\n"
@@ -416,18 +453,20 @@ netinspect_ipvs_service_connections_total{address="10.0.1.1",namespace="shop",po
 netinspect_ipvs_service_connections_total{address="10.96.0.10",namespace="shop",port="80",port_name="http",protocol="tcp",scheduler="rr",service="web"} 6
 netinspect_ipvs_service_connections_total{address="10.96.0.11",namespace="shop",port="80",port_name="80",protocol="tcp",scheduler="wrr",service="api"} 3
 netinspect_ipvs_service_connections_total{address="10.96.0.12",namespace="kube-system",port="53",port_name="dns",protocol="udp",scheduler="rr",service="dns"} 0
+netinspect_ipvs_service_connections_total{address="fd00::a",namespace="shop",port="80",port_name="http",protocol="tcp",scheduler="rr",service="web"} 0
 `
 	if err := testutil.CollectAndCompare(ipvsUpdateCollector{c}, strings.NewReader(wantSvc), "netinspect_ipvs_service_connections_total"); err != nil {
 		t.Error(err)
 	}
 	wantActive := map[string]float64{
-		`{address=10.96.0.10,backend_address=10.0.2.11,backend_port=8080,namespace=shop,pod=web-1,port=80,protocol=tcp,service=web}`:  2,
-		`{address=10.96.0.10,backend_address=10.0.2.12,backend_port=8080,namespace=shop,pod=web-2,port=80,protocol=tcp,service=web}`:  2,
-		`{address=10.96.0.10,backend_address=10.0.2.13,backend_port=8080,namespace=shop,pod=web-3,port=80,protocol=tcp,service=web}`:  2,
-		`{address=10.96.0.11,backend_address=10.0.2.11,backend_port=8080,namespace=shop,pod=web-1,port=80,protocol=tcp,service=api}`:  2,
-		`{address=10.96.0.11,backend_address=10.0.2.12,backend_port=8080,namespace=shop,pod=web-2,port=80,protocol=tcp,service=api}`:  1,
+		`{address=10.96.0.10,backend_address=10.0.2.11,backend_port=8080,namespace=shop,pod=web-1,port=80,protocol=tcp,service=web}`:    2,
+		`{address=10.96.0.10,backend_address=10.0.2.12,backend_port=8080,namespace=shop,pod=web-2,port=80,protocol=tcp,service=web}`:    2,
+		`{address=10.96.0.10,backend_address=10.0.2.13,backend_port=8080,namespace=shop,pod=web-3,port=80,protocol=tcp,service=web}`:    2,
+		`{address=10.96.0.11,backend_address=10.0.2.11,backend_port=8080,namespace=shop,pod=web-1,port=80,protocol=tcp,service=api}`:    2,
+		`{address=10.96.0.11,backend_address=10.0.2.12,backend_port=8080,namespace=shop,pod=web-2,port=80,protocol=tcp,service=api}`:    1,
 		`{address=10.0.1.1,backend_address=10.0.2.13,backend_port=8080,namespace=shop,pod=web-3,port=30080,protocol=tcp,service=front}`: 1,
 		`{address=0.0.0.0,backend_address=10.0.2.13,backend_port=8080,namespace=shop,pod=web-3,port=100,protocol=fwmark,service=}`:      0,
+		`{address=fd00::a,backend_address=fd00::2:b,backend_port=8080,namespace=shop,pod=,port=80,protocol=tcp,service=web}`:            0,
 	}
 	for labels, want := range wantActive {
 		if got := samples["netinspect_ipvs_backend_connections_active"+labels]; got != want {
@@ -493,15 +532,18 @@ func TestIPVSGuestBackendLabels(t *testing.T) {
 	tp.addService(t, web, map[string]int{"10.0.2.11:8080": 3, "10.0.2.12:8080": 2, "10.0.2.13:8080": 1})
 	deps := Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}
 
-	c, err := NewIPVS(IPVSConfig{Backends: true, BackendLabels: []string{"namespace", "service"}, NetNS: tp.node.FD()}, deps)
+	c, err := NewIPVS(IPVSConfig{Backends: true, BackendStats: true, BackendLabels: []string{"namespace", "service"}, NetNS: tp.node.FD()}, deps)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := `# HELP netinspect_ipvs_backend_weight Scheduling weight of the IPVS backend (0: takes no new connections).
 # TYPE netinspect_ipvs_backend_weight gauge
 netinspect_ipvs_backend_weight{namespace="shop",service="web"} 6
+# HELP netinspect_ipvs_backend_connections_total Connections the IPVS virtual server scheduled to the backend since the backend was added.
+# TYPE netinspect_ipvs_backend_connections_total counter
+netinspect_ipvs_backend_connections_total{namespace="shop",service="web"} 0
 `
-	if err := testutil.CollectAndCompare(ipvsUpdateCollector{c}, strings.NewReader(want), "netinspect_ipvs_backend_weight"); err != nil {
+	if err := testutil.CollectAndCompare(ipvsUpdateCollector{c}, strings.NewReader(want), "netinspect_ipvs_backend_weight", "netinspect_ipvs_backend_connections_total"); err != nil {
 		t.Error(err)
 	}
 

@@ -10,6 +10,10 @@ packages=(
 	nftables      # nft
 	util-linux    # setpriv: run the exporter without CAP_NET_ADMIN
 	procps        # sysctl
+	qemu-system-x86         # test/vm: a second kernel (Debian's 6.1, with IPVS) under emulation
+	busybox-static          # test/vm: the guest's userland
+	cpio                    # test/vm: the initramfs
+	kmod                    # test/vm: depmod for the guest's module order
 	prometheus              # promtool and Prometheus for alerts/ and test/e2e
 	prometheus-alertmanager # Alertmanager for test/e2e
 )

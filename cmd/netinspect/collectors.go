@@ -25,6 +25,7 @@ func collectorSpecs() []collectorSpec {
 	return []collectorSpec{
 		conntrackSpec(),
 		vethSpec(),
+		ipvsSpec(),
 		iptablesSpec(),
 		nftablesSpec(),
 		attributionSpec(),
