@@ -4,6 +4,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 
 	"github.com/netinspect/netinspect/collector"
+	"github.com/netinspect/netinspect/inspect"
 )
 
 // collectorBuilder constructs a collector from the shared dependencies, after
@@ -31,4 +32,21 @@ func collectorSpecs() []collectorSpec {
 		attributionSpec(),
 		dnsSpec(),
 	}
+}
+
+// buildCollectors constructs the enabled collectors, in flag order. A
+// collector that rejects its flag values is a bad-flags error (exit 2).
+func buildCollectors(cfg *config, deps collector.Deps) ([]inspect.Source, error) {
+	var out []inspect.Source
+	for _, c := range cfg.collectors {
+		if !*c.enabled {
+			continue
+		}
+		col, err := c.build(deps)
+		if err != nil {
+			return nil, badFlagsf("collector %s: %v", c.name, err)
+		}
+		out = append(out, inspect.Source{Name: c.name, Collector: col})
+	}
+	return out, nil
 }

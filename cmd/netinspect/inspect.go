@@ -29,16 +29,9 @@ func runInspect(ctx context.Context, cfg *config, stdout, stderr io.Writer) erro
 	kubeState := waitKube(ctx, index != nil, kubeReady)
 
 	deps := collector.Deps{Logger: logger, Paths: cfg.paths, Index: index}
-	var sources []inspect.Source
-	for _, c := range cfg.collectors {
-		if !*c.enabled {
-			continue
-		}
-		col, err := c.build(deps)
-		if err != nil {
-			return badFlagsf("collector %s: %v", c.name, err)
-		}
-		sources = append(sources, inspect.Source{Name: c.name, Collector: col})
+	sources, err := buildCollectors(cfg, deps)
+	if err != nil {
+		return err
 	}
 	fams, problems := inspect.Gather(ctx, sources)
 

@@ -51,21 +51,18 @@ func serve(ctx context.Context, cfg *config, stderr io.Writer) error {
 	}
 	deps := collector.Deps{Logger: logger, Paths: cfg.paths, Index: index}
 
+	built, err := buildCollectors(cfg, deps)
+	if err != nil {
+		return err
+	}
 	enabled := map[string]collector.Collector{}
-	for _, c := range cfg.collectors {
-		if !*c.enabled {
-			continue
-		}
-		col, err := c.build(deps)
-		if err != nil {
-			return badFlagsf("collector %s: %v", c.name, err)
-		}
-		if s, ok := col.(collector.Starter); ok {
+	for _, c := range built {
+		if s, ok := c.Collector.(collector.Starter); ok {
 			if err := s.Start(ctx); err != nil {
-				return fmt.Errorf("start collector %s: %w", c.name, err)
+				return fmt.Errorf("start collector %s: %w", c.Name, err)
 			}
 		}
-		enabled[c.name] = col
+		enabled[c.Name] = c.Collector
 	}
 	set := collector.NewSet(logger, enabled)
 	logger.Info("starting netinspect", zap.String("version", version), zap.String("revision", revision),
