@@ -92,6 +92,9 @@ func (r Report) WriteTable(w io.Writer) error {
 					first = false
 				}
 				t.add(name, ip, port.Port, rd, kernel(port, s.IPVS), ct)
+				if port.IPTablesChain != "" {
+					t.note("    iptables chain " + port.IPTablesChain)
+				}
 			}
 			if first {
 				t.add(s.Namespace+"/"+s.Name, clusterIP, "-", ready, kernel(ServicePort{}, s.IPVS), optNum(s.ConntrackEntries))
@@ -221,8 +224,18 @@ type table struct {
 
 func (t *table) add(cells ...string) { t.rows = append(t.rows, cells) }
 
+// note adds a row printed as is, across the columns.
+func (t *table) note(text string) { t.rows = append(t.rows, []string{noteMark + text}) }
+
+// noteMark starts the single cell of a note row.
+const noteMark = "\x00"
+
 func (t *table) write(p *printer) {
 	for _, row := range append([][]string{t.header}, t.rows...) {
+		if len(row) == 1 && strings.HasPrefix(row[0], noteMark) {
+			p.line("  %s", strings.TrimPrefix(row[0], noteMark))
+			continue
+		}
 		var b strings.Builder
 		b.WriteString("  ")
 		for i, cell := range row {

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 
+	"github.com/netinspect/netinspect/collector/rules"
 	"github.com/netinspect/netinspect/kube"
 )
 
@@ -96,7 +97,10 @@ type IPVSState struct {
 // ServicePort is one port of a service and its endpoints in each of
 // kube-proxy's backends (null where that backend has nothing for it).
 type ServicePort struct {
-	Port              string   `json:"port"`
+	Port string `json:"port"`
+	// IPTablesChain is kube-proxy's KUBE-SVC chain of the port in iptables
+	// mode (computed as kube-proxy names it); empty in other modes.
+	IPTablesChain     string   `json:"iptables_chain"`
 	IPTablesEndpoints *float64 `json:"iptables_endpoints"`
 	NFTablesEndpoints *float64 `json:"nftables_endpoints"`
 }
@@ -129,7 +133,7 @@ func Build(node, kubeState string, index *kube.Index, fams Families, problems []
 	}
 	r.Conntrack = conntrackUsage(fams, f)
 	r.Pods = pods(index, fams, f)
-	r.Services = services(index, fams, f)
+	r.Services = services(index, fams, f, r.KubeProxyMode)
 	for _, s := range fams.series("netinspect_dns_probe_success") {
 		r.DNS = append(r.DNS, DNSProbe{Server: s.labels["server"], Name: s.labels["name"], Success: s.value == 1})
 	}
@@ -255,7 +259,7 @@ func pods(index *kube.Index, fams Families, f Filter) []Pod {
 	return out
 }
 
-func services(index *kube.Index, fams Families, f Filter) []Service {
+func services(index *kube.Index, fams Families, f Filter, mode string) []Service {
 	type key struct{ ns, name string }
 	byKey := map[key]*Service{}
 	add := func(ns, name string) *Service {
@@ -292,7 +296,10 @@ func services(index *kube.Index, fams Families, f Filter) []Service {
 			if name == "" {
 				name = strconv.Itoa(int(p.Port))
 			}
-			port(s, name)
+			sp := port(s, name)
+			if mode == "iptables" {
+				sp.IPTablesChain = rules.PrefixSVC + rules.PortProtoHash(rules.ServicePortName(si.Namespace, si.Name, p.Name), p.Protocol)
+			}
 		}
 	}
 	addCount := func(metric string, field func(*ServicePort) **float64) {

@@ -110,6 +110,18 @@ func TestInspectReportsTheTestNode(t *testing.T) {
 			t.Errorf("line %d is %d columns wide: %q", i+1, len(line), line)
 		}
 	}
+	// The chains it names are the ones the real kube-proxy wrote.
+	nat := tp.Node.MustRun("iptables-save", "-t", "nat")
+	chains := regexp.MustCompile(`iptables chain (KUBE-SVC-\w+)`).FindAllStringSubmatch(table, -1)
+	if len(chains) != 2 {
+		t.Errorf("inspect names %d iptables chains, want one per service port (2)", len(chains))
+	}
+	for _, m := range chains {
+		if !strings.Contains(nat, ":"+m[1]+" ") {
+			t.Errorf("inspect names chain %s, which kube-proxy did not create", m[1])
+		}
+	}
+
 	golden := "testdata/inspect.golden"
 	got := mask(table)
 	if *update {
