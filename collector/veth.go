@@ -97,6 +97,10 @@ type Veth struct {
 	// lastUnmapped is the unmapped set last logged at debug level.
 	lastUnmapped string
 	netnsErrOnce sync.Once
+
+	// podNetns is, from the latest scrape, the network namespace path each
+	// pod (namespace/name) was found through; see PodNetworkNamespaces.
+	podNetns atomic.Pointer[map[string]string]
 }
 
 type vethCounter int
@@ -195,6 +199,9 @@ type podEnd struct {
 	// (netns only): a Multus pod's status.podIPs hold only its primary
 	// interface's addresses, yet its other interfaces are the same pod's.
 	nsIPs []netip.Addr
+	// netns is the path the pod's namespace was entered through (netns
+	// only): a bind mount under --path.netns or <procfs>/<pid>/ns/net.
+	netns string
 }
 
 // vethScan is one mapping: for each host veth (by ifindex), what each method
@@ -335,6 +342,9 @@ func (c *Veth) rescan(ctx context.Context, h *netlink.Handle, veths []hostVeth, 
 		}
 		if end.nsIPs != nil {
 			prev.nsIPs = end.nsIPs
+		}
+		if end.netns != "" {
+			prev.netns = end.netns
 		}
 		for _, ip := range end.ips {
 			if !slices.Contains(prev.ips, ip) {
@@ -478,6 +488,7 @@ type resolved struct {
 	pod    kube.PodRef
 	iface  string
 	method string
+	netns  string
 }
 
 // resolve joins what the methods found to pods through the index. The
@@ -502,7 +513,7 @@ func (c *Veth) resolve(v hostVeth, found map[string]podEnd, seen map[string]stru
 			continue
 		}
 		if !ok {
-			win, ok = resolved{pod: ref, iface: end.iface, method: m}, true
+			win, ok = resolved{pod: ref, iface: end.iface, method: m, netns: end.netns}, true
 			continue
 		}
 		if ref.Namespace != win.pod.Namespace || ref.Name != win.pod.Name {
@@ -523,6 +534,17 @@ func (c *Veth) resolve(v hostVeth, found map[string]podEnd, seen map[string]stru
 	return win, ok
 }
 
+// PodNetworkNamespaces returns, as of the latest scrape, the path of the
+// network namespace each pod ("namespace/name") was found in by the netns
+// method. netinspect inspect shows it; it is not a metric, since paths are
+// not stable identities.
+func (c *Veth) PodNetworkNamespaces() map[string]string {
+	if m := c.podNetns.Load(); m != nil {
+		return *m
+	}
+	return nil
+}
+
 // podOf finds the pod that owns any of ips. Addresses of one interface all
 // belong to one pod; the first hit is taken.
 func (c *Veth) podOf(ips []netip.Addr) (kube.PodRef, bool) {
@@ -541,11 +563,15 @@ func (c *Veth) emit(ch chan<- prometheus.Metric, veths []hostVeth, s *vethScan, 
 	traffic := map[trafficKey]*[numVethCounters]uint64{}
 	var order []trafficKey
 	var unmapped []string
+	podNetns := map[string]string{}
 	for _, v := range veths {
 		r, ok := c.resolve(v, s.found[v.index], seen)
 		if !ok {
 			unmapped = append(unmapped, v.name)
 			continue
+		}
+		if r.netns != "" {
+			podNetns[r.pod.Namespace+"/"+r.pod.Name] = r.netns
 		}
 		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1,
 			r.pod.Namespace, r.pod.Name, r.iface, v.name, r.method)
@@ -575,6 +601,7 @@ func (c *Veth) emit(ch chan<- prometheus.Metric, veths []hostVeth, s *vethScan, 
 			ch <- prometheus.MustNewConstMetric(c.traffic[i], prometheus.CounterValue, float64(v), k.namespace, k.pod, k.iface)
 		}
 	}
+	c.podNetns.Store(&podNetns)
 	ch <- prometheus.MustNewConstMetric(c.unmapped, prometheus.GaugeValue, float64(len(unmapped)))
 	ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, now.Sub(s.at).Seconds())
 

@@ -198,6 +198,6 @@ func (c *Veth) readPodNS(ctx context.Context, h *netlink.Handle, id nsID, path s
 		if l.Type() != "veth" {
 			continue
 		}
-		found(nsid, a.Index, podEnd{iface: a.Name, ips: ips[a.Index], nsIPs: nsIPs})
+		found(nsid, a.Index, podEnd{iface: a.Name, ips: ips[a.Index], nsIPs: nsIPs, netns: path})
 	}
 }

@@ -66,6 +66,9 @@ func (r Report) WriteTable(w io.Writer) error {
 				veths = append(veths, i.HostInterface+"/"+i.Method)
 			}
 			t.add(pod.Namespace+"/"+pod.Name, ips, strings.Join(veths, ","), optNum(pod.ConntrackEntries))
+			if pod.Netns != "" {
+				t.note("    netns " + pod.Netns)
+			}
 		}
 		t.write(p)
 	}

@@ -55,11 +55,14 @@ type Entries struct {
 
 // Pod is a pod of this node with its network plumbing.
 type Pod struct {
-	Namespace   string      `json:"namespace"`
-	Name        string      `json:"name"`
-	HostNetwork bool        `json:"host_network"`
-	IPs         []string    `json:"ips"`
-	Interfaces  []Interface `json:"interfaces"`
+	Namespace   string   `json:"namespace"`
+	Name        string   `json:"name"`
+	HostNetwork bool     `json:"host_network"`
+	IPs         []string `json:"ips"`
+	// Netns is the path of the pod's network namespace when the veth
+	// collector entered it (empty otherwise).
+	Netns      string      `json:"netns"`
+	Interfaces []Interface `json:"interfaces"`
 	// ConntrackEntries is null when attribution did not run.
 	ConntrackEntries *float64 `json:"conntrack_entries"`
 }
@@ -112,9 +115,28 @@ type DNSProbe struct {
 	Success bool   `json:"success"`
 }
 
-// Build assembles the report from the gathered metrics and the index (nil
-// when Kubernetes enrichment is off).
-func Build(node, kubeState string, index *kube.Index, fams Families, problems []Problem, f Filter) Report {
+// NetnsReporter is implemented by the veth collector: the network namespace
+// path of each pod ("namespace/name") it entered.
+type NetnsReporter interface {
+	PodNetworkNamespaces() map[string]string
+}
+
+// PodNetns collects the pods' namespace paths from the sources that know them.
+func PodNetns(sources []Source) map[string]string {
+	out := map[string]string{}
+	for _, s := range sources {
+		if r, ok := s.Collector.(NetnsReporter); ok {
+			for k, v := range r.PodNetworkNamespaces() {
+				out[k] = v
+			}
+		}
+	}
+	return out
+}
+
+// Build assembles the report from the gathered metrics, the index (nil when
+// Kubernetes enrichment is off) and the pods' namespace paths (may be nil).
+func Build(node, kubeState string, index *kube.Index, fams Families, problems []Problem, netns map[string]string, f Filter) Report {
 	r := Report{
 		Node:       node,
 		Kubernetes: kubeState,
@@ -133,6 +155,9 @@ func Build(node, kubeState string, index *kube.Index, fams Families, problems []
 	}
 	r.Conntrack = conntrackUsage(fams, f)
 	r.Pods = pods(index, fams, f)
+	for i := range r.Pods {
+		r.Pods[i].Netns = netns[r.Pods[i].Namespace+"/"+r.Pods[i].Name]
+	}
 	r.Services = services(index, fams, f, r.KubeProxyMode)
 	for _, s := range fams.series("netinspect_dns_probe_success") {
 		r.DNS = append(r.DNS, DNSProbe{Server: s.labels["server"], Name: s.labels["name"], Success: s.value == 1})

@@ -96,7 +96,7 @@ func testSources() []Source {
 
 func TestBuildJoinsKernelViewToKubernetes(t *testing.T) {
 	fams, problems := Gather(context.Background(), testSources())
-	r := Build("node-a", "kubernetes cache synced", testIndex(), fams, problems, Filter{})
+	r := Build("node-a", "kubernetes cache synced", testIndex(), fams, problems, map[string]string{"shop/cart-0": "/run/netns/cni-1234"}, Filter{})
 
 	if r.KubeProxyMode != "iptables" {
 		t.Errorf("mode %q", r.KubeProxyMode)
@@ -113,7 +113,7 @@ func TestBuildJoinsKernelViewToKubernetes(t *testing.T) {
 			cart = &r.Pods[i]
 		}
 	}
-	if cart == nil || len(cart.Interfaces) != 1 || cart.Interfaces[0].HostInterface != "veth1a2b3c4d" || *cart.ConntrackEntries != 120 {
+	if cart == nil || len(cart.Interfaces) != 1 || cart.Interfaces[0].HostInterface != "veth1a2b3c4d" || *cart.ConntrackEntries != 120 || cart.Netns != "/run/netns/cni-1234" {
 		t.Fatalf("cart-0 %+v", cart)
 	}
 	if len(r.Services) != 1 || len(r.Services[0].Ports) != 2 {
@@ -130,7 +130,7 @@ func TestBuildJoinsKernelViewToKubernetes(t *testing.T) {
 		t.Errorf("problems %+v", r.Problems)
 	}
 
-	only := Build("node-a", "", testIndex(), fams, problems, Filter{Namespace: "shop", Pod: "cart-0"})
+	only := Build("node-a", "", testIndex(), fams, problems, nil, Filter{Namespace: "shop", Pod: "cart-0"})
 	if len(only.Pods) != 1 || len(only.Services) != 0 {
 		t.Errorf("filter by pod: %d pods, %d services", len(only.Pods), len(only.Services))
 	}
@@ -139,7 +139,7 @@ func TestBuildJoinsKernelViewToKubernetes(t *testing.T) {
 func TestTableFitsEightyColumns(t *testing.T) {
 	fams, problems := Gather(context.Background(), testSources())
 	var out bytes.Buffer
-	if err := Build("node-a", "kubernetes cache synced", testIndex(), fams, problems, Filter{}).WriteTable(&out); err != nil {
+	if err := Build("node-a", "kubernetes cache synced", testIndex(), fams, problems, nil, Filter{}).WriteTable(&out); err != nil {
 		t.Fatal(err)
 	}
 	for i, line := range strings.Split(out.String(), "\n") {
@@ -173,8 +173,8 @@ func ValidateJSON(t *testing.T, doc []byte) {
 func TestJSONMatchesSchema(t *testing.T) {
 	fams, problems := Gather(context.Background(), testSources())
 	for _, r := range []Report{
-		Build("node-a", "synced", testIndex(), fams, problems, Filter{}),
-		Build("", "kubernetes enrichment off", nil, Families{}, nil, Filter{}),
+		Build("node-a", "synced", testIndex(), fams, problems, nil, Filter{}),
+		Build("", "kubernetes enrichment off", nil, Families{}, nil, nil, Filter{}),
 	} {
 		var out bytes.Buffer
 		if err := r.WriteJSON(&out); err != nil {
@@ -185,7 +185,7 @@ func TestJSONMatchesSchema(t *testing.T) {
 	// The schema rejects what the report must not contain.
 	var bad map[string]any
 	var out bytes.Buffer
-	if err := Build("n", "", nil, Families{}, nil, Filter{}).WriteJSON(&out); err != nil {
+	if err := Build("n", "", nil, Families{}, nil, nil, Filter{}).WriteJSON(&out); err != nil {
 		t.Fatal(err)
 	}
 	if err := json.Unmarshal(out.Bytes(), &bad); err != nil {
@@ -235,7 +235,7 @@ func TestGatherWaitsForFirstSnapshotButNotForAbsentSources(t *testing.T) {
 	if w.polls != 3 {
 		t.Errorf("background source polled %d times, want 3", w.polls)
 	}
-	if r := Build("n", "", nil, fams, problems, Filter{}); r.KubeProxyMode != "nftables" {
+	if r := Build("n", "", nil, fams, problems, nil, Filter{}); r.KubeProxyMode != "nftables" {
 		t.Errorf("mode %q from the warmed-up source, want nftables", r.KubeProxyMode)
 	}
 	if len(problems) != 1 || problems[0].Source != "nftables" || !problems[0].Absent {

@@ -39,7 +39,7 @@ func runInspect(ctx context.Context, cfg *config, stdout, stderr io.Writer) erro
 	if node == "" {
 		node, _ = os.Hostname()
 	}
-	report := inspect.Build(node, kubeState, index, fams, problems, inspect.Filter{
+	report := inspect.Build(node, kubeState, index, fams, problems, inspect.PodNetns(sources), inspect.Filter{
 		Namespace: cfg.inspect.namespace, Pod: cfg.inspect.pod, Service: cfg.inspect.service,
 	})
 	if cfg.inspect.output == "json" {

@@ -110,6 +110,13 @@ func TestInspectReportsTheTestNode(t *testing.T) {
 			t.Errorf("line %d is %d columns wide: %q", i+1, len(line), line)
 		}
 	}
+	// Each pod's network namespace is the one the topology bound it to.
+	for _, p := range []*topology.Pod{cart, web} {
+		if !strings.Contains(table, "netns "+p.Path+"\n") {
+			t.Errorf("inspect does not show %s's network namespace %s", p.Name, p.Path)
+		}
+	}
+
 	// The chains it names are the ones the real kube-proxy wrote.
 	nat := tp.Node.MustRun("iptables-save", "-t", "nat")
 	chains := regexp.MustCompile(`iptables chain (KUBE-SVC-\w+)`).FindAllStringSubmatch(table, -1)
@@ -123,7 +130,7 @@ func TestInspectReportsTheTestNode(t *testing.T) {
 	}
 
 	golden := "testdata/inspect.golden"
-	got := mask(table)
+	got := mask(strings.ReplaceAll(table, tp.NetNSDir, "NETNSDIR"))
 	if *update {
 		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
 			t.Fatal(err)
