@@ -12,6 +12,7 @@ import (
 
 	"github.com/netinspect/netinspect/kube"
 	"github.com/netinspect/netinspect/test/controlplane"
+	"github.com/netinspect/netinspect/test/vm"
 )
 
 // podStore is where the tests' Pod objects live; the collector reads them
@@ -24,6 +25,16 @@ type podStore interface {
 
 // indexPods fills the index directly through its exported setters.
 type indexPods struct{ ix *kube.Index }
+
+// vethPods is where the veth tests keep their Pod objects: a real
+// kube-apiserver, except inside the qemu VM of test/vm (a second kernel,
+// no control plane there), where the index is filled directly.
+func vethPods(t testing.TB) podStore {
+	if vm.InGuest() {
+		return newIndexPods()
+	}
+	return newAPIPods(t)
+}
 
 func newIndexPods() *indexPods { return &indexPods{ix: kube.NewIndex(testNode)} }
 

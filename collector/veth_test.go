@@ -123,7 +123,7 @@ func expectMapping(t *testing.T, reg *prometheus.Registry, unmapped int, lines .
 // TestVethMapping checks every pod interface of the standard layout with
 // each method alone and with all of them.
 func TestVethMapping(t *testing.T) {
-	e := newVethEnv(t, newAPIPods(t))
+	e := newVethEnv(t, vethPods(t))
 	P := func(pod, iface string, method string) string {
 		return infoLine(pod, iface, hostName(e, pod, iface), method)
 	}
@@ -297,7 +297,7 @@ func linkStats(t testing.TB, path, iface string) netlink.LinkStatistics {
 // TestVethTraffic sends traffic between pods and checks that each pod's
 // counters equal the kernel's statistics of the pod's own interface.
 func TestVethTraffic(t *testing.T) {
-	e := newVethEnv(t, newAPIPods(t))
+	e := newVethEnv(t, vethPods(t))
 	reg := vethRegistry(t, e.collector(t, zap.NewNop(), VethConfig{}))
 	type ifc struct{ pod, iface string }
 	ifaces := []ifc{{topology.PodBridgeA, "eth0"}, {topology.PodBridgeB, "eth0"}, {topology.PodPTP, "eth0"},

@@ -31,3 +31,18 @@ func TestVMConntrackSecondKernel(t *testing.T) {
 	})
 	res.RequirePassed(t, tests...)
 }
+
+// TestVMVethSecondKernel runs the veth collector's mapping and traffic tests
+// on Debian's 6.1 kernel (the Pod objects come from an index filled directly,
+// since no control plane runs in the VM).
+func TestVMVethSecondKernel(t *testing.T) {
+	tests := []string{"TestVethMapping", "TestVethTraffic"}
+	res := Run(t, Config{
+		Package: "../../collector",
+		Run:     "^(TestVethMapping|TestVethTraffic)$",
+		// sh: busybox's own sh would run its ip applet instead of iproute2's.
+		Commands: []string{"ip", "sh", "bash", "unshare", "nsenter"},
+		Timeout:  10 * time.Minute,
+	})
+	res.RequirePassed(t, tests...)
+}
