@@ -480,7 +480,9 @@ func TestVethChurn(t *testing.T) {
 	if strings.Join(before, "\n") != strings.Join(after, "\n") {
 		t.Errorf("series after the churn differ from before:\nbefore:\n%s\nafter:\n%s", strings.Join(before, "\n"), strings.Join(after, "\n"))
 	}
-	if got := countFDs(t); got != fds {
+	// Fewer is fine (the API client may have closed an idle connection);
+	// more is a leak.
+	if got := countFDs(t); got > fds {
 		t.Errorf("open file descriptors: %d before the churn, %d after", fds, got)
 	}
 	deadline := time.Now().Add(10 * time.Second)

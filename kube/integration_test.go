@@ -84,8 +84,15 @@ func testPods(t *testing.T, cp *cpl.ControlPlane) {
 				return fmt.Errorf("PodByIP(%s) = %v, %v", a, ref, ok)
 			}
 		}
-		if n := len(ix.Pods()); n != 2 {
+		pods := ix.Pods()
+		if n := len(pods); n != 2 {
 			return fmt.Errorf("%d pods indexed, want 2 (web, hostnet)", n)
+		}
+		// CreatePod sets the status (IPs) in a second write: wait for it.
+		for _, p := range pods {
+			if p.Name == "hostnet" && len(p.IPs) != 1 {
+				return fmt.Errorf("hostnet has IPs %v, want its status's one", p.IPs)
+			}
 		}
 		return nil
 	})
