@@ -71,12 +71,6 @@ type IPTables struct {
 // NewIPTables returns the iptables collector. Its refresher starts with
 // Start, or on the first Update.
 func NewIPTables(cfg IPTablesConfig, deps Deps) *IPTables {
-	if cfg.RefreshInterval <= 0 {
-		cfg.RefreshInterval = 30 * time.Second
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = time.Minute
-	}
 	c := &IPTables{
 		cfg:    cfg,
 		procfs: deps.Paths.ProcFS,

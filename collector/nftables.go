@@ -55,12 +55,6 @@ type NFTables struct {
 // NewNFTables returns the nftables collector. Its refresher starts with
 // Start, or on the first Update.
 func NewNFTables(cfg NFTablesConfig, deps Deps) *NFTables {
-	if cfg.RefreshInterval <= 0 {
-		cfg.RefreshInterval = 30 * time.Second
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = time.Minute
-	}
 	c := &NFTables{
 		cfg:    cfg,
 		procfs: deps.Paths.ProcFS,

@@ -25,7 +25,15 @@ type ruleSource[T interface{ constMetrics() []prometheus.Metric }] struct {
 	lastRefresh, refreshDuration *prometheus.Desc
 }
 
+// newRuleSource lists every interval (default 30s), each listing bounded by
+// timeout (default 1m).
 func newRuleSource[T interface{ constMetrics() []prometheus.Metric }](name string, interval, timeout time.Duration, list func(context.Context) (T, error)) *ruleSource[T] {
+	if interval <= 0 {
+		interval = 30 * time.Second
+	}
+	if timeout <= 0 {
+		timeout = time.Minute
+	}
 	return &ruleSource[T]{
 		name:      name,
 		refresher: rules.NewRefresher(interval, timeout, list),
