@@ -68,7 +68,7 @@ type Attribution struct {
 
 	protoNames [256]string
 
-	podEntries, svcEntries, duration, scanned, lastSuccess, errorsTotal, passesTotal, eventsLostTotal *prometheus.Desc
+	podEntries, svcEntries, stateEntries, duration, scanned, lastSuccess, errorsTotal, passesTotal, eventsLostTotal *prometheus.Desc
 
 	snap    atomic.Pointer[attributionSnapshot]
 	errs    atomic.Uint64
@@ -86,6 +86,7 @@ type Attribution struct {
 type attributionSnapshot struct {
 	pods     []attributedCount
 	services []attributedCount
+	states   []stateCount
 	scanned  int
 	duration time.Duration
 	finished time.Time
@@ -96,6 +97,66 @@ type attributionSnapshot struct {
 type attributedCount struct {
 	namespace, name, protocol string
 	entries                   uint64
+}
+
+// stateCount is the number of entries of one protocol in one state.
+type stateCount struct {
+	protocol, state, assured string
+	entries                  uint64
+}
+
+// tcpStateNames are the names of enum tcp_conntrack
+// (include/uapi/linux/netfilter/nf_conntrack_tcp.h) in lower case, as
+// node_exporter names socket states; SYN_SENT2 is the simultaneous open.
+var tcpStateNames = [...]string{"none", "syn_sent", "syn_recv", "established", "fin_wait",
+	"close_wait", "last_ack", "time_wait", "close", "syn_sent2"}
+
+// stateTally counts the entries of a pass by protocol, TCP state and
+// whether the entry is assured (IPS_ASSURED: the kernel's early drop cannot
+// evict it when the table is full).
+type stateTally struct {
+	tcp   [len(tcpStateNames) + 1][2]uint64 // the last row: a state the kernel added later
+	other [256][2]uint64                    // by IP protocol number
+}
+
+const ipsAssured = 1 << 2 // IPS_ASSURED_BIT in include/uapi/linux/netfilter/nf_conntrack_common.h
+
+func (t *stateTally) add(e *ctdump.Entry) {
+	assured := 0
+	if e.Status&ipsAssured != 0 {
+		assured = 1
+	}
+	if e.Orig.Proto == unix.IPPROTO_TCP {
+		t.tcp[min(int(e.TCPState), len(tcpStateNames))][assured]++
+		return
+	}
+	t.other[e.Orig.Proto][assured]++
+}
+
+// counts lists the non-zero counters, TCP states first, then the other
+// protocols by number.
+func (t *stateTally) counts(protoNames *[256]string) []stateCount {
+	var out []stateCount
+	assured := [2]string{"false", "true"}
+	for st, row := range t.tcp {
+		name := "unknown"
+		if st < len(tcpStateNames) {
+			name = tcpStateNames[st]
+		}
+		for a, n := range row {
+			if n > 0 {
+				out = append(out, stateCount{protocol: "tcp", state: name, assured: assured[a], entries: n})
+			}
+		}
+	}
+	for p, row := range t.other {
+		for a, n := range row {
+			if n > 0 {
+				out = append(out, stateCount{protocol: protoNames[p], assured: assured[a], entries: n})
+			}
+		}
+	}
+	return out
 }
 
 // attrKey keys the counters of a pass; proto is the IP protocol number.
@@ -123,6 +184,9 @@ func NewAttribution(cfg AttributionConfig, deps Deps) *Attribution {
 		podEntries: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "pod_entries"),
 			"Conntrack entries whose original source (the client) or reply source (the backend serving it, after DNAT) is this pod, at the last pass.",
 			[]string{"namespace", "pod", "protocol"}, nil),
+		stateEntries: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "state_entries"),
+			"Conntrack entries by protocol, TCP state (empty for other protocols) and whether the entry is assured (assured entries cannot be evicted by early drop when the table is full), at the last full pass.",
+			[]string{"protocol", "state", "assured"}, nil),
 		svcEntries: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "service_entries"),
 			"Conntrack entries whose original destination address and port is this service, at the last pass; services beyond the top-K are summed into namespace=\"\", service=\"\".",
 			[]string{"namespace", "service", "protocol"}, nil),
@@ -213,7 +277,7 @@ func (a *Attribution) Pass(ctx context.Context) error {
 	}
 
 	start := time.Now()
-	pods, services, scanned, err := a.scan(ctx)
+	pods, services, states, scanned, err := a.scan(ctx)
 	if err != nil {
 		return err
 	}
@@ -222,6 +286,7 @@ func (a *Attribution) Pass(ctx context.Context) error {
 	s := &attributionSnapshot{
 		pods:     a.counts(pods),
 		services: a.topK(a.counts(services)),
+		states:   states.counts(&a.protoNames),
 		scanned:  scanned,
 		duration: elapsed,
 		finished: time.Now(),
@@ -243,23 +308,26 @@ func (a *Attribution) tableAbsent() error {
 	return nil
 }
 
-// scan dumps the table once and counts its entries per pod and service.
-func (a *Attribution) scan(ctx context.Context) (pods, services map[attrKey]int64, scanned int, err error) {
+// scan dumps the table once and counts its entries per pod, service and
+// state.
+func (a *Attribution) scan(ctx context.Context) (pods, services map[attrKey]int64, states *stateTally, scanned int, err error) {
 	pods = map[attrKey]int64{}
 	services = map[attrKey]int64{}
+	states = &stateTally{}
 	st, err := a.dumper.Dump(ctx, a.cfg.NetNS, ctdump.FamilyAll, func(e *ctdump.Entry) {
 		a.count(e, pods, services, 1)
+		states.add(e)
 	})
 	if err != nil {
 		if errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.EOPNOTSUPP) {
-			return nil, nil, 0, fmt.Errorf("dump conntrack table: ctnetlink absent (%v): %w", err, ErrNoData)
+			return nil, nil, nil, 0, fmt.Errorf("dump conntrack table: ctnetlink absent (%v): %w", err, ErrNoData)
 		}
-		return nil, nil, 0, fmt.Errorf("dump conntrack table: %w", err)
+		return nil, nil, nil, 0, fmt.Errorf("dump conntrack table: %w", err)
 	}
 	if st.Interrupted {
 		a.logger.Debug("conntrack dump was interrupted by table changes; counts may be off by the entries that moved")
 	}
-	return pods, services, st.Entries, nil
+	return pods, services, states, st.Entries, nil
 }
 
 // count adds delta to the counters of the pods and the service e counts
@@ -354,6 +422,9 @@ func (a *Attribution) Update(_ context.Context, ch chan<- prometheus.Metric) err
 	}
 	for _, c := range s.services {
 		ch <- prometheus.MustNewConstMetric(a.svcEntries, prometheus.GaugeValue, float64(c.entries), c.namespace, c.name, c.protocol)
+	}
+	for _, c := range s.states {
+		ch <- prometheus.MustNewConstMetric(a.stateEntries, prometheus.GaugeValue, float64(c.entries), c.protocol, c.state, c.assured)
 	}
 	ch <- prometheus.MustNewConstMetric(a.duration, prometheus.GaugeValue, s.duration.Seconds())
 	ch <- prometheus.MustNewConstMetric(a.scanned, prometheus.GaugeValue, float64(s.scanned))

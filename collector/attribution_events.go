@@ -24,6 +24,7 @@ type eventCounters struct {
 	mu       sync.Mutex
 	pods     map[attrKey]int64 // nil until the first pass
 	services map[attrKey]int64
+	states   []stateCount // of the last pass: events do not report state changes
 	scanned  int
 	duration time.Duration
 	finished time.Time
@@ -47,6 +48,7 @@ func (a *Attribution) current() *attributionSnapshot {
 	return &attributionSnapshot{
 		pods:     a.counts(ev.pods),
 		services: a.topK(a.counts(ev.services)),
+		states:   ev.states,
 		scanned:  ev.scanned,
 		duration: ev.duration,
 		finished: ev.finished,
@@ -131,13 +133,14 @@ func (a *Attribution) resync(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, a.cfg.Interval)
 	defer cancel()
 	start := time.Now()
-	pods, services, scanned, err := a.scan(pctx)
+	pods, services, states, scanned, err := a.scan(pctx)
 	if err != nil {
 		return err
 	}
+	stateCounts := states.counts(&a.protoNames)
 	ev := &a.events
 	ev.mu.Lock()
-	ev.pods, ev.services = pods, services
+	ev.pods, ev.services, ev.states = pods, services, stateCounts
 	ev.scanned, ev.duration, ev.finished = scanned, time.Since(start), time.Now()
 	ev.mu.Unlock()
 	a.absent.Store(nil)

@@ -60,6 +60,7 @@ type IPVS struct {
 	allKept bool
 
 	svcConns, svcInPkts, svcOutPkts, svcInBytes, svcOutBytes *prometheus.Desc
+	svcInfo, svcPersistence, beInfo                          *prometheus.Desc
 	beActive, beInactive, beWeight                           *prometheus.Desc
 	beConns, beInPkts, beOutPkts, beInBytes, beOutBytes      *prometheus.Desc
 }
@@ -104,6 +105,13 @@ func NewIPVS(cfg IPVSConfig, deps Deps) (*IPVS, error) {
 	c.svcOutPkts = svc("service_out_packets_total", "Packets the IPVS virtual server sent back to clients since it was created.")
 	c.svcInBytes = svc("service_in_bytes_total", "Bytes the IPVS virtual server received from clients since it was created.")
 	c.svcOutBytes = svc("service_out_bytes_total", "Bytes the IPVS virtual server sent back to clients since it was created.")
+	c.svcInfo = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "ipvs", "service_info"),
+		"Flags of the IPVS virtual server as ipvsadm names them (persistent, ops, sh-fallback, sh-port, mh-fallback, mh-port, flag-1..3), comma separated; always 1.",
+		append(slices.Clone(svcLabels), "flags"), nil)
+	c.svcPersistence = svc("service_persistence_timeout_seconds", "Persistence (session affinity) timeout of a persistent IPVS virtual server.")
+	c.beInfo = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "ipvs", "backend_info"),
+		"Forwarding method of the IPVS backend (masq, local, tunnel, route, bypass); always 1. Only with every backend label kept.",
+		append(slices.Clone(IPVSBackendLabels), "forwarding_method"), nil)
 	c.beActive = be("backend_connections_active", "Active (established) connections of the IPVS backend.")
 	c.beInactive = be("backend_connections_inactive", "Inactive connections of the IPVS backend (not established: closing, TIME_WAIT, or UDP).")
 	c.beWeight = be("backend_weight", "Scheduling weight of the IPVS backend (0: takes no new connections).")
@@ -194,6 +202,10 @@ func (c *IPVS) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
 		ch <- sharedLabelsMetric{c.svcOutPkts, sv, false, float64(s.Stats.OutPkts)}
 		ch <- sharedLabelsMetric{c.svcInBytes, sv, false, float64(s.Stats.InBytes)}
 		ch <- sharedLabelsMetric{c.svcOutBytes, sv, false, float64(s.Stats.OutBytes)}
+		ch <- prometheus.MustNewConstMetric(c.svcInfo, prometheus.GaugeValue, 1, l.protocol, l.address, l.port, s.Sched, l.ref.Namespace, l.ref.Service, l.ref.Port, ipvsServiceFlags(s.Flags, s.Sched))
+		if s.Flags&ipvsSvcFlagPersistent != 0 {
+			ch <- sharedLabelsMetric{c.svcPersistence, sv, true, float64(s.Timeout)}
+		}
 
 		if !c.cfg.Backends {
 			continue
@@ -243,6 +255,7 @@ func (c *IPVS) emitBackend(ch chan<- prometheus.Metric, agg map[string]*ipvsBack
 		ch <- sharedLabelsMetric{c.beActive, lp, true, float64(d.Active)}
 		ch <- sharedLabelsMetric{c.beInactive, lp, true, float64(d.Inactive)}
 		ch <- sharedLabelsMetric{c.beWeight, lp, true, float64(d.Weight)}
+		ch <- prometheus.MustNewConstMetric(c.beInfo, prometheus.GaugeValue, 1, append(all[:], ipvsForwardingMethod(d.FwdMethod))...)
 		if c.cfg.BackendStats {
 			c.emitBackendStats(ch, lp, &d.Stats)
 		}
@@ -270,6 +283,60 @@ func (c *IPVS) emitBackend(ch chan<- prometheus.Metric, agg map[string]*ipvsBack
 	b.stats.OutPkts += d.Stats.OutPkts
 	b.stats.InBytes += d.Stats.InBytes
 	b.stats.OutBytes += d.Stats.OutBytes
+}
+
+// Virtual server flags (IP_VS_SVC_F_* in include/uapi/linux/ip_vs.h).
+const (
+	ipvsSvcFlagPersistent = 0x1
+	ipvsSvcFlagOnePacket  = 0x4
+	ipvsSvcFlagSched1     = 0x8
+	ipvsSvcFlagSched2     = 0x10
+	ipvsSvcFlagSched3     = 0x20
+)
+
+// ipvsServiceFlags names a virtual server's flags as ipvsadm -Ln prints
+// them, comma separated; the scheduler flags are named after the sh and mh
+// schedulers that define them. IP_VS_SVC_F_HASHED is left out: every
+// virtual server in the table has it.
+func ipvsServiceFlags(flags uint32, sched string) string {
+	var names []string
+	if flags&ipvsSvcFlagPersistent != 0 {
+		names = append(names, "persistent")
+	}
+	if flags&ipvsSvcFlagOnePacket != 0 {
+		names = append(names, "ops")
+	}
+	schedNames := [3]string{"flag-1", "flag-2", "flag-3"}
+	switch sched {
+	case "sh":
+		schedNames[0], schedNames[1] = "sh-fallback", "sh-port"
+	case "mh":
+		schedNames[0], schedNames[1] = "mh-fallback", "mh-port"
+	}
+	for i, f := range []uint32{ipvsSvcFlagSched1, ipvsSvcFlagSched2, ipvsSvcFlagSched3} {
+		if flags&f != 0 {
+			names = append(names, schedNames[i])
+		}
+	}
+	return strings.Join(names, ",")
+}
+
+// ipvsForwardingMethod names a backend's forwarding method
+// (IP_VS_CONN_F_FWD_MASK bits of its connection flags).
+func ipvsForwardingMethod(fwd uint32) string {
+	switch fwd & 0x7 {
+	case 0:
+		return "masq"
+	case 1:
+		return "local"
+	case 2:
+		return "tunnel"
+	case 3:
+		return "route"
+	case 4:
+		return "bypass"
+	}
+	return strconv.FormatUint(uint64(fwd&0x7), 10)
 }
 
 // sharedLabelsMetric is a constant metric whose label pairs are shared with

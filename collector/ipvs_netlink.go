@@ -34,6 +34,7 @@ const (
 	ipvsSvcAttrFWMark    = 5
 	ipvsSvcAttrSchedName = 6
 	ipvsSvcAttrFlags     = 7
+	ipvsSvcAttrTimeout   = 8
 	ipvsSvcAttrStats     = 10
 	ipvsSvcAttrStats64   = 12
 
@@ -69,6 +70,7 @@ type ipvsService struct {
 	FWMark   uint32
 	Sched    string
 	Flags    uint32
+	Timeout  uint32 // persistence timeout in seconds
 	Stats    ipvsStats
 }
 
@@ -242,6 +244,8 @@ func (s *ipvsService) decodeAttr(typ uint16, b []byte) error {
 		s.Sched = cString(b)
 	case ipvsSvcAttrFlags:
 		s.Flags = u32(b) // struct ip_vs_flags{flags, mask}
+	case ipvsSvcAttrTimeout:
+		s.Timeout = u32(b)
 	case ipvsSvcAttrStats:
 		if s.Stats == (ipvsStats{}) {
 			return walkAttrs(b, s.Stats.decode32)

@@ -34,10 +34,11 @@ func TestVMIPVS(t *testing.T) {
 	res := vm.Run(t, vm.Config{
 		Package:  ".",
 		Run:      "^TestIPVSGuest",
+		Modules:  append(append([]string(nil), vm.DefaultModules...), "ip_vs_sh"),
 		Commands: []string{"ip"},
 		Timeout:  8 * time.Minute,
 	})
-	res.RequirePassed(t, "TestIPVSGuestCollector", "TestIPVSGuestBackendLabels")
+	res.RequirePassed(t, "TestIPVSGuestCollector", "TestIPVSGuestBackendLabels", "TestIPVSGuestInfo")
 }
 
 // ipvsTopology is a node with IPVS, a client and a backend namespace, wired
@@ -552,8 +553,98 @@ netinspect_ipvs_backend_connections_total{namespace="shop",service="web"} 0
 		t.Fatal(err)
 	}
 	samples := gatherIPVS(t, c)
-	if len(samples) != 5 {
-		t.Errorf("with backends off want the 5 service series, got %d: %v", len(samples), samples)
+	if len(samples) != 6 {
+		t.Errorf("with backends off want the 5 service series and service_info, got %d: %v", len(samples), samples)
+	}
+}
+
+// TestIPVSGuestInfo runs inside the VM: virtual server flags, persistence
+// timeout and backend forwarding methods as set through netlink, checked
+// against /proc/net/ip_vs read in the same test.
+func TestIPVSGuestInfo(t *testing.T) {
+	vm.RequireGuest(t)
+	tp := newIPVSTopology(t)
+	// sessionAffinity: ClientIP makes kube-proxy create a persistent
+	// virtual server with the affinity timeout (10800 s by default).
+	sticky := &ipvs.Service{Address: net.IPv4(10, 96, 0, 10), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "rr",
+		Flags: ipvsSvcFlagPersistent, Timeout: 10800}
+	tp.addService(t, sticky, nil)
+	hashed := &ipvs.Service{Address: net.IPv4(10, 96, 0, 11), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "sh",
+		Flags: ipvsSvcFlagSched1 | ipvsSvcFlagSched2}
+	tp.addService(t, hashed, nil)
+	for addr, fwd := range map[string]uint32{
+		"10.0.2.11": ipvs.ConnectionFlagMasq,
+		"10.0.2.12": ipvs.ConnectionFlagDirectRoute,
+		"10.0.2.13": ipvs.ConnectionFlagTunnel,
+	} {
+		d := &ipvs.Destination{Address: net.ParseIP(addr), Port: 8080, Weight: 1, AddressFamily: unix.AF_INET, ConnectionFlags: fwd}
+		if err := tp.h.NewDestination(sticky, d); err != nil {
+			t.Fatalf("add backend %s: %v", addr, err)
+		}
+	}
+	c, err := NewIPVS(IPVSConfig{Backends: true, NetNS: tp.node.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `# HELP netinspect_ipvs_service_info Flags of the IPVS virtual server as ipvsadm names them (persistent, ops, sh-fallback, sh-port, mh-fallback, mh-port, flag-1..3), comma separated; always 1.
+# TYPE netinspect_ipvs_service_info gauge
+netinspect_ipvs_service_info{address="10.96.0.10",flags="persistent",namespace="shop",port="80",port_name="http",protocol="tcp",scheduler="rr",service="web"} 1
+netinspect_ipvs_service_info{address="10.96.0.11",flags="sh-fallback,sh-port",namespace="shop",port="80",port_name="80",protocol="tcp",scheduler="sh",service="api"} 1
+# HELP netinspect_ipvs_service_persistence_timeout_seconds Persistence (session affinity) timeout of a persistent IPVS virtual server.
+# TYPE netinspect_ipvs_service_persistence_timeout_seconds gauge
+netinspect_ipvs_service_persistence_timeout_seconds{address="10.96.0.10",namespace="shop",port="80",port_name="http",protocol="tcp",scheduler="rr",service="web"} 10800
+# HELP netinspect_ipvs_backend_info Forwarding method of the IPVS backend (masq, local, tunnel, route, bypass); always 1. Only with every backend label kept.
+# TYPE netinspect_ipvs_backend_info gauge
+netinspect_ipvs_backend_info{address="10.96.0.10",backend_address="10.0.2.11",backend_port="8080",forwarding_method="masq",namespace="shop",pod="web-1",port="80",protocol="tcp",service="web"} 1
+netinspect_ipvs_backend_info{address="10.96.0.10",backend_address="10.0.2.12",backend_port="8080",forwarding_method="route",namespace="shop",pod="web-2",port="80",protocol="tcp",service="web"} 1
+netinspect_ipvs_backend_info{address="10.96.0.10",backend_address="10.0.2.13",backend_port="8080",forwarding_method="tunnel",namespace="shop",pod="web-3",port="80",protocol="tcp",service="web"} 1
+`
+	if err := testutil.CollectAndCompare(ipvsUpdateCollector{c}, strings.NewReader(want),
+		"netinspect_ipvs_service_info", "netinspect_ipvs_service_persistence_timeout_seconds", "netinspect_ipvs_backend_info"); err != nil {
+		t.Error(err)
+	}
+
+	// The kernel's own view agrees: /proc/net/ip_vs prints "persistent" on
+	// the persistent service's line and each backend's method.
+	proc := tp.node.MustRun("cat", "/proc/net/ip_vs")
+	t.Logf("/proc/net/ip_vs:\n%s", proc)
+	for _, line := range strings.Split(proc, "\n") {
+		switch {
+		case strings.HasPrefix(line, "TCP  0A60000A:0050 rr ") && !strings.Contains(line, "persistent"):
+			t.Errorf("/proc/net/ip_vs shows the sticky service without persistence: %q", line)
+		case strings.HasPrefix(line, "TCP  0A60000B:0050 sh ") && strings.Contains(line, "persistent"):
+			t.Errorf("/proc/net/ip_vs shows the sh service as persistent: %q", line)
+		}
+	}
+	svcs, err := ParseProcIPVS(strings.NewReader(proc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	samples := gatherIPVS(t, c)
+	checked := 0
+	for _, s := range svcs {
+		for _, b := range s.Backends {
+			key := fmt.Sprintf("netinspect_ipvs_backend_info{address=%s,backend_address=%s,backend_port=%d,forwarding_method=%s,namespace=shop,pod=%s,port=80,protocol=tcp,service=web}",
+				s.Addr, b.Addr, b.Port, strings.ToLower(b.Forward), map[string]string{"10.0.2.11": "web-1", "10.0.2.12": "web-2", "10.0.2.13": "web-3"}[b.Addr.String()])
+			if samples[key] != 1 {
+				t.Errorf("/proc/net/ip_vs backend %s %s: no series %s", b.Addr, b.Forward, key)
+			}
+			checked++
+		}
+	}
+	if checked != 3 {
+		t.Errorf("/proc/net/ip_vs lists %d backends, want 3", checked)
+	}
+
+	// Backend info is per backend: with labels dropped it is not exported.
+	c, err = NewIPVS(IPVSConfig{Backends: true, BackendLabels: []string{"namespace", "service"}, NetNS: tp.node.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range gatherIPVS(t, c) {
+		if strings.HasPrefix(k, "netinspect_ipvs_backend_info{") {
+			t.Errorf("backend info exported with reduced backend labels: %s", k)
+		}
 	}
 }
 

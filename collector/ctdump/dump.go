@@ -23,10 +23,22 @@ const (
 	FamilyIPv6 Family = unix.AF_INET6
 )
 
-// bufSize is the receive buffer. The kernel sizes the datagrams of a dump
-// after the reader's buffer but caps them at 32 KiB (netlink_recvmsg in
-// net/netlink/af_netlink.c), so 64 KiB always holds a whole datagram.
+// bufSize is the size of each receive buffer. The kernel sizes the
+// datagrams of a dump after the reader's buffer but caps them at 32 KiB
+// (netlink_recvmsg in net/netlink/af_netlink.c), so 64 KiB always holds a
+// whole datagram.
 const bufSize = 64 << 10
+
+// buffers is how many datagrams can be in flight between the goroutine that
+// reads the socket and the one that decodes.
+//
+// Why two goroutines: the kernel builds the next datagram of a dump inside
+// the recvmsg(2) that returns the current one (netlink_recvmsg calls
+// netlink_dump once the queue is below half the receive buffer), so reading
+// is where the kernel's share of a dump runs. Decoding and counting on
+// another goroutine lets both proceed at once on two CPUs; a pass then costs
+// about the kernel's dump time instead of the kernel's time plus ours.
+const buffers = 4
 
 // Stats describes one dump.
 type Stats struct {
@@ -40,24 +52,27 @@ type Stats struct {
 	Interrupted bool
 }
 
-// Dumper dumps conntrack tables. It holds one receive buffer, reused by
+// Dumper dumps conntrack tables. It holds its receive buffers, reused by
 // every dump, and must not be used by two dumps at once.
 type Dumper struct {
-	buf []byte
-	e   Entry
-
-	// The outcome of the last readFD, kept here so that the function passed
-	// to RawConn.Read is made once, not once per datagram.
-	n      int
-	rerr   error
-	readFn func(fd uintptr) bool
+	bufs [buffers][]byte
+	e    Entry
 }
 
 // NewDumper returns a Dumper.
 func NewDumper() *Dumper {
-	d := &Dumper{buf: make([]byte, bufSize)}
-	d.readFn = d.readFD
+	d := &Dumper{}
+	for i := range d.bufs {
+		d.bufs[i] = make([]byte, bufSize)
+	}
 	return d
+}
+
+// datagram is one datagram received into one of the Dumper's buffers.
+type datagram struct {
+	buf []byte // the whole buffer; buf[:n] is the datagram
+	n   int
+	err error
 }
 
 // Dump reads every conntrack entry of the network namespace netns (an open
@@ -65,8 +80,11 @@ func NewDumper() *Dumper {
 // a pointer valid only during the call. It only reads: the request is
 // IPCTNL_MSG_CT_GET, never the variant that zeroes counters.
 //
-// The dump stops when ctx is done. fn runs on the dumping goroutine and
-// should be quick: the kernel holds the rest of the table until it is read.
+// The socket is read on a goroutine of its own while fn runs on the calling
+// goroutine, each datagram decoded as soon as it has arrived; Dump returns
+// only after that goroutine has stopped. The dump stops when ctx is done.
+// fn should be quick: the kernel holds the rest of the table until it is
+// read.
 func (d *Dumper) Dump(ctx context.Context, netns int, family Family, fn func(*Entry)) (Stats, error) {
 	var st Stats
 	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netns})
@@ -99,19 +117,35 @@ func (d *Dumper) Dump(ctx context.Context, netns int, family Family, fn func(*En
 		return st, fmt.Errorf("raw netlink socket: %w", err)
 	}
 
-	for {
+	free := make(chan []byte, buffers)
+	for _, b := range d.bufs {
+		free <- b
+	}
+	filled := make(chan datagram, buffers)
+	go receive(raw, free, filled)
+	defer func() {
+		// Stop the reader: wake a read blocked on a socket with nothing
+		// more to come (the dump ended, or decoding failed), give it no
+		// more buffers and wait until it has returned all of them.
+		_ = conn.SetReadDeadline(time.Unix(1, 0))
+		close(free)
+		for range filled {
+		}
+	}()
+
+	for dg := range filled {
 		if err := ctx.Err(); err != nil {
 			return st, fmt.Errorf("conntrack dump after %d entries: %w", st.Entries, err)
 		}
-		n, err := d.recv(raw)
-		if err != nil {
+		if dg.err != nil {
 			if ctx.Err() != nil {
-				err = ctx.Err()
+				dg.err = ctx.Err()
 			}
-			return st, fmt.Errorf("receive conntrack dump after %d entries: %w", st.Entries, err)
+			return st, fmt.Errorf("receive conntrack dump after %d entries: %w", st.Entries, dg.err)
 		}
 		st.Datagrams++
-		b, err := decodeDatagram(d.buf[:n], req.Header.Sequence, &d.e, fn)
+		b, err := decodeDatagram(dg.buf[:dg.n], req.Header.Sequence, &d.e, fn)
+		free <- dg.buf
 		st.Entries += b.entries
 		st.Interrupted = st.Interrupted || b.interrupted
 		if err != nil {
@@ -121,47 +155,57 @@ func (d *Dumper) Dump(ctx context.Context, netns int, family Family, fn func(*En
 			return st, nil
 		}
 	}
+	return st, fmt.Errorf("receive conntrack dump after %d entries: reader stopped", st.Entries)
 }
 
-// recv reads one datagram into d.buf without allocating (unix.Recvmsg and
-// Recvfrom allocate a source address per call). MSG_TRUNC makes the kernel
-// return the datagram's full length, so a datagram larger than the buffer
-// is detected instead of silently cut.
-func (d *Dumper) recv(raw syscall.RawConn) (int, error) {
-	d.n, d.rerr = 0, nil
-	if err := raw.Read(d.readFn); err != nil {
-		return 0, err
+// receive reads datagrams into the buffers it takes from free and hands them
+// to filled, until free is closed or a read fails; it closes filled when it
+// returns.
+func receive(raw syscall.RawConn, free <-chan []byte, filled chan<- datagram) {
+	defer close(filled)
+	var (
+		cur  []byte
+		n    int
+		rerr error
+	)
+	// Made once per dump, not once per datagram.
+	read := func(fd uintptr) bool {
+		r, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd,
+			uintptr(unsafePointer(cur)), uintptr(len(cur)),
+			unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
+		switch {
+		case errno == unix.EAGAIN:
+			return false
+		case errno != 0:
+			rerr = errno
+		default:
+			n = int(r)
+		}
+		return true
 	}
-	n, rerr := d.n, d.rerr
-	if rerr != nil {
-		// ENOBUFS is not expected on a dump (the kernel fills the next
-		// datagram only once this one is read) but is reported as is.
-		return 0, rerr
+	for cur = range free {
+		n, rerr = 0, nil
+		if err := raw.Read(read); err != nil {
+			rerr = err
+		}
+		switch {
+		case rerr != nil:
+			// ENOBUFS is not expected on a dump (the kernel fills the
+			// next datagram only once this one is read) but is
+			// reported as is.
+		case n > len(cur):
+			// MSG_TRUNC makes the kernel return the datagram's full
+			// length, so a datagram larger than the buffer is detected
+			// instead of silently cut.
+			rerr = fmt.Errorf("%w: datagram of %d bytes exceeds the %d-byte buffer", ErrMalformed, n, len(cur))
+		case n < nlmsgHdrLen:
+			rerr = fmt.Errorf("%w: datagram of %d bytes", ErrMalformed, n)
+		}
+		filled <- datagram{buf: cur, n: n, err: rerr}
+		if rerr != nil {
+			return
+		}
 	}
-	if n > len(d.buf) {
-		return 0, fmt.Errorf("%w: datagram of %d bytes exceeds the %d-byte buffer", ErrMalformed, n, len(d.buf))
-	}
-	if n < nlmsgHdrLen {
-		return 0, fmt.Errorf("%w: datagram of %d bytes", ErrMalformed, n)
-	}
-	return n, nil
-}
-
-// readFD is the RawConn.Read callback of recv; it returns false to wait for
-// the socket to become readable.
-func (d *Dumper) readFD(fd uintptr) bool {
-	r, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd,
-		uintptr(unsafePointer(d.buf)), uintptr(len(d.buf)),
-		unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
-	switch {
-	case errno == unix.EAGAIN:
-		return false
-	case errno != 0:
-		d.rerr = errno
-	default:
-		d.n = int(r)
-	}
-	return true
 }
 
 // unsafePointer is the address of b's first byte, for recvfrom(2).

@@ -3,6 +3,7 @@ package ctdump
 import (
 	"context"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -113,5 +114,40 @@ func TestDumpStopsWhenCancelled(t *testing.T) {
 	}
 	if n >= 2000 {
 		t.Errorf("dump went on to %d entries after cancel", n)
+	}
+}
+
+// The socket is read on a goroutine of its own; every way a dump ends
+// (done, cancelled) must stop it and give back every buffer, so the same
+// Dumper dumps the whole table again afterwards.
+func TestDumpStopsItsReaderAndReusesItsBuffers(t *testing.T) {
+	ns := netns.New(t, "ctdump-reuse")
+	const flows = 3000
+	fill(t, ns, ctfill.Spec{Count: flows, Src: netip.MustParseAddr("10.244.0.5"), Dst: netip.MustParseAddr("10.96.0.10"), DstPort: 53})
+	before := runtime.NumGoroutine()
+	d := NewDumper()
+	for i := 0; i < 20; i++ {
+		ctx, cancel := context.WithCancel(context.Background())
+		n := 0
+		_, err := d.Dump(ctx, ns.FD(), FamilyAll, func(*Entry) {
+			n++
+			if i%2 == 1 && n == 100*i {
+				cancel()
+			}
+		})
+		cancel()
+		switch {
+		case i%2 == 0 && (err != nil || n != flows):
+			t.Fatalf("dump %d after cancelled ones: %d entries, %v; want %d", i, n, err, flows)
+		case i%2 == 1 && err == nil:
+			t.Fatalf("dump %d cancelled after %d entries returned no error", i, 100*i)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := runtime.NumGoroutine(); got > before {
+		t.Errorf("%d goroutines after 20 dumps, %d before", got, before)
 	}
 }
