@@ -8,6 +8,7 @@ packages=(
 	conntrack     # conntrack -S/-C/-F: ground truth for the conntrack tests
 	iptables      # iptables-save, both backends
 	nftables      # nft
+	ipset         # test/vm: kube-proxy's IPVS mode in the guest runs ipset
 	util-linux    # setpriv: run the exporter without CAP_NET_ADMIN
 	procps        # sysctl
 	qemu-system-x86         # test/vm: a second kernel (Debian's 6.1, with IPVS) under emulation

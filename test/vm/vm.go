@@ -87,6 +87,13 @@ type Config struct {
 	// Commands are host executables (looked up on PATH) copied into the
 	// guest with their shared libraries, e.g. "ip" for test/netns.
 	Commands []string
+	// Files are host files or directories copied to the same paths in the
+	// guest, for what ldd does not show: plugins a command dlopens (e.g.
+	// iptables' extensions in /usr/lib/x86_64-linux-gnu/xtables) and data
+	// files it reads (/etc/protocols). Paths are absolute; directories are
+	// copied whole, symlinks within them kept; ELF files bring their shared
+	// libraries.
+	Files []string
 	// KernelPackage is the Debian kernel image package; "" means the one
 	// linux-image-amd64 depends on.
 	KernelPackage string
@@ -97,6 +104,9 @@ type Config struct {
 	// Collect are guest files (e.g. a -test.memprofile output) sent back
 	// over the console after the tests; they end up in Result.Files.
 	Collect []string
+	// Network, when set, gives the guest a network interface (see Network);
+	// nil leaves it with loopback only.
+	Network *Network
 }
 
 // Result is what the guest printed.
@@ -154,8 +164,18 @@ func Run(t testing.TB, cfg Config) *Result {
 	for _, c := range cfg.Commands {
 		testenv.RequireCommand(t, c)
 	}
+	for _, f := range cfg.Files {
+		_, err := os.Stat(f)
+		testenv.Require(t, err == nil, fmt.Sprintf("host file %s for the guest: %v", f, err))
+	}
 	if cfg.Modules == nil {
 		cfg.Modules = DefaultModules
+	}
+	if cfg.Network != nil {
+		if err := cfg.Network.check(); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Modules = withNetworkModules(cfg, cfg.Modules)
 	}
 	if cfg.MemoryMiB == 0 {
 		cfg.MemoryMiB = 1536
@@ -268,6 +288,11 @@ func populate(root, busybox string, k *kernelTree, cfg Config, nonce string) err
 			return err
 		}
 	}
+	for _, f := range cfg.Files {
+		if err := copyHostPath(root, f); err != nil {
+			return err
+		}
+	}
 	if err := os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:/:/bin/sh\n"), 0o644); err != nil {
 		return err
 	}
@@ -316,7 +341,7 @@ for m in %s; do
 	insmod /lib/modules/$m || echo "netinspect-vm: insmod $m failed"
 done
 ip link set lo up
-export %s=1 HOME=/tmp TMPDIR=/tmp
+%sexport %s=1 HOME=/tmp TMPDIR=/tmp
 %s
 cd /pkg
 echo "netinspect-vm: running tests on $(uname -r)"
@@ -330,7 +355,7 @@ for f in %s; do
 done
 echo "NETINSPECT-VM-EXIT %s $rc"
 poweroff -f
-`, strings.Join(order, " "), GuestEnv, strings.Join(env, "\n"), strings.Join(quoted, " "),
+`, strings.Join(order, " "), networkInit(cfg), GuestEnv, strings.Join(env, "\n"), strings.Join(quoted, " "),
 		strings.Join(collect, " "), nonce, nonce, nonce)
 	return os.WriteFile(filepath.Join(root, "init"), []byte(init), 0o755)
 }
@@ -353,6 +378,100 @@ func copyCommand(root, name string) error {
 	}
 	for _, f := range files {
 		if err := copyFile(f, filepath.Join(root, f), 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyHostPath copies a host file or directory tree (Config.Files) to the
+// same path in root. A symlink given by name is followed; symlinks met
+// inside a directory are kept when they point within the tree by a
+// relative path, and followed otherwise. Modes are kept, and every ELF
+// file brings the shared libraries ldd names.
+func copyHostPath(root, path string) error {
+	path = filepath.Clean(path)
+	if !filepath.IsAbs(path) {
+		return fmt.Errorf("file %s: not an absolute path", path)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return copyHostFile(root, path, path, fi.Mode())
+	}
+	tree, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return err
+	}
+	return filepath.WalkDir(tree, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(tree, p)
+		if err != nil {
+			return err
+		}
+		dst := filepath.Join(path, rel) // the path as named, in the guest
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(filepath.Join(root, dst), 0o755)
+		case d.Type()&os.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			if inside := filepath.Join(filepath.Dir(p), target); !filepath.IsAbs(target) && strings.HasPrefix(inside, tree+string(filepath.Separator)) {
+				link := filepath.Join(root, dst)
+				os.Remove(link) // a path listed twice
+				return os.Symlink(target, link)
+			}
+			fi, err := os.Stat(p)
+			if err != nil {
+				return err
+			}
+			if fi.IsDir() {
+				return fmt.Errorf("%s: symlink to a directory is not copied", p)
+			}
+			return copyHostFile(root, p, dst, fi.Mode())
+		case d.Type().IsRegular():
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			return copyHostFile(root, p, dst, fi.Mode())
+		}
+		return nil // devices, sockets, fifos: not for an initramfs
+	})
+}
+
+// copyHostFile copies src to dst in root and, when src is an ELF file, the
+// shared libraries ldd names for it.
+func copyHostFile(root, src, dst string, mode os.FileMode) error {
+	if err := copyFile(src, filepath.Join(root, dst), mode.Perm()); err != nil {
+		return err
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	magic := make([]byte, 4)
+	_, err = io.ReadFull(f, magic)
+	f.Close()
+	if err != nil || string(magic) != "\x7fELF" {
+		return nil
+	}
+	out, err := exec.Command("ldd", src).Output()
+	if err != nil { // static, or not a dynamic object: nothing to add
+		return nil
+	}
+	for _, m := range lddRE.FindAllStringSubmatch(string(out), -1) {
+		lib := filepath.Join(root, m[1])
+		if _, err := os.Stat(lib); err == nil {
+			continue // a directory of plugins shares its libraries
+		}
+		if err := copyFile(m[1], lib, 0o755); err != nil {
 			return err
 		}
 	}
@@ -440,10 +559,10 @@ func boot(t testing.TB, qemu, vmlinuz, initrd string, cfg Config, nonce string) 
 		"-m", strconv.Itoa(cfg.MemoryMiB), "-smp", strconv.Itoa(cfg.CPUs),
 		"-kernel", vmlinuz, "-initrd", initrd,
 		"-append", "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init",
-		"-nic", "none",
 	}
 	args = append(args, accel()...)
-	cmd := exec.CommandContext(ctx, qemu, args...)
+	prog, args := qemuCommand(cfg, qemu, args)
+	cmd := exec.CommandContext(ctx, prog, args...)
 	cmd.WaitDelay = 5 * time.Second
 	w := &lineWriter{}
 	start := time.Now()
