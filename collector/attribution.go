@@ -40,6 +40,9 @@ type AttributionConfig struct {
 	NetNS int
 	// Mode is AttributionModePass (default) or AttributionModeEvents.
 	Mode string
+	// NoSplit makes every pass read the table with one dump, never split
+	// in two parts read at once (see attribution_split.go).
+	NoSplit bool
 }
 
 // Attribution modes.
@@ -64,11 +67,19 @@ type Attribution struct {
 	procfs string
 	logger *zap.Logger
 	index  *kube.Index
-	dumper *ctdump.Dumper
+	// dumpers read the table, the second only for passes split in two.
+	dumpers [2]*ctdump.Dumper
+
+	// Used only by the goroutine that runs passes: the counts of the last
+	// pass, the bit it was split on (0: not split), and whether the kernel
+	// has shown that it cannot filter dumps by status.
+	lastTally        *tally
+	lastSplitBit     uint32
+	splitUnsupported bool
 
 	protoNames [256]string
 
-	podEntries, svcEntries, stateEntries, duration, scanned, lastSuccess, errorsTotal, passesTotal, eventsLostTotal *prometheus.Desc
+	podEntries, svcEntries, stateEntries, dumps, duration, scanned, lastSuccess, errorsTotal, passesTotal, eventsLostTotal *prometheus.Desc
 
 	snap    atomic.Pointer[attributionSnapshot]
 	errs    atomic.Uint64
@@ -88,6 +99,7 @@ type attributionSnapshot struct {
 	services []attributedCount
 	states   []stateCount
 	scanned  int
+	dumps    int // 1, or 2 for a pass split in two parts
 	duration time.Duration
 	finished time.Time
 }
@@ -172,11 +184,11 @@ func NewAttribution(cfg AttributionConfig, deps Deps) *Attribution {
 		cfg.Interval = DefaultAttributionInterval
 	}
 	a := &Attribution{
-		cfg:    cfg,
-		procfs: deps.Paths.ProcFS,
-		logger: deps.Logger,
-		index:  deps.Index,
-		dumper: ctdump.NewDumper(),
+		cfg:     cfg,
+		procfs:  deps.Paths.ProcFS,
+		logger:  deps.Logger,
+		index:   deps.Index,
+		dumpers: [2]*ctdump.Dumper{ctdump.NewDumper()},
 
 		stopped: make(chan struct{}),
 
@@ -192,6 +204,8 @@ func NewAttribution(cfg AttributionConfig, deps Deps) *Attribution {
 			[]string{"namespace", "service", "protocol"}, nil),
 		duration: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack_attribution", "last_duration_seconds"),
 			"How long the last successful pass over the conntrack table took.", nil, nil),
+		dumps: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack_attribution", "last_dumps"),
+			"Kernel dumps the last successful pass read at once: 2 when it split the table in two parts by a status bit, else 1.", nil, nil),
 		scanned: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack_attribution", "entries_scanned"),
 			"Conntrack entries read by the last successful pass.", nil, nil),
 		lastSuccess: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack_attribution", "last_success_timestamp_seconds"),
@@ -277,17 +291,18 @@ func (a *Attribution) Pass(ctx context.Context) error {
 	}
 
 	start := time.Now()
-	pods, services, states, scanned, err := a.scan(ctx)
+	t, err := a.scan(ctx)
 	if err != nil {
 		return err
 	}
 	elapsed := time.Since(start)
 
 	s := &attributionSnapshot{
-		pods:     a.counts(pods),
-		services: a.topK(a.counts(services)),
-		states:   states.counts(&a.protoNames),
-		scanned:  scanned,
+		pods:     a.counts(t.pods),
+		services: a.topK(a.counts(t.services)),
+		states:   t.states.counts(&a.protoNames),
+		scanned:  t.scanned,
+		dumps:    dumpsOf(a.lastSplitBit),
 		duration: elapsed,
 		finished: time.Now(),
 	}
@@ -306,28 +321,6 @@ func (a *Attribution) tableAbsent() error {
 		return fmt.Errorf("%s absent, nf_conntrack is not loaded: %w", maxPath, ErrNoData)
 	}
 	return nil
-}
-
-// scan dumps the table once and counts its entries per pod, service and
-// state.
-func (a *Attribution) scan(ctx context.Context) (pods, services map[attrKey]int64, states *stateTally, scanned int, err error) {
-	pods = map[attrKey]int64{}
-	services = map[attrKey]int64{}
-	states = &stateTally{}
-	st, err := a.dumper.Dump(ctx, a.cfg.NetNS, ctdump.FamilyAll, func(e *ctdump.Entry) {
-		a.count(e, pods, services, 1)
-		states.add(e)
-	})
-	if err != nil {
-		if errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.EOPNOTSUPP) {
-			return nil, nil, nil, 0, fmt.Errorf("dump conntrack table: ctnetlink absent (%v): %w", err, ErrNoData)
-		}
-		return nil, nil, nil, 0, fmt.Errorf("dump conntrack table: %w", err)
-	}
-	if st.Interrupted {
-		a.logger.Debug("conntrack dump was interrupted by table changes; counts may be off by the entries that moved")
-	}
-	return pods, services, states, st.Entries, nil
 }
 
 // count adds delta to the counters of the pods and the service e counts
@@ -428,6 +421,7 @@ func (a *Attribution) Update(_ context.Context, ch chan<- prometheus.Metric) err
 	}
 	ch <- prometheus.MustNewConstMetric(a.duration, prometheus.GaugeValue, s.duration.Seconds())
 	ch <- prometheus.MustNewConstMetric(a.scanned, prometheus.GaugeValue, float64(s.scanned))
+	ch <- prometheus.MustNewConstMetric(a.dumps, prometheus.GaugeValue, float64(s.dumps))
 	ch <- prometheus.MustNewConstMetric(a.lastSuccess, prometheus.GaugeValue, float64(s.finished.UnixNano())/1e9)
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -104,19 +105,21 @@ func BenchmarkAttributionPass(b *testing.B) {
 		b.Run(fmt.Sprintf("entries=%d/scrape-while-passing", size), func(b *testing.B) {
 			a, c := scrapeSet()
 			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan int)
+			var passes atomic.Int64
+			done := make(chan struct{})
 			go func() {
-				n := 0
+				defer close(done)
 				for ctx.Err() == nil {
 					if err := a.Pass(ctx); err == nil {
-						n++
+						passes.Add(1)
 					}
 				}
-				done <- n
 			}()
-			benchScrapes(b, c)
+			// Each iteration scrapes until a whole pass has run meanwhile.
+			benchScrapesUntil(b, c, func(start int64) bool { return passes.Load() >= start+2 }, passes.Load)
 			cancel()
-			b.ReportMetric(float64(<-done), "passes")
+			<-done
+			b.ReportMetric(float64(passes.Load())/float64(b.N), "passes/op")
 		})
 		b.Run(fmt.Sprintf("entries=%d/ctdump-count-only", size), func(b *testing.B) {
 			d := ctdump.NewDumper()
@@ -144,6 +147,57 @@ func BenchmarkAttributionPass(b *testing.B) {
 					b.Fatalf("dumped %d, want %d: %v", len(flows), size, err)
 				}
 			})
+		})
+	}
+}
+
+// BenchmarkAttributionPassMixedTable is the pass of BenchmarkAttributionPass
+// at 262,144 entries on a table whose entries differ in a status bit: half
+// of them unreplied (a scan, or queries nobody answers) next to established
+// ones. From the second pass on, the pass reads the two halves at once
+// (attribution_split.go); "one-dump" is the same pass with splitting off.
+// The CLI baseline runs back to back with each pass, as in pass-vs-cli.
+func BenchmarkAttributionPassMixedTable(b *testing.B) {
+	testenv.RequireCommand(b, "conntrack")
+	ns := netns.New(b, "attr-mixed")
+	ix := fullTableIndex()
+	const size = 262144
+	perClient := size / fullClients
+	specs := fullTableSpecs(0, perClient)
+	for i := range specs {
+		specs[i].Assured = i%2 == 0
+	}
+	fillFlows(b, ns, specs)
+	if n := conntrackCount(b, ns); n != size {
+		b.Fatalf("conntrack -C = %d, want %d", n, size)
+	}
+	for _, split := range []bool{true, false} {
+		name := "split"
+		if !split {
+			name = "one-dump"
+		}
+		b.Run("entries=262144/"+name+"-vs-cli", func(b *testing.B) {
+			a := NewAttribution(AttributionConfig{NetNS: ns.FD(), NoSplit: !split}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+			if err := a.Pass(context.Background()); err != nil { // learns the status bits
+				b.Fatal(err)
+			}
+			var pass, cli time.Duration
+			for i := 0; i < b.N; i++ {
+				start := time.Now()
+				if err := a.Pass(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				pass += time.Since(start)
+				if s := a.snap.Load(); s.scanned != size || (s.dumps == 2) != split {
+					b.Fatalf("pass scanned %d entries in %d dumps", s.scanned, s.dumps)
+				}
+				start = time.Now()
+				conntrackList(b, ns)
+				cli += time.Since(start)
+			}
+			b.ReportMetric(pass.Seconds()/float64(b.N), "pass-s/op")
+			b.ReportMetric(cli.Seconds()/float64(b.N), "cli-s/op")
+			b.ReportMetric(pass.Seconds()/cli.Seconds(), "pass/cli")
 		})
 	}
 }
@@ -238,11 +292,18 @@ const scrapesPerOp = 100
 // benchScrapes times scrapesPerOp scrapes of c per iteration and reports
 // the mean and the slowest scrape.
 func benchScrapes(b *testing.B, c Collector) {
+	benchScrapesUntil(b, c, func(int64) bool { return true }, func() int64 { return 0 })
+}
+
+// benchScrapesUntil is benchScrapes where each iteration goes on scraping
+// after scrapesPerOp until done(mark()) with mark read at its start.
+func benchScrapesUntil(b *testing.B, c Collector, done func(start int64) bool, mark func() int64) {
 	set := NewSet(zap.NewNop(), map[string]Collector{"bench": c})
 	var total, slowest time.Duration
 	n := 0
 	for b.Loop() {
-		for range scrapesPerOp {
+		start := mark()
+		for i := 0; i < scrapesPerOp || !done(start); i++ {
 			start := time.Now()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			reg := prometheus.NewRegistry()

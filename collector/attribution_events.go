@@ -26,6 +26,7 @@ type eventCounters struct {
 	services map[attrKey]int64
 	states   []stateCount // of the last pass: events do not report state changes
 	scanned  int
+	dumps    int
 	duration time.Duration
 	finished time.Time
 
@@ -50,6 +51,7 @@ func (a *Attribution) current() *attributionSnapshot {
 		services: a.topK(a.counts(ev.services)),
 		states:   ev.states,
 		scanned:  ev.scanned,
+		dumps:    ev.dumps,
 		duration: ev.duration,
 		finished: ev.finished,
 	}
@@ -133,15 +135,16 @@ func (a *Attribution) resync(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, a.cfg.Interval)
 	defer cancel()
 	start := time.Now()
-	pods, services, states, scanned, err := a.scan(pctx)
+	t, err := a.scan(pctx)
 	if err != nil {
 		return err
 	}
-	stateCounts := states.counts(&a.protoNames)
+	stateCounts := t.states.counts(&a.protoNames)
 	ev := &a.events
 	ev.mu.Lock()
-	ev.pods, ev.services, ev.states = pods, services, stateCounts
-	ev.scanned, ev.duration, ev.finished = scanned, time.Since(start), time.Now()
+	ev.pods, ev.services, ev.states = t.pods, t.services, stateCounts
+	ev.scanned, ev.duration, ev.finished = t.scanned, time.Since(start), time.Now()
+	ev.dumps = dumpsOf(a.lastSplitBit)
 	ev.mu.Unlock()
 	a.absent.Store(nil)
 	a.passes.Add(1)

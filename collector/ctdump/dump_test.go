@@ -151,3 +151,38 @@ func TestDumpStopsItsReaderAndReusesItsBuffers(t *testing.T) {
 		t.Errorf("%d goroutines after 20 dumps, %d before", got, before)
 	}
 }
+
+// A status filter makes the kernel return only the entries whose status
+// matches; the two values of one bit split the table into disjoint parts
+// that add up to it.
+func TestDumpFilteredByStatusSplitsTheTable(t *testing.T) {
+	ns := netns.New(t, "ctdump-filter")
+	fill(t, ns,
+		ctfill.Spec{Count: 700, Assured: true, Src: netip.MustParseAddr("10.244.0.5"), Dst: netip.MustParseAddr("10.96.0.10"), DstPort: 53},
+		ctfill.Spec{Count: 300, Src: netip.MustParseAddr("10.244.0.6"), Dst: netip.MustParseAddr("10.96.0.10"), DstPort: 53},
+	)
+	const assured = 1 << 2 // IPS_ASSURED
+	d := NewDumper()
+	for _, tc := range []struct {
+		filter StatusFilter
+		want   int
+	}{
+		{StatusFilter{}, 1000},
+		{StatusFilter{Mask: assured, Value: assured}, 700},
+		{StatusFilter{Mask: assured}, 300},
+	} {
+		n := 0
+		st, err := d.DumpFiltered(context.Background(), ns.FD(), FamilyAll, tc.filter, func(e *Entry) {
+			n++
+			if e.Status&tc.filter.Mask != tc.filter.Value {
+				t.Errorf("filter %+v: entry with status %#x", tc.filter, e.Status)
+			}
+		})
+		if err != nil || n != tc.want || st.Entries != tc.want {
+			t.Errorf("filter %+v: %d entries (stats %+v), %v; want %d", tc.filter, n, st, err, tc.want)
+		}
+	}
+	if _, err := d.DumpFiltered(context.Background(), ns.FD(), FamilyAll, StatusFilter{Mask: 1, Value: 2}, func(*Entry) {}); err == nil {
+		t.Error("a filter value outside its mask was accepted")
+	}
+}

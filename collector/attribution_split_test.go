@@ -1,0 +1,107 @@
+package collector
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/netinspect/netinspect/test/ctfill"
+	"github.com/netinspect/netinspect/test/netns"
+)
+
+// A table whose entries differ in a status bit is read, from the second
+// pass on, as two parts dumped at once (the first pass counts the bits); the
+// counts are the same as with one dump, and equal the ground truth.
+func TestAttributionSplitPassCountsTheSame(t *testing.T) {
+	ns := netns.New(t, "attr-split")
+	fillFlows(t, ns, []ctfill.Spec{
+		{Count: 20000, Assured: true, Src: ip("10.244.0.10"), Dst: ip("10.96.0.10"), DstPort: 53, ReplySrc: ip("10.244.5.3")},
+		{Count: 15000, Proto: 6, Src: ip("10.244.0.11"), Dst: ip("10.96.0.100"), DstPort: 80, ReplySrc: ip("10.244.0.20"), ReplySrcPort: 8080},
+		{Count: 5000, Proto: 6, Assured: true, Src: ip("203.0.113.9"), Dst: ip("198.51.100.1"), DstPort: 443},
+	})
+	a := newNetnsAttribution(t, ns, attributionIndex(), 0)
+	reg := attributionRegistry(t, a)
+	const want = `
+# HELP netinspect_conntrack_pod_entries Conntrack entries whose original source (the client) or reply source (the backend serving it, after DNAT) is this pod, at the last pass.
+# TYPE netinspect_conntrack_pod_entries gauge
+netinspect_conntrack_pod_entries{namespace="default",pod="client-a",protocol="udp"} 20000
+netinspect_conntrack_pod_entries{namespace="default",pod="client-b",protocol="tcp"} 15000
+netinspect_conntrack_pod_entries{namespace="web",pod="backend-1",protocol="tcp"} 15000
+# HELP netinspect_conntrack_service_entries Conntrack entries whose original destination address and port is this service, at the last pass; services beyond the top-K are summed into namespace="", service="".
+# TYPE netinspect_conntrack_service_entries gauge
+netinspect_conntrack_service_entries{namespace="kube-system",protocol="udp",service="kube-dns"} 20000
+netinspect_conntrack_service_entries{namespace="web",protocol="tcp",service="frontend"} 15000
+# HELP netinspect_conntrack_state_entries Conntrack entries by protocol, TCP state (empty for other protocols) and whether the entry is assured (assured entries cannot be evicted by early drop when the table is full), at the last full pass.
+# TYPE netinspect_conntrack_state_entries gauge
+netinspect_conntrack_state_entries{assured="false",protocol="tcp",state="none"} 15000
+netinspect_conntrack_state_entries{assured="true",protocol="tcp",state="none"} 5000
+netinspect_conntrack_state_entries{assured="true",protocol="udp",state=""} 20000
+# HELP netinspect_conntrack_attribution_entries_scanned Conntrack entries read by the last successful pass.
+# TYPE netinspect_conntrack_attribution_entries_scanned gauge
+netinspect_conntrack_attribution_entries_scanned 40000
+`
+	names := []string{"netinspect_conntrack_pod_entries", "netinspect_conntrack_service_entries",
+		"netinspect_conntrack_state_entries", "netinspect_conntrack_attribution_entries_scanned", "netinspect_conntrack_attribution_last_dumps"}
+	dumps := func(n string) string {
+		return `# HELP netinspect_conntrack_attribution_last_dumps Kernel dumps the last successful pass read at once: 2 when it split the table in two parts by a status bit, else 1.
+# TYPE netinspect_conntrack_attribution_last_dumps gauge
+netinspect_conntrack_attribution_last_dumps ` + n + "\n"
+	}
+
+	mustPass(t, a)
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want+dumps("1")), names...); err != nil {
+		t.Errorf("first pass, one dump: %v", err)
+	}
+	for pass := 2; pass <= 3; pass++ {
+		mustPass(t, a)
+		if a.lastSplitBit != 1<<2 {
+			t.Errorf("pass %d split on %#x, want IPS_ASSURED (0x4), the only bit that differs", pass, a.lastSplitBit)
+		}
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(want+dumps("2")), names...); err != nil {
+			t.Errorf("pass %d, two dumps: %v", pass, err)
+		}
+	}
+
+	// Splitting off, every pass is one dump again.
+	one := newNetnsAttribution(t, ns, attributionIndex(), 0)
+	one.cfg.NoSplit = true
+	mustPass(t, one)
+	mustPass(t, one)
+	if err := testutil.GatherAndCompare(attributionRegistry(t, one), strings.NewReader(want+dumps("1")), names...); err != nil {
+		t.Errorf("with NoSplit: %v", err)
+	}
+}
+
+// The plan follows the last pass's bit counts: no split below the size
+// where it pays, nor when the smaller part would be under a quarter of the
+// table, nor with one CPU; the most even bit otherwise.
+func TestAttributionSplitPlan(t *testing.T) {
+	a := NewAttribution(AttributionConfig{}, Deps{})
+	tl := func(scanned int, bits ...int) *tally {
+		t := &tally{scanned: scanned}
+		copy(t.bits[:], bits)
+		return t
+	}
+	for _, tc := range []struct {
+		name string
+		last *tally
+		want uint32
+	}{
+		{"first pass", nil, 0},
+		{"small table", tl(splitMinEntries-1, 0, 0, splitMinEntries/2, 0), 0},
+		{"no even bit", tl(100000, 1000, 0, 90000, 90000), 0},
+		{"assured half", tl(100000, 0, 0, 50000, 60000), 1 << 2},
+		{"dst nat most even", tl(100000, 40000, 0, 70000, 70000), 1 << 5},
+		{"a majority set is as even as a minority", tl(100000, 0, 80000, 0, 0), 0},
+		{"three quarters set", tl(100000, 0, 74000, 0, 0), 1 << 4},
+	} {
+		if got := a.planSplit(tc.last).bit; got != tc.want {
+			t.Errorf("%s: split on %#x, want %#x", tc.name, got, tc.want)
+		}
+	}
+	a.splitUnsupported = true
+	if got := a.planSplit(tl(100000, 0, 0, 50000, 50000)).bit; got != 0 {
+		t.Errorf("kernel without status filters: split on %#x", got)
+	}
+}
