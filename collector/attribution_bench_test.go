@@ -59,24 +59,9 @@ func BenchmarkAttributionPass(b *testing.B) {
 		})
 		b.Run(fmt.Sprintf("entries=%d/pass-vs-cli", size), func(b *testing.B) {
 			// The goal's comparison made robust to a machine shared with
-			// other work: each iteration times a pass and `conntrack -L >
-			// /dev/null` back to back, so both see the same load, and
-			// reports the ratio of the sums (the goal: <= 0.5).
+			// other work.
 			a := NewAttribution(AttributionConfig{NetNS: ns.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
-			var pass, cli time.Duration
-			for i := 0; i < b.N; i++ {
-				start := time.Now()
-				if err := a.Pass(context.Background()); err != nil {
-					b.Fatal(err)
-				}
-				pass += time.Since(start)
-				start = time.Now()
-				conntrackList(b, ns)
-				cli += time.Since(start)
-			}
-			b.ReportMetric(pass.Seconds()/float64(b.N), "pass-s/op")
-			b.ReportMetric(cli.Seconds()/float64(b.N), "cli-s/op")
-			b.ReportMetric(pass.Seconds()/cli.Seconds(), "pass/cli")
+			benchPassVsCLI(b, a, ns, func(*attributionSnapshot) {})
 		})
 		b.Run(fmt.Sprintf("entries=%d/scrape", size), func(b *testing.B) {
 			// What a scrape costs once a pass has finished: it serves the
@@ -181,25 +166,35 @@ func BenchmarkAttributionPassMixedTable(b *testing.B) {
 			if err := a.Pass(context.Background()); err != nil { // learns the status bits
 				b.Fatal(err)
 			}
-			var pass, cli time.Duration
-			for i := 0; i < b.N; i++ {
-				start := time.Now()
-				if err := a.Pass(context.Background()); err != nil {
-					b.Fatal(err)
-				}
-				pass += time.Since(start)
-				if s := a.snap.Load(); s.scanned != size || (s.dumps == 2) != split {
+			benchPassVsCLI(b, a, ns, func(s *attributionSnapshot) {
+				if s.scanned != size || (s.dumps == 2) != split {
 					b.Fatalf("pass scanned %d entries in %d dumps", s.scanned, s.dumps)
 				}
-				start = time.Now()
-				conntrackList(b, ns)
-				cli += time.Since(start)
-			}
-			b.ReportMetric(pass.Seconds()/float64(b.N), "pass-s/op")
-			b.ReportMetric(cli.Seconds()/float64(b.N), "cli-s/op")
-			b.ReportMetric(pass.Seconds()/cli.Seconds(), "pass/cli")
+			})
 		})
 	}
+}
+
+// benchPassVsCLI times, in each iteration, a pass of a (whose snapshot check
+// inspects) and `conntrack -L > /dev/null` in ns back to back, so that both
+// see the same load, and reports both and the ratio of the sums (the goal:
+// <= 0.5).
+func benchPassVsCLI(b *testing.B, a *Attribution, ns *netns.NS, check func(*attributionSnapshot)) {
+	var pass, cli time.Duration
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		if err := a.Pass(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		pass += time.Since(start)
+		check(a.snap.Load())
+		start = time.Now()
+		conntrackList(b, ns)
+		cli += time.Since(start)
+	}
+	b.ReportMetric(pass.Seconds()/float64(b.N), "pass-s/op")
+	b.ReportMetric(cli.Seconds()/float64(b.N), "cli-s/op")
+	b.ReportMetric(pass.Seconds()/cli.Seconds(), "pass/cli")
 }
 
 // conntrackList runs `conntrack -L > /dev/null` in ns and returns its CPU
@@ -305,14 +300,7 @@ func benchScrapesUntil(b *testing.B, c Collector, done func(start int64) bool, m
 		start := mark()
 		for i := 0; i < scrapesPerOp || !done(start); i++ {
 			start := time.Now()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(set.Scrape(ctx))
-			mfs, err := reg.Gather()
-			cancel()
-			if err != nil || len(mfs) == 0 {
-				b.Fatalf("gather: %v (%d families)", err, len(mfs))
-			}
+			scrapeOnce(b, set)
 			d := time.Since(start)
 			total += d
 			slowest = max(slowest, d)

@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -152,6 +153,18 @@ func (c *IPVS) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
 	if err != nil {
 		return err
 	}
+	// The default backend series (no per-backend counters) are all in
+	// /proc/net/ip_vs, which lists every backend in one read; netlink needs
+	// a request per virtual server (IPVS_CMD_GET_DEST), 5,001 round trips
+	// at 5,000 services. Backends of a virtual server the file does not
+	// show (created after it was read, or a fwmark service, which the file
+	// does not tell apart by family) are still asked over netlink.
+	var fromProc map[ipvsProcKey]*IPVSProcService
+	if c.cfg.Backends && !c.cfg.BackendStats {
+		if fromProc, err = c.procBackends(); err != nil {
+			return err
+		}
+	}
 
 	var local map[netip.Addr]bool // node addresses, listed only if a NodePort lookup needs them
 	var dests []ipvsDest
@@ -210,7 +223,12 @@ func (c *IPVS) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
 		if !c.cfg.Backends {
 			continue
 		}
-		if dests, err = r.Dests(s, dests[:0]); err != nil {
+		if ps, ok := fromProc[procKeyOf(s)]; ok && s.FWMark == 0 {
+			dests = dests[:0]
+			for _, b := range ps.Backends {
+				dests = append(dests, ipvsDest{Addr: b.Addr, Port: b.Port, FwdMethod: ipvsForwardingFlags(b.Forward), Weight: b.Weight, Active: b.Active, Inactive: b.Inactive})
+			}
+		} else if dests, err = r.Dests(s, dests[:0]); err != nil {
 			return err
 		}
 		for j := range dests {
@@ -319,6 +337,74 @@ func ipvsServiceFlags(flags uint32, sched string) string {
 		}
 	}
 	return strings.Join(names, ",")
+}
+
+// ipvsProcKey identifies a virtual server in /proc/net/ip_vs.
+type ipvsProcKey struct {
+	protocol string // as the file prints it: TCP, UDP, SCTP
+	addr     netip.Addr
+	port     uint16
+}
+
+// procKeyOf is the key of a virtual server read over netlink.
+func procKeyOf(s *ipvsService) ipvsProcKey {
+	var p string
+	switch s.Protocol {
+	case unix.IPPROTO_TCP:
+		p = "TCP"
+	case unix.IPPROTO_UDP:
+		p = "UDP"
+	case unix.IPPROTO_SCTP:
+		p = "SCTP"
+	}
+	return ipvsProcKey{protocol: p, addr: s.Addr, port: s.Port}
+}
+
+// procBackends reads /proc/net/ip_vs of the collector's network namespace
+// (its own, through <procfs>/net, or NetNS's, entered on a locked thread)
+// and returns the virtual servers by key.
+func (c *IPVS) procBackends() (map[ipvsProcKey]*IPVSProcService, error) {
+	var data []byte
+	read := func(path string) error {
+		var err error
+		data, err = os.ReadFile(path)
+		return err
+	}
+	var err error
+	if c.cfg.NetNS != 0 {
+		err = inNetNS(fmt.Sprintf("/proc/self/fd/%d", c.cfg.NetNS), func() error { return read("/proc/thread-self/net/ip_vs") })
+	} else {
+		err = read(filepath.Join(c.procfs, "net/ip_vs"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read IPVS backends: %w", err)
+	}
+	svcs, err := ParseProcIPVS(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("parse /proc/net/ip_vs: %w", err)
+	}
+	out := make(map[ipvsProcKey]*IPVSProcService, len(svcs))
+	for i := range svcs {
+		s := &svcs[i]
+		if s.Protocol != "FWM" {
+			out[ipvsProcKey{protocol: s.Protocol, addr: s.Addr, port: s.Port}] = s
+		}
+	}
+	return out, nil
+}
+
+// ipvsForwardingFlags is the forwarding method of a backend as
+// /proc/net/ip_vs names it (ip_vs_fwd_name), in connection flags.
+func ipvsForwardingFlags(name string) uint32 {
+	switch name {
+	case "Local":
+		return 1
+	case "Tunnel":
+		return 2
+	case "Route":
+		return 3
+	}
+	return 0 // Masq (the file names bypass Masq too)
 }
 
 // ipvsForwardingMethod names a backend's forwarding method

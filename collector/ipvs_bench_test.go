@@ -104,33 +104,47 @@ func BenchmarkIPVSGuestScale(b *testing.B) {
 	b.Logf("created %d virtual servers x %d backends in %s", benchServices, benchBackends, time.Since(start).Round(time.Millisecond))
 	b.Cleanup(func() { h.Flush() })
 
-	b.Run("scrape", func(b *testing.B) {
-		c, err := NewIPVS(IPVSConfig{Backends: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.ReportAllocs()
-		var n int
-		for b.Loop() {
-			ch := make(chan prometheus.Metric, 1024)
-			done := make(chan int)
-			go func() {
-				k := 0
-				for range ch {
-					k++
-				}
-				done <- k
-			}()
-			if err := c.Update(context.Background(), ch); err != nil {
+	for _, tc := range []struct {
+		name  string
+		stats bool
+		want  int
+	}{
+		// Backends from /proc/net/ip_vs: one read for all of them.
+		{"scrape", false, benchServices*6 + benchServices*benchBackends*4},
+		// Per-backend counters: one netlink request per virtual server.
+		{"scrape-backend-stats", true, benchServices*6 + benchServices*benchBackends*9},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			c, err := NewIPVS(IPVSConfig{Backends: true, BackendStats: tc.stats}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+			if err != nil {
 				b.Fatal(err)
 			}
-			close(ch)
-			n = <-done
-		}
-		if want := benchServices*5 + benchServices*benchBackends*3; n != want {
-			b.Fatalf("scrape sent %d metrics, want %d", n, want)
-		}
-	})
+			b.ReportAllocs()
+			var n int
+			for b.Loop() {
+				ch := make(chan prometheus.Metric, 1024)
+				done := make(chan int)
+				go func() {
+					k := 0
+					for range ch {
+						k++
+					}
+					done <- k
+				}()
+				if err := c.Update(context.Background(), ch); err != nil {
+					b.Fatal(err)
+				}
+				close(ch)
+				n = <-done
+			}
+			// Per virtual server: five counters and service_info; per
+			// backend: active, inactive, weight and backend_info, plus
+			// five counters with stats.
+			if n != tc.want {
+				b.Fatalf("scrape sent %d metrics, want %d", n, tc.want)
+			}
+		})
+	}
 	b.Run("netlink-read", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {

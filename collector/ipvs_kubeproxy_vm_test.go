@@ -526,23 +526,9 @@ func startGuestKubeProxy(t *testing.T, bin, kubeconfig string) *guestKubeProxy {
 		t.Fatal(err)
 	}
 	defer lf.Close()
-	cmd := exec.Command(bin,
-		"--kubeconfig="+kubeconfig,
-		"--hostname-override="+kpNode,
-		"--proxy-mode=ipvs",
-		"--ipvs-scheduler=rr",
-		"--cluster-cidr="+kpClusterCIDR,
-		"--conntrack-max-per-core=0",
-		"--conntrack-min=0",
-		"--conntrack-tcp-timeout-established=0s",
-		"--conntrack-tcp-timeout-close-wait=0s",
-		"--healthz-bind-address=127.0.0.1:10256",
-		"--metrics-bind-address=127.0.0.1:10249",
-		"--oom-score-adj=0",
-		"--ipvs-sync-period=5s",
-		"--ipvs-min-sync-period=0s",
-		"-v=2",
-	)
+	cmd := exec.Command(bin, controlplane.KubeProxyArgs(kubeconfig, controlplane.KubeProxyOptions{
+		NodeName: kpNode, Mode: "ipvs", ClusterCIDR: kpClusterCIDR, ExtraArgs: []string{"--ipvs-scheduler=rr"},
+	})...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -38,7 +38,7 @@ func TestVMIPVS(t *testing.T) {
 		Commands: []string{"ip"},
 		Timeout:  8 * time.Minute,
 	})
-	res.RequirePassed(t, "TestIPVSGuestCollector", "TestIPVSGuestBackendLabels", "TestIPVSGuestInfo")
+	res.RequirePassed(t, "TestIPVSGuestCollector", "TestIPVSGuestBackendLabels", "TestIPVSGuestInfo", "TestIPVSGuestBackendSourcesAgree")
 }
 
 // ipvsTopology is a node with IPVS, a client and a backend namespace, wired
@@ -684,5 +684,67 @@ func TestIPVSAbsentNetlink(t *testing.T) {
 	}
 	if _, err := os.Stat("/proc/net/ip_vs"); err == nil {
 		t.Errorf("IPVS appeared after the lookup: a module was loaded")
+	}
+}
+
+// TestIPVSGuestBackendSourcesAgree runs inside the VM: without per-backend
+// counters the backends come from one read of /proc/net/ip_vs, with them
+// from a netlink request per virtual server; both give the same backend
+// series (IPv4, IPv6 and a fwmark service, connections held open).
+func TestIPVSGuestBackendSourcesAgree(t *testing.T) {
+	vm.RequireGuest(t)
+	tp := newIPVSTopology(t)
+	ipvsEchoServers(t, tp.backends, "10.0.2.11:8080", "10.0.2.12:8080", "10.0.2.13:8080")
+	web := &ipvs.Service{Address: net.IPv4(10, 96, 0, 10), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "wrr"}
+	tp.addService(t, web, map[string]int{"10.0.2.11:8080": 3, "10.0.2.12:8080": 2, "10.0.2.13:8080": 1})
+	tp.addService(t, &ipvs.Service{Address: net.ParseIP("fd00::a"), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "rr"},
+		map[string]int{"[fd00::2:b]:8080": 1, "[fd00::2:c]:8080": 1})
+	tp.addService(t, &ipvs.Service{FWMark: 100, SchedName: "rr"}, map[string]int{"10.0.2.13:8080": 1})
+	for range 4 {
+		defer ipvsDialEcho(t, tp.client, "10.96.0.10:80").Close()
+	}
+	deps := Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}
+	fromProc, err := NewIPVS(IPVSConfig{Backends: true, NetNS: tp.node.FD()}, deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromNetlink, err := NewIPVS(IPVSConfig{Backends: true, BackendStats: true, NetNS: tp.node.FD()}, deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backendSeries := func(samples map[string]float64) map[string]float64 {
+		out := map[string]float64{}
+		for k, v := range samples {
+			for _, name := range []string{"active", "inactive", "weight"} {
+				if strings.HasPrefix(k, "netinspect_ipvs_backend_connections_"+name+"{") || strings.HasPrefix(k, "netinspect_ipvs_backend_"+name+"{") {
+					out[k] = v
+				}
+			}
+			if strings.HasPrefix(k, "netinspect_ipvs_backend_info{") {
+				out[k] = v
+			}
+		}
+		return out
+	}
+	a, b := backendSeries(gatherIPVS(t, fromProc)), backendSeries(gatherIPVS(t, fromNetlink))
+	if len(a) != 6*4 {
+		t.Errorf("%d backend series from /proc/net/ip_vs, want 24 (6 backends x 4)", len(a))
+	}
+	var active float64
+	for k, v := range a {
+		if b[k] != v {
+			t.Errorf("%s: %v from /proc/net/ip_vs, %v over netlink", k, v, b[k])
+		}
+		if strings.HasPrefix(k, "netinspect_ipvs_backend_connections_active{") {
+			active += v
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			t.Errorf("%s only over netlink", k)
+		}
+	}
+	if active != 4 {
+		t.Errorf("active connections sum to %v, want the 4 held open", active)
 	}
 }

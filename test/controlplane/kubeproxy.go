@@ -15,13 +15,42 @@ type KubeProxyOptions struct {
 	// NodeName is the Node kube-proxy serves (--hostname-override). The Node
 	// must exist with an InternalIP (CreateNode) for rules to be programmed.
 	NodeName string
-	// Mode is "iptables" or "nftables".
+	// Mode is "iptables", "nftables" or (KubeProxyArgs only) "ipvs".
 	Mode string
 	// ClusterCIDR is the pod range, comma-separated for dual-stack
 	// (default 10.244.0.0/16,fd00:10:244::/56).
 	ClusterCIDR string
 	// ExtraArgs are appended to the command line.
 	ExtraArgs []string
+}
+
+// KubeProxyArgs is the command line StartKubeProxy runs kube-proxy with,
+// for a test that starts it elsewhere (the qemu VM): rules only in the
+// namespace it runs in, conntrack sysctls left alone
+// (--conntrack-max-per-core=0, timeouts 0), a 5 s sync period for o.Mode
+// ("iptables", "nftables" or "ipvs"), then o.ExtraArgs.
+func KubeProxyArgs(kubeconfig string, o KubeProxyOptions) []string {
+	period := "iptables"
+	if o.Mode == "ipvs" {
+		period = "ipvs"
+	}
+	args := []string{
+		"--kubeconfig=" + kubeconfig,
+		"--hostname-override=" + o.NodeName,
+		"--proxy-mode=" + o.Mode,
+		"--cluster-cidr=" + o.ClusterCIDR,
+		"--conntrack-max-per-core=0",
+		"--conntrack-min=0",
+		"--conntrack-tcp-timeout-established=0s",
+		"--conntrack-tcp-timeout-close-wait=0s",
+		"--healthz-bind-address=127.0.0.1:10256",
+		"--metrics-bind-address=127.0.0.1:10249",
+		"--oom-score-adj=0",
+		"--" + period + "-sync-period=5s",
+		"--" + period + "-min-sync-period=0s",
+		"-v=2",
+	}
+	return append(args, o.ExtraArgs...)
 }
 
 // KubeProxy is a kube-proxy running in a test's network namespace.
@@ -47,23 +76,7 @@ func (cp *ControlPlane) StartKubeProxy(t testing.TB, ns *netns.NS, o KubeProxyOp
 	}
 	kubeconfig := cp.KubeconfigIn(t, ns)
 	dir := t.TempDir()
-	args := []string{
-		"--kubeconfig=" + kubeconfig,
-		"--hostname-override=" + o.NodeName,
-		"--proxy-mode=" + o.Mode,
-		"--cluster-cidr=" + o.ClusterCIDR,
-		"--conntrack-max-per-core=0",
-		"--conntrack-min=0",
-		"--conntrack-tcp-timeout-established=0s",
-		"--conntrack-tcp-timeout-close-wait=0s",
-		"--healthz-bind-address=127.0.0.1:10256",
-		"--metrics-bind-address=127.0.0.1:10249",
-		"--oom-score-adj=0",
-		"--iptables-sync-period=5s",
-		"--iptables-min-sync-period=0s",
-		"-v=2",
-	}
-	args = append(args, o.ExtraArgs...)
+	args := KubeProxyArgs(kubeconfig, o)
 	pr := startIn(t, t, ns, dir, "kube-proxy", bin, args...)
 	kp := &KubeProxy{NS: ns, Log: pr.log, pr: pr}
 
