@@ -166,6 +166,7 @@ func (c *IPVS) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
 		}
 	}
 
+	pairs := labelPairCache{}
 	var local map[netip.Addr]bool // node addresses, listed only if a NodePort lookup needs them
 	var dests []ipvsDest
 	var agg map[string]*ipvsBackendSum
@@ -215,7 +216,7 @@ func (c *IPVS) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
 		ch <- sharedLabelsMetric{c.svcOutPkts, sv, false, float64(s.Stats.OutPkts)}
 		ch <- sharedLabelsMetric{c.svcInBytes, sv, false, float64(s.Stats.InBytes)}
 		ch <- sharedLabelsMetric{c.svcOutBytes, sv, false, float64(s.Stats.OutBytes)}
-		ch <- prometheus.MustNewConstMetric(c.svcInfo, prometheus.GaugeValue, 1, l.protocol, l.address, l.port, s.Sched, l.ref.Namespace, l.ref.Service, l.ref.Port, ipvsServiceFlags(s.Flags, s.Sched))
+		ch <- sharedLabelsMetric{c.svcInfo, withLabelPair(sv, pairs.get("flags", ipvsServiceFlags(s.Flags, s.Sched))), true, 1}
 		if s.Flags&ipvsSvcFlagPersistent != 0 {
 			ch <- sharedLabelsMetric{c.svcPersistence, sv, true, float64(s.Timeout)}
 		}
@@ -232,7 +233,7 @@ func (c *IPVS) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
 			return err
 		}
 		for j := range dests {
-			c.emitBackend(ch, agg, &l, &dests[j])
+			c.emitBackend(ch, agg, pairs, &l, &dests[j])
 		}
 	}
 	for _, b := range agg {
@@ -261,7 +262,7 @@ type ipvsBackendSum struct {
 	active, inactive, weight uint64
 }
 
-func (c *IPVS) emitBackend(ch chan<- prometheus.Metric, agg map[string]*ipvsBackendSum, l *ipvsServiceLabels, d *ipvsDest) {
+func (c *IPVS) emitBackend(ch chan<- prometheus.Metric, agg map[string]*ipvsBackendSum, pairs labelPairCache, l *ipvsServiceLabels, d *ipvsDest) {
 	pod, _ := c.index.EndpointPodByIP(d.Addr)
 	namespace := l.ref.Namespace
 	if namespace == "" {
@@ -273,7 +274,7 @@ func (c *IPVS) emitBackend(ch chan<- prometheus.Metric, agg map[string]*ipvsBack
 		ch <- sharedLabelsMetric{c.beActive, lp, true, float64(d.Active)}
 		ch <- sharedLabelsMetric{c.beInactive, lp, true, float64(d.Inactive)}
 		ch <- sharedLabelsMetric{c.beWeight, lp, true, float64(d.Weight)}
-		ch <- prometheus.MustNewConstMetric(c.beInfo, prometheus.GaugeValue, 1, append(all[:], ipvsForwardingMethod(d.FwdMethod))...)
+		ch <- sharedLabelsMetric{c.beInfo, withLabelPair(lp, pairs.get("forwarding_method", ipvsForwardingMethod(d.FwdMethod))), true, 1}
 		if c.cfg.BackendStats {
 			c.emitBackendStats(ch, lp, &d.Stats)
 		}
@@ -423,6 +424,34 @@ func ipvsForwardingMethod(fwd uint32) string {
 		return "bypass"
 	}
 	return strconv.FormatUint(uint64(fwd&0x7), 10)
+}
+
+// labelPairCache holds, for one scrape, one label pair per name and value of
+// the labels with few values (flags, forwarding_method), shared by every
+// series that has it.
+type labelPairCache map[[2]string]*dto.LabelPair
+
+func (c labelPairCache) get(name, value string) *dto.LabelPair {
+	k := [2]string{name, value}
+	p := c[k]
+	if p == nil {
+		p = &dto.LabelPair{Name: &k[0], Value: &k[1]}
+		c[k] = p
+	}
+	return p
+}
+
+// withLabelPair returns the label pairs lp (sorted by name) with p added in
+// its place, in a new slice; the pairs themselves are shared.
+func withLabelPair(lp []*dto.LabelPair, p *dto.LabelPair) []*dto.LabelPair {
+	out := make([]*dto.LabelPair, 0, len(lp)+1)
+	i := 0
+	for i < len(lp) && lp[i].GetName() < p.GetName() {
+		i++
+	}
+	out = append(out, lp[:i]...)
+	out = append(out, p)
+	return append(out, lp[i:]...)
 }
 
 // sharedLabelsMetric is a constant metric whose label pairs are shared with

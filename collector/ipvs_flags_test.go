@@ -1,6 +1,11 @@
 package collector
 
-import "testing"
+import (
+	"strings"
+	"testing"
+
+	dto "github.com/prometheus/client_model/go"
+)
 
 func TestIPVSServiceFlagsNamedAsIpvsadm(t *testing.T) {
 	for _, tc := range []struct {
@@ -27,5 +32,29 @@ func TestIPVSForwardingMethodNames(t *testing.T) {
 		if got := ipvsForwardingMethod(fwd); got != want {
 			t.Errorf("ipvsForwardingMethod(%#x) = %q, want %q", fwd, got, want)
 		}
+	}
+}
+
+func TestWithLabelPairKeepsNamesSorted(t *testing.T) {
+	pairs := labelPairCache{}
+	lp := []*dto.LabelPair{pairs.get("address", "a"), pairs.get("namespace", "n"), pairs.get("port", "p")}
+	for _, tc := range []struct{ name, want string }{
+		{"aaa", "aaa,address,namespace,port"},
+		{"flags", "address,flags,namespace,port"},
+		{"zone", "address,namespace,port,zone"},
+	} {
+		var names []string
+		for _, p := range withLabelPair(lp, pairs.get(tc.name, "v")) {
+			names = append(names, p.GetName())
+		}
+		if got := strings.Join(names, ","); got != tc.want {
+			t.Errorf("adding %s: %s, want %s", tc.name, got, tc.want)
+		}
+	}
+	if len(lp) != 3 {
+		t.Errorf("the input was changed: %d pairs", len(lp))
+	}
+	if pairs.get("flags", "v") != pairs.get("flags", "v") {
+		t.Error("the same name and value gave two pairs")
 	}
 }
