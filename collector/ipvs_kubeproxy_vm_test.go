@@ -360,6 +360,14 @@ func TestIPVSKubeProxyGuest(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+
+	// The iptables collector tells kube-proxy's mode from the rules the
+	// real kube-proxy wrote in IPVS mode.
+	ipt := NewIPTables(IPTablesConfig{RefreshInterval: time.Hour}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+	t.Cleanup(ipt.Close)
+	if st := rulesWaitRefresh(t, ipt, time.Time{}, nil); st.mode != ModeIPVS {
+		t.Errorf("iptables collector: kube-proxy mode %q from the real kube-proxy's IPVS-mode rules, want ipvs", st.mode)
+	}
 }
 
 // ipvsSample is one gathered series.
