@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -379,14 +378,8 @@ type ipvsSample struct {
 
 func gatherIPVSSamples(t *testing.T, c *IPVS) []ipvsSample {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(ipvsUpdateCollector{c})
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
 	var out []ipvsSample
-	for _, mf := range mfs {
+	for _, mf := range gatherIPVSFamilies(t, c) {
 		for _, m := range mf.Metric {
 			s := ipvsSample{name: mf.GetName(), labels: map[string]string{}, value: ipvsSampleValue(m)}
 			for _, l := range m.Label {

@@ -238,19 +238,25 @@ func procIPVS(t *testing.T, ns *netns.NS) ([]IPVSProcService, IPVSProcStats) {
 // ("name{k=v,...}" with labels sorted as the registry sorts them).
 func gatherIPVS(t *testing.T, c *IPVS) map[string]float64 {
 	t.Helper()
+	out := map[string]float64{}
+	for _, mf := range gatherIPVSFamilies(t, c) {
+		for _, m := range mf.Metric {
+			out[ipvsSampleKey(mf.GetName(), m)] = ipvsSampleValue(m)
+		}
+	}
+	return out
+}
+
+// gatherIPVSFamilies runs one Update through a pedantic registry.
+func gatherIPVSFamilies(t *testing.T, c *IPVS) []*dto.MetricFamily {
+	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(ipvsUpdateCollector{c})
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatalf("gather: %v", err)
 	}
-	out := map[string]float64{}
-	for _, mf := range mfs {
-		for _, m := range mf.Metric {
-			out[ipvsSampleKey(mf.GetName(), m)] = ipvsSampleValue(m)
-		}
-	}
-	return out
+	return mfs
 }
 
 func ipvsSampleKey(name string, m *dto.Metric) string {
