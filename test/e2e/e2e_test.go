@@ -131,6 +131,9 @@ func TestConntrackFullAlertIsDelivered(t *testing.T) {
 		}
 	}
 
+	// The attribution series describe the last pass; wait for one that saw
+	// the full table, so the dashboards show it.
+	waitQuery(t, n, fmt.Sprintf(`netinspect_conntrack_attribution_entries_scanned >= %d`, created), time.Minute)
 	t.Run("dashboards", func(t *testing.T) { checkDashboardQueries(t, n) })
 	logUsage(t, n.exporter.Process.Pid)
 }
@@ -241,7 +244,8 @@ receivers:
 	n.exporter = startProcess(t, ns, dir, "netinspect", exporter,
 		"--web.listen-address="+exporterAddr, "--log.format=console",
 		"--kubeconfig="+kubeconfig, "--node-name="+nodeName,
-		"--collector.iptables.refresh-interval=2s", "--collector.nftables.refresh-interval=2s")
+		"--collector.iptables.refresh-interval=2s", "--collector.nftables.refresh-interval=2s",
+		"--collector.conntrack-attribution.interval=5s")
 	startProcess(t, ns, dir, "alertmanager", am,
 		"--config.file="+filepath.Join(dir, "alertmanager.yml"),
 		"--storage.path="+filepath.Join(dir, "am-data"),
