@@ -175,6 +175,37 @@ func BenchmarkAttributionPassMixedTable(b *testing.B) {
 	}
 }
 
+// BenchmarkAttributionPassNATTable is the pass at 262,144 entries made by
+// real traffic (sendNATTraffic): half of them DNATed by an nft rule as
+// kube-proxy's Service rules do, so the kernel marks them IPS_DST_NAT and
+// from the second pass on the table is read as two parts at once.
+func BenchmarkAttributionPassNATTable(b *testing.B) {
+	testenv.RequireCommand(b, "conntrack")
+	ns := netns.New(b, "attr-natb")
+	const size = 262144
+	sendNATTraffic(b, ns, size/2)
+	if n := conntrackCount(b, ns); n != size {
+		b.Fatalf("conntrack -C = %d, want %d", n, size)
+	}
+	for _, split := range []bool{true, false} {
+		name := "split"
+		if !split {
+			name = "one-dump"
+		}
+		b.Run("entries=262144/"+name+"-vs-cli", func(b *testing.B) {
+			a := NewAttribution(AttributionConfig{NetNS: ns.FD(), NoSplit: !split}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: attributionIndex()})
+			if err := a.Pass(context.Background()); err != nil { // learns the status bits
+				b.Fatal(err)
+			}
+			benchPassVsCLI(b, a, ns, func(s *attributionSnapshot) {
+				if s.scanned != size || (s.dumps == 2) != split {
+					b.Fatalf("pass scanned %d entries in %d dumps", s.scanned, s.dumps)
+				}
+			})
+		})
+	}
+}
+
 // benchPassVsCLI times, in each iteration, a pass of a (whose snapshot check
 // inspects) and `conntrack -L > /dev/null` in ns back to back, so that both
 // see the same load, and reports both and the ratio of the sums (the goal:
