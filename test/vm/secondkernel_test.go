@@ -19,6 +19,7 @@ func TestVMConntrackSecondKernel(t *testing.T) {
 		"TestAttributionStatesMatchConntrackCLI",
 		// Status-filtered dumps (CTA_STATUS_MASK, Linux 5.19) split a pass.
 		"TestAttributionSplitPassCountsTheSame",
+		"TestAttributionSplitsRealNATTraffic",
 	}
 	run := "^("
 	for i, n := range tests {
@@ -31,7 +32,7 @@ func TestVMConntrackSecondKernel(t *testing.T) {
 	res := Run(t, Config{
 		Package:  "../../collector",
 		Run:      run,
-		Modules:  append(append([]string(nil), DefaultModules...), "nf_tables", "nft_ct"),
+		Modules:  append(append([]string(nil), DefaultModules...), "nf_tables", "nft_ct", "nft_chain_nat", "nft_nat"),
 		Commands: []string{"ip", "conntrack", "nft", "bash"},
 		Timeout:  10 * time.Minute,
 	})
