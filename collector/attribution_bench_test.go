@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/netinspect/netinspect/collector/ctdump"
+	"github.com/netinspect/netinspect/kube"
 	"github.com/netinspect/netinspect/test/netns"
 	"github.com/netinspect/netinspect/test/testenv"
 )
@@ -156,23 +157,7 @@ func BenchmarkAttributionPassMixedTable(b *testing.B) {
 	if n := conntrackCount(b, ns); n != size {
 		b.Fatalf("conntrack -C = %d, want %d", n, size)
 	}
-	for _, split := range []bool{true, false} {
-		name := "split"
-		if !split {
-			name = "one-dump"
-		}
-		b.Run("entries=262144/"+name+"-vs-cli", func(b *testing.B) {
-			a := NewAttribution(AttributionConfig{NetNS: ns.FD(), NoSplit: !split}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
-			if err := a.Pass(context.Background()); err != nil { // learns the status bits
-				b.Fatal(err)
-			}
-			benchPassVsCLI(b, a, ns, func(s *attributionSnapshot) {
-				if s.scanned != size || (s.dumps == 2) != split {
-					b.Fatalf("pass scanned %d entries in %d dumps", s.scanned, s.dumps)
-				}
-			})
-		})
-	}
+	benchSplitAndOneDump(b, ns, ix, size)
 }
 
 // BenchmarkAttributionPassNATTable is the pass at 262,144 entries made by
@@ -187,13 +172,20 @@ func BenchmarkAttributionPassNATTable(b *testing.B) {
 	if n := conntrackCount(b, ns); n != size {
 		b.Fatalf("conntrack -C = %d, want %d", n, size)
 	}
+	benchSplitAndOneDump(b, ns, attributionIndex(), size)
+}
+
+// benchSplitAndOneDump runs benchPassVsCLI over the table of ns (size
+// entries) with passes split in two dumps ("split", after a first pass that
+// learns the status bits) and with one dump ("one-dump").
+func benchSplitAndOneDump(b *testing.B, ns *netns.NS, ix *kube.Index, size int) {
 	for _, split := range []bool{true, false} {
 		name := "split"
 		if !split {
 			name = "one-dump"
 		}
-		b.Run("entries=262144/"+name+"-vs-cli", func(b *testing.B) {
-			a := NewAttribution(AttributionConfig{NetNS: ns.FD(), NoSplit: !split}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: attributionIndex()})
+		b.Run(fmt.Sprintf("entries=%d/%s-vs-cli", size, name), func(b *testing.B) {
+			a := NewAttribution(AttributionConfig{NetNS: ns.FD(), NoSplit: !split}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
 			if err := a.Pass(context.Background()); err != nil { // learns the status bits
 				b.Fatal(err)
 			}
