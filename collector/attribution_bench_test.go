@@ -19,6 +19,7 @@ import (
 
 	"github.com/netinspect/netinspect/collector/ctdump"
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/test/ctfill"
 	"github.com/netinspect/netinspect/test/netns"
 	"github.com/netinspect/netinspect/test/testenv"
 )
@@ -332,4 +333,66 @@ func benchScrapesUntil(b *testing.B, c Collector, done func(start int64) bool, m
 	}
 	b.ReportMetric(float64(total.Microseconds())/1000/float64(n), "scrape-ms")
 	b.ReportMetric(float64(slowest.Microseconds())/1000, "slowest-scrape-ms")
+}
+
+// BenchmarkAttributionEvents measures events mode: each iteration creates
+// 10,000 entries (NEW events) and deletes them again (DESTROY events) in a
+// namespace, and reports how long after the last create, and after the last
+// delete, the served counts were current (polled every millisecond), and
+// how many times events were lost.
+func BenchmarkAttributionEvents(b *testing.B) {
+	ns := netns.New(b, "attr-evb")
+	a := NewAttribution(AttributionConfig{NetNS: ns.FD(), Interval: time.Hour, Mode: AttributionModeEvents},
+		Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: attributionIndex()})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer stopAttribution(a, cancel)
+	if err := a.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	// client-a's udp entries, as served.
+	clientA := func() float64 {
+		s := a.current()
+		if s == nil {
+			return -1
+		}
+		for _, c := range s.pods {
+			if c.name == "client-a" && c.protocol == "udp" {
+				return float64(c.entries)
+			}
+		}
+		return 0
+	}
+	waitFor := func(want float64) time.Duration {
+		start := time.Now()
+		for clientA() != want {
+			if time.Since(start) > time.Minute {
+				b.Fatalf("client-a udp entries %v after a minute, want %v", clientA(), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		return time.Since(start)
+	}
+	waitFor(0)
+	const n = 10000
+	spec := ctfill.Spec{Count: n, Src: ip("10.244.0.10"), Dst: ip("10.96.0.10"), DstPort: 53}
+	c, err := conntrack.Dial(&netlink.Config{NetNS: ns.FD()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	var createLag, destroyLag time.Duration
+	for b.Loop() {
+		fillFlows(b, ns, []ctfill.Spec{spec})
+		createLag += waitFor(n)
+		for _, f := range ctfill.Flows(spec) {
+			if err := c.Delete(f); err != nil {
+				b.Fatalf("delete flow: %v", err)
+			}
+		}
+		destroyLag += waitFor(0)
+	}
+	b.ReportMetric(float64(createLag.Microseconds())/1000/float64(b.N), "create-lag-ms")
+	b.ReportMetric(float64(destroyLag.Microseconds())/1000/float64(b.N), "destroy-lag-ms")
+	b.ReportMetric(float64(a.events.lost.Load()), "losses")
+	b.ReportMetric(float64(a.passes.Load()), "passes")
 }
