@@ -381,7 +381,7 @@ func gatherIPVSSamples(t *testing.T, c *IPVS) []ipvsSample {
 	var out []ipvsSample
 	for _, mf := range gatherIPVSFamilies(t, c) {
 		for _, m := range mf.Metric {
-			s := ipvsSample{name: mf.GetName(), labels: map[string]string{}, value: ipvsSampleValue(m)}
+			s := ipvsSample{name: mf.GetName(), labels: map[string]string{}, value: sampleValue(m)}
 			for _, l := range m.Label {
 				s.labels[l.GetName()] = l.GetValue()
 			}

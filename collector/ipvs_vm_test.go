@@ -241,7 +241,7 @@ func gatherIPVS(t *testing.T, c *IPVS) map[string]float64 {
 	out := map[string]float64{}
 	for _, mf := range gatherIPVSFamilies(t, c) {
 		for _, m := range mf.Metric {
-			out[ipvsSampleKey(mf.GetName(), m)] = ipvsSampleValue(m)
+			out[seriesKey(mf.GetName(), m)] = sampleValue(m)
 		}
 	}
 	return out
@@ -259,24 +259,6 @@ func gatherIPVSFamilies(t *testing.T, c *IPVS) []*dto.MetricFamily {
 	return mfs
 }
 
-func ipvsSampleKey(name string, m *dto.Metric) string {
-	var ls []string
-	for _, l := range m.Label {
-		ls = append(ls, l.GetName()+"="+l.GetValue())
-	}
-	return name + "{" + strings.Join(ls, ",") + "}"
-}
-
-func ipvsSampleValue(m *dto.Metric) float64 {
-	switch {
-	case m.Counter != nil:
-		return m.Counter.GetValue()
-	case m.Gauge != nil:
-		return m.Gauge.GetValue()
-	}
-	return 0
-}
-
 // ipvsUpdateCollector adapts a Collector to prometheus.Collector for tests,
 // failing the Collect on error through an invalid metric.
 type ipvsUpdateCollector struct{ c Collector }
@@ -291,21 +273,22 @@ func (u ipvsUpdateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// ipvsTotals sums the per-service counters the collector exported.
-func ipvsTotals(samples map[string]float64) IPVSProcStats {
+// ipvsTotals sums the counters the collector exported per virtual server
+// (kind "service") or per backend (kind "backend").
+func ipvsTotals(samples map[string]float64, kind string) IPVSProcStats {
 	var st IPVSProcStats
 	for k, v := range samples {
 		name, _, _ := strings.Cut(k, "{")
 		switch name {
-		case "netinspect_ipvs_service_connections_total":
+		case "netinspect_ipvs_" + kind + "_connections_total":
 			st.Conns += uint64(v)
-		case "netinspect_ipvs_service_in_packets_total":
+		case "netinspect_ipvs_" + kind + "_in_packets_total":
 			st.InPkts += uint64(v)
-		case "netinspect_ipvs_service_out_packets_total":
+		case "netinspect_ipvs_" + kind + "_out_packets_total":
 			st.OutPkts += uint64(v)
-		case "netinspect_ipvs_service_in_bytes_total":
+		case "netinspect_ipvs_" + kind + "_in_bytes_total":
 			st.InBytes += uint64(v)
-		case "netinspect_ipvs_service_out_bytes_total":
+		case "netinspect_ipvs_" + kind + "_out_bytes_total":
 			st.OutBytes += uint64(v)
 		}
 	}
@@ -323,7 +306,7 @@ func ipvsWaitStable(t *testing.T, tp *ipvsTopology, c *IPVS, want func(IPVSProcS
 	for {
 		samples := gatherIPVS(t, c)
 		procSvcs, procStats := procIPVS(t, tp.node)
-		got := ipvsTotals(samples)
+		got := ipvsTotals(samples, "service")
 		if got == procStats && got == last && want(got) {
 			return samples, procSvcs, procStats
 		}
@@ -433,22 +416,7 @@ func TestIPVSGuestCollector(t *testing.T) {
 	t.Logf("/proc/net/ip_vs_stats totals: %+v", procStats)
 	// Each backend's own counters add up to the totals too (no backend was
 	// removed while it had traffic).
-	var beTotals IPVSProcStats
-	for k, v := range samples {
-		name, _, _ := strings.Cut(k, "{")
-		switch name {
-		case "netinspect_ipvs_backend_connections_total":
-			beTotals.Conns += uint64(v)
-		case "netinspect_ipvs_backend_in_packets_total":
-			beTotals.InPkts += uint64(v)
-		case "netinspect_ipvs_backend_out_packets_total":
-			beTotals.OutPkts += uint64(v)
-		case "netinspect_ipvs_backend_in_bytes_total":
-			beTotals.InBytes += uint64(v)
-		case "netinspect_ipvs_backend_out_bytes_total":
-			beTotals.OutBytes += uint64(v)
-		}
-	}
+	beTotals := ipvsTotals(samples, "backend")
 	if beTotals != procStats {
 		t.Errorf("backend counters sum to %+v, /proc/net/ip_vs_stats says %+v", beTotals, procStats)
 	}

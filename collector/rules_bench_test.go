@@ -177,26 +177,21 @@ func BenchmarkRealKubeProxyScale(b *testing.B) {
 		c := NewIPTables(IPTablesConfig{RefreshInterval: time.Hour, NetNSPath: node.Path(), NetNS: node.FD()},
 			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
 		b.Cleanup(c.Close)
-		start := time.Now()
-		cpl.Eventually(b, 10*time.Minute, func() error {
+		rulesWaitScale(b, func() ([]int, error) {
 			st, err := c.list(context.Background())
 			if err != nil {
-				return err
+				return nil, err
 			}
-			n := 0
+			var counts []int
 			for _, f := range st.families {
 				for _, e := range f.endpoints {
-					if e.namespace == "scale" && e.n == rulesBenchEndpoints {
-						n++
+					if e.namespace == "scale" {
+						counts = append(counts, e.n)
 					}
 				}
 			}
-			if n != rulesBenchServices {
-				return fmt.Errorf("%d of %d services programmed", n, rulesBenchServices)
-			}
-			return nil
+			return counts, nil
 		})
-		b.Logf("kube-proxy programmed %d services in %v", rulesBenchServices, time.Since(start))
 		out := node.MustRun("iptables-nft-save")
 		b.Logf("iptables-save: %d lines", strings.Count(out, "\n"))
 		b.Run("baseline=iptables-save", func(b *testing.B) {
@@ -222,26 +217,21 @@ func BenchmarkRealKubeProxyScale(b *testing.B) {
 		c := NewNFTables(NFTablesConfig{RefreshInterval: time.Hour, NetNS: node.FD()},
 			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
 		b.Cleanup(c.Close)
-		start := time.Now()
-		cpl.Eventually(b, 10*time.Minute, func() error {
+		rulesWaitScale(b, func() ([]int, error) {
 			st, err := c.list(context.Background())
 			if err != nil {
-				return err
+				return nil, err
 			}
-			n := 0
+			var counts []int
 			for _, f := range st.families {
 				for _, e := range f.endpoints {
-					if e.namespace == "scale" && e.n == rulesBenchEndpoints {
-						n++
+					if e.namespace == "scale" {
+						counts = append(counts, e.n)
 					}
 				}
 			}
-			if n != rulesBenchServices {
-				return fmt.Errorf("%d of %d services programmed", n, rulesBenchServices)
-			}
-			return nil
+			return counts, nil
 		})
-		b.Logf("kube-proxy programmed %d services in %v", rulesBenchServices, time.Since(start))
 		b.Run("baseline=nft-list-ruleset", func(b *testing.B) {
 			for b.Loop() {
 				node.MustRun("nft", "list", "ruleset")
@@ -317,4 +307,28 @@ func rulesCreateScale(b *testing.B, cp *cpl.ControlPlane, n, eps int) {
 	default:
 	}
 	b.Logf("created %d services and %d EndpointSlices in %v", n, n, time.Since(start))
+}
+
+// rulesWaitScale waits until every Service of the scale fixture has all its
+// endpoints in a listing; endpoints lists the endpoint count of each scale
+// Service the listing has.
+func rulesWaitScale(b *testing.B, endpoints func() ([]int, error)) {
+	start := time.Now()
+	cpl.Eventually(b, 10*time.Minute, func() error {
+		counts, err := endpoints()
+		if err != nil {
+			return err
+		}
+		n := 0
+		for _, c := range counts {
+			if c == rulesBenchEndpoints {
+				n++
+			}
+		}
+		if n != rulesBenchServices {
+			return fmt.Errorf("%d of %d services programmed", n, rulesBenchServices)
+		}
+		return nil
+	})
+	b.Logf("kube-proxy programmed %d services in %v", rulesBenchServices, time.Since(start))
 }

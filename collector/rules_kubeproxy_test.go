@@ -176,15 +176,7 @@ func TestIPTablesRealKubeProxy(t *testing.T) {
 			// Change endpoints: web grows to 3, np loses its only one.
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			es, err := cp.Client.DiscoveryV1().EndpointSlices(rulesKPNamespace).Get(ctx, "web-ipv4", metav1.GetOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ready := true
-			es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{"10.244.1.12"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
-			if _, err := cp.Client.DiscoveryV1().EndpointSlices(rulesKPNamespace).Update(ctx, es, metav1.UpdateOptions{}); err != nil {
-				t.Fatal(err)
-			}
+			rulesAddWebEndpoint(ctx, t, cp)
 			if err := cp.Client.DiscoveryV1().EndpointSlices(rulesKPNamespace).Delete(ctx, "np-ipv4", metav1.DeleteOptions{}); err != nil {
 				t.Fatal(err)
 			}
@@ -333,15 +325,7 @@ func TestNFTablesRealKubeProxy(t *testing.T) {
 	// Change endpoints.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	es, err := cp.Client.DiscoveryV1().EndpointSlices(rulesKPNamespace).Get(ctx, "web-ipv4", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ready := true
-	es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{"10.244.1.12"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
-	if _, err := cp.Client.DiscoveryV1().EndpointSlices(rulesKPNamespace).Update(ctx, es, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	rulesAddWebEndpoint(ctx, t, cp)
 	cpl.Eventually(t, 60*time.Second, func() error {
 		if out, _ := node.Run("nft", "list", "table", "ip", "kube-proxy"); !strings.Contains(out, "10.244.1.12 . 8080") {
 			return fmt.Errorf("10.244.1.12 not programmed yet")
@@ -359,5 +343,20 @@ func TestNFTablesRealKubeProxy(t *testing.T) {
 	rulesNFTWait(t, c, time.Now())
 	if after := rulesSnapshotText(t, node); after != before {
 		t.Errorf("ruleset changed while the collector listed it:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// rulesAddWebEndpoint adds a third ready endpoint, 10.244.1.12, to the web
+// Service's IPv4 EndpointSlice.
+func rulesAddWebEndpoint(ctx context.Context, t *testing.T, cp *cpl.ControlPlane) {
+	t.Helper()
+	es, err := cp.Client.DiscoveryV1().EndpointSlices(rulesKPNamespace).Get(ctx, "web-ipv4", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := true
+	es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{"10.244.1.12"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
+	if _, err := cp.Client.DiscoveryV1().EndpointSlices(rulesKPNamespace).Update(ctx, es, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 }
