@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds, if missing, the control-plane binaries the integration tests run:
-# etcd (tools/etcd) and kube-apiserver, kube-proxy (tools/kube), from the Go
-# module proxy at the versions pinned in those modules' go.mod files.
+# Builds, if missing, the Kubernetes binaries the integration tests run:
+# etcd (tools/etcd) and kube-apiserver, kube-proxy, kubectl and, for the real
+# node of test/node, kubelet, kube-controller-manager and kube-scheduler
+# (tools/kube), from the Go module proxy at the versions pinned in those
+# modules' go.mod files.
 #
 # Binaries are cached by version outside the repository, in
 #   ${NETINSPECT_CACHE:-$HOME/.cache/netinspect}/bin/<name>-<version>
@@ -45,3 +47,7 @@ build "$root/tools/kube" k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$k
 build "$root/tools/kube" k8s.io/kubernetes/cmd/kube-proxy kube-proxy "$kube_version" "$kube_ldflags"
 # kubectl renders deploy/ with kustomize and server-side dry-runs it.
 build "$root/tools/kube" k8s.io/kubernetes/cmd/kubectl kubectl "$kube_version" "$kube_ldflags"
+# test/node: a real single-node cluster (about 6-18 min more, cold).
+build "$root/tools/kube" k8s.io/kubernetes/cmd/kubelet kubelet "$kube_version" "$kube_ldflags"
+build "$root/tools/kube" k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager "$kube_version" "$kube_ldflags"
+build "$root/tools/kube" k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler "$kube_version" "$kube_ldflags"
