@@ -121,14 +121,33 @@ type ControlPlane struct {
 
 	t       testing.TB
 	pki     *pki
+	opts    Options
 	etcd    *process
 	mu      sync.Mutex
 	servers map[int]*process // API servers by port
 }
 
+// Options configures StartWith.
+type Options struct {
+	// Cluster makes the API server one that real nodes join (test/node runs
+	// kube-controller-manager, kube-scheduler and a kubelet against it): the
+	// ServiceAccount admission plugin gives pods their token volume, the Node
+	// authorizer and NodeRestriction admit the kubelet, privileged
+	// containers are allowed, and the API server reaches the kubelet (logs,
+	// exec) at its InternalIP with a client certificate of its own. Without
+	// it no controller runs: CreatePod binds pods and sets their status.
+	Cluster bool
+}
+
 // Start runs etcd and kube-apiserver in a new network namespace, waits until
 // the API server is ready, and stops them when the test ends.
 func Start(t testing.TB) *ControlPlane {
+	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, o Options) *ControlPlane {
 	t.Helper()
 	testenv.RequireRoot(t)
 	etcdBin := Binary(t, "etcd")
@@ -141,7 +160,7 @@ func Start(t testing.TB) *ControlPlane {
 	if err != nil {
 		t.Fatalf("control plane certificates: %v", err)
 	}
-	cp := &ControlPlane{NS: ns, Dir: dir, t: t, pki: p, servers: map[int]*process{}}
+	cp := &ControlPlane{NS: ns, Dir: dir, t: t, pki: p, opts: o, servers: map[int]*process{}}
 	t.Cleanup(cp.stopAll)
 
 	cp.etcd = cp.startProcess("etcd", etcdBin,
@@ -185,7 +204,7 @@ func (cp *ControlPlane) ConfigFor(port int) *rest.Config {
 
 func (cp *ControlPlane) apiserverArgs(port int) []string {
 	p := cp.pki
-	return []string{
+	args := []string{
 		"--etcd-servers=" + etcdClientURL,
 		"--bind-address=0.0.0.0",
 		fmt.Sprintf("--secure-port=%d", port),
@@ -197,15 +216,29 @@ func (cp *ControlPlane) apiserverArgs(port int) []string {
 		"--service-account-key-file=" + p.saPublicKey,
 		"--service-account-signing-key-file=" + p.saPrivateKey,
 		"--service-cluster-ip-range=" + ServiceCIDRv4 + "," + ServiceCIDRv6,
-		"--authorization-mode=RBAC",
-		// No controller manager creates the "default" ServiceAccounts that
-		// this admission plugin insists on for every pod.
-		"--disable-admission-plugins=ServiceAccount",
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
 		"--cert-dir=" + filepath.Join(cp.Dir, fmt.Sprintf("apiserver-%d", port)),
 		"-v=1",
 	}
+	if !cp.opts.Cluster {
+		return append(args,
+			"--authorization-mode=RBAC",
+			// No controller manager creates the "default" ServiceAccounts
+			// that this admission plugin insists on for every pod.
+			"--disable-admission-plugins=ServiceAccount",
+		)
+	}
+	return append(args,
+		"--authorization-mode=Node,RBAC",
+		"--enable-admission-plugins=NodeRestriction",
+		"--allow-privileged=true",
+		"--kubelet-client-certificate="+p.kubeletClientCert,
+		"--kubelet-client-key="+p.kubeletClientKey,
+		// The node's hostname resolves nowhere: logs and exec go to the
+		// address the kubelet registered.
+		"--kubelet-preferred-address-types=InternalIP",
+	)
 }
 
 // StartAPIServer starts a kube-apiserver on port (sharing etcd with any
@@ -400,7 +433,7 @@ func startIn(t, owner testing.TB, ns *netns.NS, dir, name, bin string, args ...s
 	// If the test binary dies (timeout, crash), the kernel kills the
 	// process too instead of leaving it running in a deleted namespace.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := startFromSpawnerThread(cmd); err != nil {
+	if err := Spawn(cmd); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
 	pr := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
@@ -423,7 +456,9 @@ type spawnReq struct {
 	err chan error
 }
 
-func startFromSpawnerThread(cmd *exec.Cmd) error {
+// Spawn starts cmd from the harness's spawner thread, so a parent-death
+// signal in cmd.SysProcAttr fires only when the test process dies.
+func Spawn(cmd *exec.Cmd) error {
 	spawner.once.Do(func() {
 		spawner.reqs = make(chan spawnReq)
 		go func() {

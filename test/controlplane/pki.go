@@ -23,8 +23,13 @@ type pki struct {
 	servingCert, servingKey   string
 	adminCertPEM, adminKeyPEM []byte
 	saPublicKey, saPrivateKey string
-	caCert                    *x509.Certificate
-	caSigner                  crypto.Signer
+	// kubeletClientCert and kubeletClientKey are the API server's client
+	// certificate for the kubelet API (logs, exec), in group system:masters.
+	kubeletClientCert, kubeletClientKey string
+	caCert                              *x509.Certificate
+	caSigner                            crypto.Signer
+	serial                              int64
+	notBefore                           time.Time
 }
 
 func newKey() (*ecdsa.PrivateKey, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
@@ -45,10 +50,8 @@ func certPEM(der []byte) []byte {
 // the advertise address and the in-cluster names), an admin client
 // certificate (group system:masters) and the ServiceAccount signing key.
 func makePKI(dir string, advertise net.IP) (*pki, error) {
-	p := &pki{}
-	serial := int64(1)
-	next := func() *big.Int { serial++; return big.NewInt(serial) }
-	now := time.Now().Add(-time.Hour)
+	p := &pki{serial: 1, notBefore: time.Now().Add(-time.Hour)}
+	now := p.notBefore
 
 	caKey, err := newKey()
 	if err != nil {
@@ -71,23 +74,7 @@ func makePKI(dir string, advertise net.IP) (*pki, error) {
 	p.caSigner = caKey
 	p.caPEM = certPEM(caDER)
 
-	issue := func(tmpl *x509.Certificate) (certPEMBytes, keyPEMBytes []byte, err error) {
-		k, err := newKey()
-		if err != nil {
-			return nil, nil, err
-		}
-		tmpl.SerialNumber = next()
-		tmpl.NotBefore, tmpl.NotAfter = now, now.Add(48*time.Hour)
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, &k.PublicKey, caKey)
-		if err != nil {
-			return nil, nil, err
-		}
-		kp, err := keyPEM(k)
-		return certPEM(der), kp, err
-	}
-
-	servCert, servKey, err := issue(&x509.Certificate{
+	servCert, servKey, err := p.issue(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: "kube-apiserver"},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
@@ -96,12 +83,13 @@ func makePKI(dir string, advertise net.IP) (*pki, error) {
 	if err != nil {
 		return nil, fmt.Errorf("issue serving certificate: %w", err)
 	}
-	p.adminCertPEM, p.adminKeyPEM, err = issue(&x509.Certificate{
-		Subject:     pkix.Name{CommonName: "netinspect-test-admin", Organization: []string{"system:masters"}},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
+	p.adminCertPEM, p.adminKeyPEM, err = p.clientCert("netinspect-test-admin", "system:masters")
 	if err != nil {
 		return nil, fmt.Errorf("issue admin certificate: %w", err)
+	}
+	kubeletClientCert, kubeletClientKey, err := p.clientCert("kube-apiserver-kubelet-client", "system:masters")
+	if err != nil {
+		return nil, fmt.Errorf("issue kubelet client certificate: %w", err)
 	}
 
 	saKey, err := newKey()
@@ -132,6 +120,8 @@ func makePKI(dir string, advertise net.IP) (*pki, error) {
 		{&p.servingKey, "apiserver.key", servKey},
 		{&p.saPrivateKey, "sa.key", saKeyPEM},
 		{&p.saPublicKey, "sa.pub", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPubDER})},
+		{&p.kubeletClientCert, "apiserver-kubelet-client.crt", kubeletClientCert},
+		{&p.kubeletClientKey, "apiserver-kubelet-client.key", kubeletClientKey},
 	}
 	for _, f := range files {
 		*f.dst = filepath.Join(dir, f.name)
@@ -140,4 +130,32 @@ func makePKI(dir string, advertise net.IP) (*pki, error) {
 		}
 	}
 	return p, nil
+}
+
+// issue signs a certificate for tmpl (subject, usages, names) with the CA and
+// returns it and its new key, PEM encoded.
+func (p *pki) issue(tmpl *x509.Certificate) (certPEMBytes, keyPEMBytes []byte, err error) {
+	k, err := newKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	p.serial++
+	tmpl.SerialNumber = big.NewInt(p.serial)
+	tmpl.NotBefore, tmpl.NotAfter = p.notBefore, p.notBefore.Add(48*time.Hour)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, &k.PublicKey, p.caSigner)
+	if err != nil {
+		return nil, nil, err
+	}
+	kp, err := keyPEM(k)
+	return certPEM(der), kp, err
+}
+
+// clientCert issues a client certificate for user cn in groups orgs (the
+// API server maps the subject's CommonName and Organizations so).
+func (p *pki) clientCert(cn string, orgs ...string) (certPEMBytes, keyPEMBytes []byte, err error) {
+	return p.issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn, Organization: orgs},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
 }
