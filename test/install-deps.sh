@@ -17,6 +17,14 @@ packages=(
 	kmod                    # test/vm: depmod for the guest's module order
 	prometheus              # promtool and Prometheus for alerts/ and test/e2e
 	prometheus-alertmanager # Alertmanager for test/e2e
+	containerd                  # test/node: the real node's container runtime (started by the test, own socket)
+	runc                        # test/node: containerd's OCI runtime
+	containernetworking-plugins # test/node: CNI bridge, ptp, host-local, loopback (/usr/lib/cni)
+	mmdebstrap                  # test/node: the image's Debian root filesystem, without Docker
+	umoci                       # test/node: packs the images (OCI layout)
+	skopeo                      # test/node: OCI layout to the docker-archive containerd imports
+	gcc                         # test/node: the pause program, linked statically
+	libc6-dev                   # test/node: libc.a for gcc -static
 )
 
 missing=()
