@@ -57,7 +57,9 @@ func (cp *ControlPlane) StartControllerManager(t testing.TB, nodeMonitorGrace ti
 		"--leader-elect=false",
 		"--root-ca-file=" + cp.pki.caFile,
 		"--service-account-private-key-file=" + cp.pki.saPrivateKey,
-		"--use-service-account-credentials=false",
+		// Each controller with its own ServiceAccount and bootstrap role
+		// (system:controller:*), as kubeadm runs it.
+		"--use-service-account-credentials=true",
 		"--kube-api-qps=100",
 		"--kube-api-burst=200",
 		"--profiling=false",
@@ -67,6 +69,7 @@ func (cp *ControlPlane) StartControllerManager(t testing.TB, nodeMonitorGrace ti
 		args = append(args, "--node-monitor-period=1s", "--node-monitor-grace-period="+nodeMonitorGrace.String())
 	}
 	pr := cp.startProcessT(t, "kube-controller-manager", Binary(t, "kube-controller-manager"), args...)
+	cp.addComponent(pr)
 	cp.waitHealthz(t, pr, "https://127.0.0.1:10257/healthz")
 }
 
@@ -85,6 +88,7 @@ func (cp *ControlPlane) StartScheduler(t testing.TB) {
 		"--profiling=false",
 		"-v=1",
 	)
+	cp.addComponent(pr)
 	cp.waitHealthz(t, pr, "https://127.0.0.1:10259/healthz")
 }
 
@@ -118,4 +122,10 @@ func (cp *ControlPlane) waitHealthz(t testing.TB, pr *process, url string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+func (cp *ControlPlane) addComponent(pr *process) {
+	cp.mu.Lock()
+	cp.components = append(cp.components, pr)
+	cp.mu.Unlock()
 }

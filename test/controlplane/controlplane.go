@@ -125,6 +125,8 @@ type ControlPlane struct {
 	etcd    *process
 	mu      sync.Mutex
 	servers map[int]*process // API servers by port
+	// components are kube-controller-manager and kube-scheduler.
+	components []*process
 }
 
 // Options configures StartWith.
@@ -318,6 +320,11 @@ func (cp *ControlPlane) stopAll() {
 		for port, pr := range servers {
 			cp.t.Logf("kube-apiserver :%d log tail:\n%s", port, pr.tail())
 		}
+		cp.mu.Lock()
+		for _, pr := range cp.components {
+			cp.t.Logf("%s log tail:\n%s", pr.name, pr.tail())
+		}
+		cp.mu.Unlock()
 	}
 }
 
