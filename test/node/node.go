@@ -158,6 +158,11 @@ func Start(t testing.TB, o Options) *Node {
 	cp := controlplane.StartWith(t, controlplane.Options{Cluster: true})
 	n := &Node{Name: o.Name, CP: cp, Client: cp.Client, NS: cp.NS, Dir: t.TempDir(), t: t}
 	n.NS.MustRun("ip", "addr", "add", IP+"/32", "dev", "lo")
+	// A real node reaches Service IPs through its default route: the
+	// kernel needs a route to a ClusterIP before kube-proxy's DNAT (nat
+	// OUTPUT) rewrites it. This node has no uplink: the route points at
+	// the loopback, from the node's address.
+	n.NS.MustRun("ip", "route", "add", controlplane.ServiceCIDRv4, "dev", "lo", "src", IP)
 	pause := buildPauseImage(t, n.Dir)
 
 	n.startInit(t)
@@ -186,6 +191,14 @@ func (n *Node) startInit(t testing.TB) {
 	}
 	script := []string{
 		"set -e",
+		// This copy of the host's mount table holds the host's network
+		// namespace mounts (other tests' too, which would then outlive
+		// their removal) and the host's /run/netns, which the node's would
+		// only shadow: containerd checks the propagation of the first
+		// /run/netns it finds. Detach them, in this namespace only (its
+		// mounts are private).
+		`sed -n 's/^[^ ]* [^ ]* [^ ]* [^ ]* \([^ ]*\) .* - nsfs .*/\1/p' /proc/self/mountinfo | while read -r m; do umount -l "$m" || true; done`,
+		"if mountpoint -q /run/netns; then umount -l /run/netns; fi",
 		"mount -t tmpfs -o mode=0755 node-run /run",
 		"mount -t tmpfs -o mode=0755 node-var-lib /var/lib",
 		"mount -t tmpfs -o mode=0755 node-var-log /var/log",

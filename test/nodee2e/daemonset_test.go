@@ -1,0 +1,245 @@
+// Package nodee2e runs the DaemonSet of deploy/ on a real node (test/node):
+// kubelet, containerd, runc and the CNI bridge and ptp plugins, from the
+// image built from the Dockerfile's recipe, and checks what only a real node
+// exercises: the probes, the security context as the kernel applies it, the
+// in-cluster config and RBAC, the hostPath mounts and their propagation, the
+// mapping of real CNI veths to pods, conntrack and kube-proxy's rules on the
+// node, discovery and alerting by a real Prometheus, and a rolling update.
+package nodee2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/netinspect/netinspect/test/node"
+)
+
+const (
+	// The image is imported under two tags: the second is the rolling
+	// update's target.
+	tag1 = "node-e2e-1"
+	tag2 = "node-e2e-2"
+
+	namespace = "netinspect"
+	dsName    = "netinspect"
+	container = "netinspect"
+	// Workload pods live here.
+	appNS = "shop"
+)
+
+// imageLine is the image reference of deploy/'s DaemonSet in the rendered
+// manifests, whatever its tag.
+var imageLine = regexp.MustCompile(`(?m)^(\s+image:\s+)` + regexp.QuoteMeta(node.ImageRepository) + `(:\S+)?\s*$`)
+
+// cluster is the node with the DaemonSet applied and the workload pods the
+// subtests look at.
+type cluster struct {
+	n   *node.Node
+	s   *scraper
+	dir string
+	// before is a pod on the bridge network created before the exporter
+	// started, after one on the ptp network created after it, host one with
+	// hostNetwork.
+	before, after, host *corev1.Pod
+}
+
+func TestDaemonSet(t *testing.T) {
+	start := time.Now()
+	n := node.Start(t, node.Options{})
+	c := &cluster{n: n, s: newScraper(n), dir: t.TempDir()}
+	archive := node.NetinspectImage(t, c.dir, tag1)
+	n.ImportImage(t, archive)
+	n.TagImage(t, node.ImageRepository+":"+tag1, node.ImageRepository+":"+tag2)
+	n.StartKubeProxy(t, "iptables")
+
+	// Workloads that exist before the exporter starts: a bridge pod behind
+	// a Service, and a hostNetwork pod.
+	c.before = c.runPod(t, "before", false, map[string]string{"app": "web"})
+	c.host = c.runPod(t, "host", true, nil)
+	c.createService(t)
+
+	c.apply(t, renderKustomize(t, n), tag1)
+	ds := c.waitDaemonSetPod(t, tag1, "")
+	t.Logf("DaemonSet pod %s Ready %v after the test started", ds.Name, time.Since(start).Round(100*time.Millisecond))
+
+	// A ptp pod made after the exporter started: its network namespace is
+	// mounted under /run/netns after the exporter's HostToContainer mount.
+	n.UseNetwork(t, node.PTP)
+	c.after = c.runPod(t, "after", false, nil)
+
+	probed := c.waitProbed(t, ds)
+	t.Run("security context", func(t *testing.T) { c.checkSecurity(t, ds) })
+	t.Run("in-cluster config and RBAC", func(t *testing.T) { c.checkServiceAccount(t, ds) })
+	t.Run("veth mapping", func(t *testing.T) { c.checkVeths(t) })
+	t.Run("traffic counters", func(t *testing.T) { c.checkTraffic(t) })
+	t.Run("conntrack", func(t *testing.T) { c.checkConntrack(t) })
+	t.Run("kube-proxy rules and attribution", func(t *testing.T) { c.checkKubeProxy(t) })
+	t.Run("deleted pod", func(t *testing.T) { c.checkDeletedPod(t) })
+	t.Run("probes", func(t *testing.T) { c.checkProbes(t, ds, probed) })
+	if t.Failed() {
+		t.Logf("exporter log:\n%s", c.exporterLog(t))
+	}
+}
+
+// exporterLog returns the end of the DaemonSet pod's log, through the API
+// server and the kubelet.
+func (c *cluster) exporterLog(t *testing.T) string {
+	out, err := c.n.KubectlErr("-n", namespace, "logs", "daemonset/"+dsName, "--tail=60")
+	if err != nil {
+		return err.Error()
+	}
+	return out
+}
+
+// runPod creates a pod running the pause image (host network or the node's
+// current CNI network) and waits until it is Ready.
+func (c *cluster) runPod(t *testing.T, name string, hostNetwork bool, labels map[string]string) *corev1.Pod {
+	t.Helper()
+	c.n.CP.EnsureNamespace(t, appNS)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := c.n.Client.CoreV1().Pods(appNS).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
+		Spec: corev1.PodSpec{
+			HostNetwork:                   hostNetwork,
+			Containers:                    []corev1.Container{{Name: "c", Image: node.PauseImage}},
+			TerminationGracePeriodSeconds: new(int64),
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create pod %s/%s: %v", appNS, name, err)
+	}
+	return c.n.WaitPodReady(t, appNS, name, 2*time.Minute)
+}
+
+// createService makes Service web (port 80 to 8080) that selects the
+// before pod; the EndpointSlice controller gives it its endpoint.
+func (c *cluster) createService(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := c.n.Client.CoreV1().Services(appNS).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: corev1.ServiceSpec{
+			Selector: map[string]string{"app": "web"},
+			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create Service web: %v", err)
+	}
+}
+
+// renderKustomize renders deploy/ as `kubectl apply -k deploy/` would.
+func renderKustomize(t *testing.T, n *node.Node) []byte {
+	t.Helper()
+	return []byte(n.Kubectl(t, "kustomize", filepath.Join(node.RepoRoot(), "deploy")))
+}
+
+// apply applies rendered manifests with the DaemonSet's image reference, and
+// nothing else, changed to the image imported under tag.
+func (c *cluster) apply(t *testing.T, manifests []byte, tag string) {
+	t.Helper()
+	if got := len(imageLine.FindAll(manifests, -1)); got != 1 {
+		t.Fatalf("the manifests name %s %d times, want once", node.ImageRepository, got)
+	}
+	out := imageLine.ReplaceAll(manifests, []byte("${1}"+node.ImageRepository+":"+tag))
+	path := filepath.Join(c.dir, "manifests-"+tag+".yaml")
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.n.Kubectl(t, "apply", "-f", path)
+}
+
+// waitDaemonSetPod waits until the DaemonSet has rolled out tag to the node
+// and its pod (not the one named notName) is Ready, and returns the pod.
+func (c *cluster) waitDaemonSetPod(t *testing.T, tag, notName string) *corev1.Pod {
+	t.Helper()
+	want := node.ImageRepository + ":" + tag
+	deadline := time.Now().Add(3 * time.Minute)
+	var last string
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		pods, err := c.n.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=netinspect"})
+		cancel()
+		if err != nil {
+			last = err.Error()
+			time.Sleep(time.Second)
+			continue
+		}
+		last = fmt.Sprintf("%d pods", len(pods.Items))
+		for i := range pods.Items {
+			p := &pods.Items[i]
+			if p.Name == notName || p.DeletionTimestamp != nil || p.Spec.Containers[0].Image != want {
+				continue
+			}
+			if node.PodReady(p) {
+				return p
+			}
+			last = fmt.Sprintf("pod %s: phase %s, conditions %v, containers %v", p.Name, p.Status.Phase, p.Status.Conditions, p.Status.ContainerStatuses)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("no Ready DaemonSet pod with image %s within 3 min: %s\nexporter log:\n%s", want, last, c.exporterLog(t))
+	return nil
+}
+
+// daemonSet returns the DaemonSet.
+func (c *cluster) daemonSet(t *testing.T) *appsv1.DaemonSet {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ds, err := c.n.Client.AppsV1().DaemonSets(namespace).Get(ctx, dsName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ds
+}
+
+// deletePod deletes a pod (with its grace period) and waits until it is
+// gone.
+func (c *cluster) deletePod(t *testing.T, ns, name string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	err := c.n.Client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{})
+	cancel()
+	if err != nil {
+		t.Fatalf("delete pod %s/%s: %v", ns, name, err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := c.n.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		cancel()
+		if apierrors.IsNotFound(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod %s/%s still there 1 min after its deletion (%v)", ns, name, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// lines returns the non-empty lines of out.
+func lines(out string) []string {
+	var l []string
+	for _, s := range strings.Split(out, "\n") {
+		if s = strings.TrimSpace(s); s != "" {
+			l = append(l, s)
+		}
+	}
+	return l
+}
