@@ -88,6 +88,12 @@ func TestDaemonSet(t *testing.T) {
 	t.Run("kube-proxy rules and attribution", func(t *testing.T) { c.checkKubeProxy(t) })
 	t.Run("deleted pod", func(t *testing.T) { c.checkDeletedPod(t) })
 	t.Run("probes", func(t *testing.T) { c.checkProbes(t, ds, probed) })
+
+	prom, interval := c.startPrometheus(t)
+	t.Run("Prometheus discovery", func(t *testing.T) { c.checkDiscovery(t, prom, ds.Name) })
+	pod := ds.Name
+	t.Run("NetinspectDown", func(t *testing.T) { pod = c.checkDown(t, prom, pod) })
+	t.Run("rolling update", func(t *testing.T) { c.checkRollingUpdate(t, prom, pod, interval) })
 	if t.Failed() {
 		t.Logf("exporter log:\n%s", c.exporterLog(t))
 	}

@@ -285,7 +285,8 @@ func (c *cluster) checkKubeProxy(t *testing.T) {
 		defer conn.Close()
 		i++
 	}
-	tracked := len(lines(c.n.MustRun(t, "conntrack", "-L", "-p", "tcp", "-d", svc.Spec.ClusterIP, "--dport", "80", "--state", "ESTABLISHED")))
+	// (conntrack prints its summary line on standard error.)
+	tracked := strings.Count(c.n.MustRun(t, "conntrack", "-L", "-p", "tcp", "-d", svc.Spec.ClusterIP, "--dport", "80", "--state", "ESTABLISHED"), " ESTABLISHED src=")
 
 	nat := c.n.MustRun(t, "iptables-save", "-t", "nat")
 	rules := float64(strings.Count(nat, "\n-A KUBE-SERVICES "))
