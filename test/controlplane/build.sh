@@ -2,7 +2,8 @@
 # Builds, if missing, the Kubernetes binaries the integration tests run:
 # etcd (tools/etcd) and kube-apiserver, kube-proxy, kubectl and, for the real
 # node of test/node, kubelet, kube-controller-manager and kube-scheduler
-# (tools/kube), from the Go module proxy at the versions pinned in those
+# (tools/kube) and Prometheus with Kubernetes service discovery
+# (tools/prometheus), from the Go module proxy at the versions pinned in those
 # modules' go.mod files.
 #
 # Binaries are cached by version outside the repository, in
@@ -51,3 +52,8 @@ build "$root/tools/kube" k8s.io/kubernetes/cmd/kubectl kubectl "$kube_version" "
 build "$root/tools/kube" k8s.io/kubernetes/cmd/kubelet kubelet "$kube_version" "$kube_ldflags"
 build "$root/tools/kube" k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager "$kube_version" "$kube_ldflags"
 build "$root/tools/kube" k8s.io/kubernetes/cmd/kube-scheduler kube-scheduler "$kube_version" "$kube_ldflags"
+# test/nodee2e: Prometheus with Kubernetes service discovery (Debian's package
+# has none), and only that discovery (about 3-6 min more, cold).
+prometheus_version="$(version_of "$root/tools/prometheus" github.com/prometheus/prometheus)"
+GOFLAGS="${GOFLAGS:-} -tags=remove_all_sd,enable_kubernetes_sd" \
+	build "$root/tools/prometheus" github.com/prometheus/prometheus/cmd/prometheus prometheus "$prometheus_version"

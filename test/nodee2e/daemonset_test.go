@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -23,7 +24,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/netinspect/netinspect/test/controlplane"
 	"github.com/netinspect/netinspect/test/node"
+	"github.com/netinspect/netinspect/test/testenv"
 )
 
 const (
@@ -94,6 +97,7 @@ func TestDaemonSet(t *testing.T) {
 	pod := ds.Name
 	t.Run("NetinspectDown", func(t *testing.T) { pod = c.checkDown(t, prom, pod) })
 	t.Run("rolling update", func(t *testing.T) { c.checkRollingUpdate(t, prom, pod, interval) })
+	t.Run("Helm chart", func(t *testing.T) { c.checkHelm(t) })
 	if t.Failed() {
 		t.Logf("exporter log:\n%s", c.exporterLog(t))
 	}
@@ -200,6 +204,31 @@ func (c *cluster) waitDaemonSetPod(t *testing.T, tag, notName string) *corev1.Po
 	}
 	t.Fatalf("no Ready DaemonSet pod with image %s within 3 min: %s\nexporter log:\n%s", want, last, c.exporterLog(t))
 	return nil
+}
+
+// helmVersion is the helm deploy/helm/install-helm.sh builds.
+const helmVersion = "v3.22.0"
+
+// checkHelm removes what deploy/ installed and installs the Helm chart's
+// default output instead (the same objects; the image reference changed as
+// for deploy/): its pod becomes Ready on the node.
+func (c *cluster) checkHelm(t *testing.T) {
+	helm := filepath.Join(controlplane.CacheDir(), "helm-"+helmVersion)
+	if _, err := os.Stat(helm); err != nil {
+		helm = testenv.RequireCommand(t, "helm")
+	}
+	out, err := exec.Command(helm, "template", "netinspect", filepath.Join(node.RepoRoot(), "deploy", "helm", "netinspect"), "--namespace", namespace).Output()
+	if err != nil {
+		t.Fatalf("helm template: %v", err)
+	}
+	c.n.Kubectl(t, "delete", "-f", filepath.Join(c.dir, "manifests-"+tag2+".yaml"), "--wait=true", "--timeout=2m")
+	c.apply(t, out, tag1)
+	ds := c.waitDaemonSetPod(t, tag1, "")
+	c.s.waitFor(t, time.Minute, "the Helm-installed exporter's caches synced", func(s series) (bool, string) {
+		v, ok := s.one("netinspect_kube_cache_synced", map[string]string{"resource": "pods"})
+		return ok && v == 1, fmt.Sprintf("kube_cache_synced{resource=\"pods\"} = %v (present %v)", v, ok)
+	})
+	t.Logf("Helm chart's pod %s Ready", ds.Name)
 }
 
 // daemonSet returns the DaemonSet.

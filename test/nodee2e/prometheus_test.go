@@ -183,7 +183,7 @@ func (c *cluster) startPrometheus(t *testing.T) (*prometheus.Server, time.Durati
 	config := fmt.Sprintf("global:\n  evaluation_interval: 1s\nrule_files: [%q]\nscrape_configs:\n", rules) +
 		scrapeConfig(sm, "netinspect", "1s", "1s", "", c.n.CP.CAFile(), tokenFile) +
 		scrapeConfig(sm, "netinspect-rollout", sm.Spec.Endpoints[0].Interval, sm.Spec.Endpoints[0].ScrapeTimeout, "netinspect-rollout", c.n.CP.CAFile(), tokenFile)
-	return prometheus.Start(t, c.n.NS, config), interval
+	return prometheus.Start(t, c.n.NS, prometheus.WithKubernetesSD(t), config), interval
 }
 
 // checkDiscovery: Prometheus finds the exporter through the API server

@@ -1,7 +1,7 @@
 // Package prometheus runs a real Prometheus (Debian's package) for
 // integration tests, inside a test's network namespace, and queries it.
 //
-//	p := prometheus.Start(t, ns, config)                    // listens on 127.0.0.1:9090 in ns
+//	p := prometheus.Start(t, ns, prometheus.Debian(t), config) // listens on 127.0.0.1:9090 in ns
 //	p.WaitQuery(t, `up{job="netinspect"} == 1`, time.Minute) // at least one sample
 //	samples := p.Query(t, `netinspect_conntrack_entries`)
 //	rules := prometheus.ShortRules(t, dir, "3s")            // alerts/ with every `for:` shortened
@@ -33,6 +33,29 @@ import (
 // Addr is where Prometheus listens, in the test's namespace.
 const Addr = "127.0.0.1:9090"
 
+// KubernetesSDVersion is the version of tools/prometheus's module
+// (github.com/prometheus/prometheus, v0.316.0 = Prometheus 3.16.0) that
+// test/controlplane/build.sh builds with Kubernetes service discovery.
+const KubernetesSDVersion = "v0.316.0"
+
+// Debian returns Debian's prometheus (promtool, the rules, static targets);
+// it is built without Kubernetes service discovery.
+func Debian(t testing.TB) string {
+	t.Helper()
+	return testenv.RequireCommand(t, "prometheus")
+}
+
+// WithKubernetesSD returns the Prometheus built from tools/prometheus with
+// kubernetes_sd_configs (and no other discovery), cached by version like the
+// Kubernetes binaries.
+func WithKubernetesSD(t testing.TB) string {
+	t.Helper()
+	p := filepath.Join(controlplane.CacheDir(), "prometheus-"+KubernetesSDVersion)
+	st, err := os.Stat(p)
+	testenv.Require(t, err == nil && st.Mode()&0o111 != 0, "prometheus with Kubernetes discovery not built at "+p+": run test/controlplane/build.sh")
+	return p
+}
+
 // Server is a running Prometheus.
 type Server struct {
 	// Dir holds the configuration, the TSDB and the log.
@@ -41,18 +64,14 @@ type Server struct {
 }
 
 // Start writes config (prometheus.yml; rule files and credentials it names
-// must exist) and runs Prometheus in ns until the test ends, waiting until it
-// is ready. Its log is printed when the test fails.
-func Start(t testing.TB, ns *netns.NS, config string) *Server {
+// must exist) and runs the Prometheus binary bin in ns until the test ends,
+// waiting until it is ready. Its log is printed when the test fails.
+func Start(t testing.TB, ns *netns.NS, bin, config string) *Server {
 	t.Helper()
-	bin := testenv.RequireCommand(t, "prometheus")
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(cfg, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
-	}
-	if out, err := exec.Command("promtool", "check", "config", "--syntax-only", cfg).CombinedOutput(); err != nil {
-		t.Fatalf("promtool check config: %v\n%s\n%s", err, out, config)
 	}
 	logPath := filepath.Join(dir, "prometheus.log")
 	logf, err := os.Create(logPath)
