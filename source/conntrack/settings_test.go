@@ -2,6 +2,7 @@ package conntrack
 
 import (
 	"errors"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -385,4 +386,29 @@ func settingsBoolUint(b bool) uint64 {
 		return 1
 	}
 	return 0
+}
+
+// BenchmarkReadSettings is what a scrape pays for the settings: one read
+// of each sysctl, against the baseline of reading nf_conntrack_max alone
+// (what the conntrack collector already does) in the same run.
+func BenchmarkReadSettings(b *testing.B) {
+	if _, err := ReadSettings("/proc"); errors.Is(err, ErrSettingsAbsent) {
+		testenv.Require(b, false, "nf_conntrack loaded")
+	}
+	b.Run("settings", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := ReadSettings("/proc"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("baseline-max-only", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_max"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

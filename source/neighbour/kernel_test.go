@@ -102,13 +102,16 @@ func stableRead(t *testing.T, ns *netns.NS, read func() ([]Table, error)) snapsh
 }
 
 // check compares the reading with ip's: the same entries and thresholds,
-// counters between ip's before and after.
-func (s snapshot) check(t *testing.T) {
+// counters between ip's before and after, and every table from source.
+func (s snapshot) check(t *testing.T, source string) {
 	t.Helper()
 	if len(s.ours) != len(s.before) {
 		t.Errorf("read %d tables, ip shows %d", len(s.ours), len(s.before))
 	}
 	for _, tbl := range s.ours {
+		if tbl.Source != source {
+			t.Errorf("%s: source %q, want %q", tbl.Name, tbl.Source, source)
+		}
 		b, a := s.before[tbl.Family], s.after[tbl.Family]
 		if tbl.Entries != b.entries {
 			t.Errorf("%s: entries %d, ip -s ntable show says %d", tbl.Name, tbl.Entries, b.entries)
@@ -149,13 +152,7 @@ func requireIP(t *testing.T) {
 
 func TestReadMatchesIPNtableShow(t *testing.T) {
 	requireIP(t)
-	s := stableRead(t, nil, readNetlink(0))
-	s.check(t)
-	for _, tbl := range s.ours {
-		if tbl.Source != SourceNetlink {
-			t.Errorf("%s: source %q", tbl.Name, tbl.Source)
-		}
-	}
+	stableRead(t, nil, readNetlink(0)).check(t, SourceNetlink)
 }
 
 // TestReadFromANamespaceSeesTheGlobalTables: a namespace's reading is the
@@ -163,22 +160,16 @@ func TestReadMatchesIPNtableShow(t *testing.T) {
 func TestReadFromANamespaceSeesTheGlobalTables(t *testing.T) {
 	requireIP(t)
 	ns := netns.New(t, "ntbl")
-	stableRead(t, ns, readNetlink(ns.FD())).check(t)
+	stableRead(t, ns, readNetlink(ns.FD())).check(t, SourceNetlink)
 	// Against the host's own ip, too: the same tables.
-	stableRead(t, nil, readNetlink(ns.FD())).check(t)
+	stableRead(t, nil, readNetlink(ns.FD())).check(t, SourceNetlink)
 }
 
 // TestReadProcFSMatchesIPNtableShow reads the fallback in the test's own
 // namespace (the initial one, where the files exist).
 func TestReadProcFSMatchesIPNtableShow(t *testing.T) {
 	requireIP(t)
-	s := stableRead(t, nil, func() ([]Table, error) { return ReadProcFS("/proc") })
-	s.check(t)
-	for _, tbl := range s.ours {
-		if tbl.Source != SourceProcFS {
-			t.Errorf("%s: source %q", tbl.Name, tbl.Source)
-		}
-	}
+	stableRead(t, nil, func() ([]Table, error) { return ReadProcFS("/proc") }).check(t, SourceProcFS)
 }
 
 // TestPermanentEntriesRaiseTheTotalByExactlyThatMany adds permanent
@@ -214,12 +205,12 @@ func TestPermanentEntriesRaiseTheTotalByExactlyThatMany(t *testing.T) {
 	const attempts = 5
 	for attempt := 1; ; attempt++ {
 		before := stableRead(t, nil, readNetlink(0))
-		before.check(t)
+		before.check(t, SourceNetlink)
 		for i, ns := range nss {
 			addPermanentNeighbours(t, ns, i, perNS4, perNS6)
 		}
 		after := stableRead(t, nil, readNetlink(nss[0].FD()))
-		after.check(t)
+		after.check(t, SourceNetlink)
 		ob, ib := entries(before)
 		oa, ia := entries(after)
 		hostMoved := false
@@ -276,4 +267,34 @@ func addPermanentNeighbours(t *testing.T, ns *netns.NS, i, n4, n6 int) {
 		v6 = v6.Next()
 	}
 	ns.MustRun("bash", "-c", "ip -batch - <<'EOF'\n"+b.String()+"EOF")
+}
+
+// BenchmarkRead is what a scrape pays for the neighbour tables over
+// netlink and from procfs, next to the baseline of `ip -s ntable show`.
+func BenchmarkRead(b *testing.B) {
+	testenv.RequireRoot(b)
+	b.Run("netlink", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := Read(context.Background(), 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("procfs", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := ReadProcFS("/proc"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("baseline-ip-ntable", func(b *testing.B) {
+		testenv.RequireCommand(b, "ip")
+		for b.Loop() {
+			if err := exec.Command("ip", "-s", "ntable", "show").Run(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
