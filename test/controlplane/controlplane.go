@@ -505,11 +505,14 @@ func (pr *process) stop() {
 }
 
 // tail returns the last lines of the process's log.
-func (pr *process) tail() string {
-	b, _ := os.ReadFile(pr.log)
+func (pr *process) tail() string { return Tail(pr.log, 40) }
+
+// Tail returns the last n lines of a log file, for failure messages.
+func Tail(path string, n int) string {
+	b, _ := os.ReadFile(path)
 	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
-	if len(lines) > 40 {
-		lines = lines[len(lines)-40:]
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
 	}
 	return strings.TrimSpace(string(bytes.Join(lines, []byte("\n"))))
 }

@@ -13,15 +13,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,12 +32,12 @@ import (
 	"github.com/netinspect/netinspect/test/controlplane"
 	"github.com/netinspect/netinspect/test/ctfill"
 	"github.com/netinspect/netinspect/test/netns"
+	"github.com/netinspect/netinspect/test/prometheus"
 	"github.com/netinspect/netinspect/test/testenv"
 )
 
 const (
 	exporterAddr     = "127.0.0.1:10271"
-	prometheusAddr   = "127.0.0.1:9090"
 	alertmanagerAddr = "127.0.0.1:9093"
 
 	// shortFor replaces every alert's `for:` in the test's copy of the
@@ -60,6 +57,7 @@ type node struct {
 	ns     *netns.NS
 	client *http.Client // dials inside ns
 	hooks  *webhook
+	prom   *prometheus.Server
 	// exporter is the netinspect process.
 	exporter *exec.Cmd
 }
@@ -74,14 +72,14 @@ func TestConntrackFullAlertIsDelivered(t *testing.T) {
 	n := startNode(t, prom, am)
 
 	// Before filling: the exporter is up, its table nearly empty, no alert.
-	waitQuery(t, n, `up{job="netinspect"} == 1`, time.Minute)
-	waitQuery(t, n, `netinspect_scrape_collector_success{collector="conntrack"} == 1`, time.Minute)
+	n.prom.WaitQuery(t, `up{job="netinspect"} == 1`, time.Minute)
+	n.prom.WaitQuery(t, `netinspect_scrape_collector_success{collector="conntrack"} == 1`, time.Minute)
 	// The exporter sees kube-proxy's rules for the Service and the pod on
 	// its node through the control plane.
-	waitQuery(t, n, `netinspect_kube_proxy_mode_info{mode="iptables"} == 1`, time.Minute)
-	waitQuery(t, n, `netinspect_iptables_service_endpoints{namespace="shop",service="web",port="http"} == 1`, time.Minute)
-	waitQuery(t, n, `netinspect_pod_info{namespace="shop",pod="web-0",node="`+nodeName+`"} == 1`, time.Minute)
-	waitQuery(t, n, `netinspect_pod_interface_info{namespace="shop",pod="web-0",host_interface="veth-web0"} == 1`, time.Minute)
+	n.prom.WaitQuery(t, `netinspect_kube_proxy_mode_info{mode="iptables"} == 1`, time.Minute)
+	n.prom.WaitQuery(t, `netinspect_iptables_service_endpoints{namespace="shop",service="web",port="http"} == 1`, time.Minute)
+	n.prom.WaitQuery(t, `netinspect_pod_info{namespace="shop",pod="web-0",node="`+nodeName+`"} == 1`, time.Minute)
+	n.prom.WaitQuery(t, `netinspect_pod_interface_info{namespace="shop",pod="web-0",host_interface="veth-web0"} == 1`, time.Minute)
 	limit := queryScalar(t, n, `netinspect_conntrack_entries_limit`)
 	if limit <= 0 {
 		t.Fatalf("netinspect_conntrack_entries_limit = %v", limit)
@@ -133,7 +131,7 @@ func TestConntrackFullAlertIsDelivered(t *testing.T) {
 
 	// The attribution series describe the last pass; wait for one that saw
 	// the full table, so the dashboards show it.
-	waitQuery(t, n, fmt.Sprintf(`netinspect_conntrack_attribution_entries_scanned >= %d`, created), time.Minute)
+	n.prom.WaitQuery(t, fmt.Sprintf(`netinspect_conntrack_attribution_entries_scanned >= %d`, created), time.Minute)
 	t.Run("dashboards", func(t *testing.T) { checkDashboardQueries(t, n) })
 	logUsage(t, n.exporter.Process.Pid)
 }
@@ -213,8 +211,8 @@ func startNode(t *testing.T, prom, am string) *node {
 		t.Fatalf("build exporter: %v\n%s", err, out)
 	}
 
-	rules := writeShortRules(t, dir)
-	writeFile(t, filepath.Join(dir, "prometheus.yml"), fmt.Sprintf(`
+	rules := prometheus.ShortRules(t, dir, shortFor)
+	promConfig := fmt.Sprintf(`
 global:
   scrape_interval: 1s
   scrape_timeout: 1s
@@ -226,7 +224,7 @@ alerting:
 scrape_configs:
   - job_name: netinspect
     static_configs: [{targets: [%q]}]
-`, rules, alertmanagerAddr, exporterAddr))
+`, rules, alertmanagerAddr, exporterAddr)
 	writeFile(t, filepath.Join(dir, "alertmanager.yml"), fmt.Sprintf(`
 route:
   receiver: webhook
@@ -251,13 +249,9 @@ receivers:
 		"--storage.path="+filepath.Join(dir, "am-data"),
 		"--web.listen-address="+alertmanagerAddr,
 		"--cluster.listen-address=")
-	startProcess(t, ns, dir, "prometheus", prom,
-		"--config.file="+filepath.Join(dir, "prometheus.yml"),
-		"--storage.tsdb.path="+filepath.Join(dir, "prom-data"),
-		"--web.listen-address="+prometheusAddr)
+	n.prom = prometheus.Start(t, ns, prom, promConfig)
 	waitHTTP(t, n, "http://"+exporterAddr+"/healthz", time.Minute)
 	waitHTTP(t, n, "http://"+alertmanagerAddr+"/-/ready", time.Minute)
-	waitHTTP(t, n, "http://"+prometheusAddr+"/-/ready", time.Minute)
 	return n
 }
 
@@ -288,29 +282,6 @@ func startKubernetes(t *testing.T, ns *netns.NS) string {
 	// (KubeconfigIn; calling it again would listen on the same port twice).
 	cp.StartKubeProxy(t, ns, controlplane.KubeProxyOptions{NodeName: nodeName, Mode: "iptables"})
 	return cp.AdminKubeconfig
-}
-
-var forLine = regexp.MustCompile(`(?m)^(\s+for:\s*)\S+\s*$`)
-
-// writeShortRules copies the project's rule file with every `for:` set to
-// shortFor, checks the copy with promtool, and returns its path.
-func writeShortRules(t *testing.T, dir string) string {
-	t.Helper()
-	b, err := os.ReadFile("../../alerts/netinspect.rules.yml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	alerts := bytes.Count(b, []byte("- alert: "))
-	fors := len(forLine.FindAll(b, -1))
-	if fors != alerts {
-		t.Fatalf("rules have %d alerts but %d for: lines; the shortening below assumes one each", alerts, fors)
-	}
-	path := filepath.Join(dir, "rules.yml")
-	writeFile(t, path, string(forLine.ReplaceAll(b, []byte("${1}"+shortFor))))
-	if out, err := exec.Command("promtool", "check", "rules", path).CombinedOutput(); err != nil {
-		t.Fatalf("promtool check rules on the shortened copy: %v\n%s", err, out)
-	}
-	return path
 }
 
 func writeFile(t *testing.T, path, content string) {
@@ -378,74 +349,14 @@ func waitHTTP(t *testing.T, n *node, u string, timeout time.Duration) {
 	t.Fatalf("%s not ready after %v: %v", u, timeout, last)
 }
 
-type sample struct {
-	Metric map[string]string `json:"metric"`
-	Value  [2]any            `json:"value"`
-}
-
-// query runs an instant query against the test's Prometheus.
-func query(n *node, q string) ([]sample, error) {
-	resp, err := n.client.Get("http://" + prometheusAddr + "/api/v1/query?query=" + url.QueryEscape(q))
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	var r struct {
-		Status string `json:"status"`
-		Error  string `json:"error"`
-		Data   struct {
-			ResultType string   `json:"resultType"`
-			Result     []sample `json:"result"`
-		} `json:"data"`
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		return nil, fmt.Errorf("decode %s: %w", body, err)
-	}
-	if r.Status != "success" {
-		return nil, fmt.Errorf("query %q: %s", q, r.Error)
-	}
-	if r.Data.ResultType != "vector" {
-		return nil, fmt.Errorf("query %q: result type %s, want vector", q, r.Data.ResultType)
-	}
-	return r.Data.Result, nil
-}
-
-// waitQuery polls q until it returns at least one sample, up to timeout.
-func waitQuery(t *testing.T, n *node, q string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last error
-	for time.Now().Before(deadline) {
-		s, err := query(n, q)
-		if err == nil && len(s) > 0 {
-			return
-		}
-		last = err
-		time.Sleep(500 * time.Millisecond)
-	}
-	t.Fatalf("query %q returned nothing within %v (last error: %v)", q, timeout, last)
-}
-
 // queryScalar returns the value of the single sample q returns.
 func queryScalar(t *testing.T, n *node, q string) float64 {
 	t.Helper()
-	s, err := query(n, q)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := n.prom.Query(t, q)
 	if len(s) != 1 {
 		t.Fatalf("query %q returned %d samples, want 1: %v", q, len(s), s)
 	}
-	str, _ := s[0].Value[1].(string)
-	v, err := strconv.ParseFloat(str, 64)
-	if err != nil {
-		t.Fatalf("query %q value %v: %v", q, s[0].Value, err)
-	}
-	return v
+	return s[0].Float()
 }
 
 // webhook receives Alertmanager's webhook notifications.

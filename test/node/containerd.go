@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -115,14 +116,15 @@ func (n *Node) ctr(args ...string) (string, error) {
 	return string(out), nil
 }
 
-// ImportImage imports an image archive (docker-archive or OCI archive with
-// its reference names) into the node's containerd, as a node that pulled it
+// ImportImage imports an image archive (docker-archive, or OCI archive whose
+// index names the image) into the node's containerd, as a node that pulled it
 // would hold it; pods use it with imagePullPolicy IfNotPresent (the default
 // for a tag other than latest).
 func (n *Node) ImportImage(t testing.TB, archive string) {
 	t.Helper()
 	start := time.Now()
-	if out, err := n.ctr("images", "import", archive); err != nil {
+	// --platform: of a multi-architecture OCI archive, the node's own.
+	if out, err := n.ctr("images", "import", "--platform", "linux/"+runtime.GOARCH, archive); err != nil {
 		t.Fatalf("import %s: %v", archive, err)
 	} else {
 		t.Logf("imported %s in %v: %s", filepath.Base(archive), time.Since(start).Round(10*time.Millisecond), strings.TrimSpace(out))

@@ -166,7 +166,6 @@ func Start(t testing.TB, o Options) *Node {
 	pause := buildPauseImage(t, n.Dir)
 
 	n.startInit(t)
-	t.Cleanup(n.teardown)
 	n.makeCgroupRoot(t)
 	n.startContainerd(t)
 	n.ImportImage(t, pause)
@@ -239,9 +238,10 @@ func (n *Node) startInit(t testing.TB) {
 	}
 	n.init, n.initDone = cmd, make(chan struct{})
 	go func() { _ = cmd.Wait(); close(n.initDone) }()
+	t.Cleanup(n.teardown)
 	n.initPID, err = childOf(cmd.Process.Pid, n.initDone)
 	if err != nil {
-		t.Fatalf("start the node's namespaces: %v\n%s", err, tailFile(logPath, 20))
+		t.Fatalf("start the node's namespaces: %v\n%s", err, controlplane.Tail(logPath, 20))
 	}
 	// PID 1 is ready once it is the pause program (the mounts are done).
 	deadline := time.Now().Add(10 * time.Second)
@@ -252,11 +252,11 @@ func (n *Node) startInit(t testing.TB) {
 		}
 		select {
 		case <-n.initDone:
-			t.Fatalf("the node's init exited:\n%s", tailFile(logPath, 20))
+			t.Fatalf("the node's init exited:\n%s", controlplane.Tail(logPath, 20))
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the node's init is %q after 10 s, want %s:\n%s", exe, pause, tailFile(logPath, 20))
+			t.Fatalf("the node's init is %q after 10 s, want %s:\n%s", exe, pause, controlplane.Tail(logPath, 20))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -273,7 +273,9 @@ func (n *Node) teardown() {
 	if n.kubelet != nil {
 		n.kubelet.stop()
 	}
-	_ = syscall.Kill(n.initPID, syscall.SIGKILL)
+	if n.initPID != 0 {
+		_ = syscall.Kill(n.initPID, syscall.SIGKILL)
+	}
 	for _, p := range n.procs {
 		<-p.done
 	}

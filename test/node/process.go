@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/netinspect/netinspect/test/controlplane"
 )
 
 // proc is a daemon of the node (containerd, kubelet, kube-proxy) started in
@@ -105,13 +106,4 @@ func (p *proc) stop() {
 }
 
 // tail returns the last 40 lines of the daemon's log.
-func (p *proc) tail() string { return tailFile(p.log, 40) }
-
-func tailFile(path string, n int) string {
-	b, _ := os.ReadFile(path)
-	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.TrimSpace(string(bytes.Join(lines, []byte("\n"))))
-}
+func (p *proc) tail() string { return controlplane.Tail(p.log, 40) }
