@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,11 +33,16 @@ var (
 // Dockerfile installs, from the same Debian suite, made by mmdebstrap (cached
 // by suite and package list) and packed with umoci.
 //
-// Interim: issue 18 makes `make image` build this from the Dockerfile's
-// package list; this function is then to call it instead.
+// Interim: issue 18's deploy/image/image.sh (`make image`) builds the image
+// from the Dockerfile's package list; where it exists its OCI archive is
+// used, and the Dockerfile-parsing build below is to be deleted once it is
+// on main.
 func NetinspectImage(t testing.TB, dir, tag string) string {
 	t.Helper()
 	testenv.RequireCommand(t, "mmdebstrap")
+	if script := filepath.Join(RepoRoot(), "deploy", "image", "image.sh"); fileExists(script) {
+		return makeImage(t, script, dir, tag)
+	}
 	df, err := os.ReadFile(filepath.Join(RepoRoot(), "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
@@ -104,4 +110,32 @@ func debianRootfs(t testing.TB, suite string, packages []string) string {
 	}
 	t.Logf("built the Debian %s root filesystem (%s) in %v", suite, strings.Join(packages, " "), time.Since(start).Round(time.Second))
 	return path
+}
+
+// makeImage runs deploy/image/image.sh for the node's platform only and
+// returns the OCI archive it writes (its last line of output), whose index
+// names the image ImageRepository:tag.
+func makeImage(t testing.TB, script, dir, tag string) string {
+	t.Helper()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, script, dir)
+	cmd.Env = append(os.Environ(), "VERSION="+tag, "REVISION=test-node", "PLATFORMS=linux/"+runtime.GOARCH, "IMAGE="+ImageRepository)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", script, err, out)
+	}
+	l := strings.Split(strings.TrimSpace(string(out)), "\n")
+	archive := strings.TrimSpace(l[len(l)-1])
+	if !fileExists(archive) {
+		t.Fatalf("%s: last line %q is no archive:\n%s", script, archive, out)
+	}
+	t.Logf("deploy/image/image.sh built %s in %v", filepath.Base(archive), time.Since(start).Round(100*time.Millisecond))
+	return archive
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
