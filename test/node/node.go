@@ -340,7 +340,8 @@ func (n *Node) KubectlErr(args ...string) (string, error) {
 	kubectl := filepath.Join(controlplane.CacheDir(), "kubectl-"+controlplane.KubeVersion)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := n.NS.Command(ctx, append([]string{kubectl, "--kubeconfig=" + n.CP.AdminKubeconfig}, args...)...)
+	cmd := n.NS.Command(ctx, append([]string{kubectl, "--kubeconfig=" + n.CP.AdminKubeconfig,
+		"--cache-dir=" + filepath.Join(n.Dir, "kubectl-cache")}, args...)...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
