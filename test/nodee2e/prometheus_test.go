@@ -211,12 +211,25 @@ func (c *cluster) checkDiscovery(t *testing.T, p *prometheus.Server, pod string)
 // 1 s) fires while the node has no target, and resolves once the DaemonSet's
 // new pod is scraped. It returns the new pod's name.
 func (c *cluster) checkDown(t *testing.T, p *prometheus.Server, pod string) string {
+	// Before the first scrapes absent(up) fired too: start from a quiet
+	// moment, and look only at what came after the deletion.
 	p.WaitQuery(t, `absent(ALERTS{alertname="NetinspectDown"})`, time.Minute)
+	deleted := time.Now()
 	c.deletePod(t, namespace, pod)
-	p.WaitQuery(t, `max_over_time(ALERTS{alertname="NetinspectDown",alertstate="firing"}[5m])`, 2*time.Minute)
+	fired := false
+	for deadline := time.Now().Add(2 * time.Minute); !fired && time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		since := int(time.Since(deleted).Seconds()) + 1
+		got, err := p.QueryErr(fmt.Sprintf(`max_over_time(ALERTS{alertname="NetinspectDown",alertstate="firing"}[%ds])`, since))
+		fired = err == nil && len(got) > 0
+	}
+	if !fired {
+		t.Fatalf("NetinspectDown did not fire within 2 min of the pod's deletion")
+	}
+	t.Logf("NetinspectDown fired %v after the pod's deletion", time.Since(deleted).Round(100*time.Millisecond))
 	ds := c.waitDaemonSetPod(t, tag1, pod)
 	p.WaitQuery(t, `up{job="netinspect",pod="`+ds.Name+`"} == 1`, 2*time.Minute)
 	p.WaitQuery(t, `absent(ALERTS{alertname="NetinspectDown"})`, time.Minute)
+	t.Logf("NetinspectDown resolved %v after the pod's deletion (new pod %s)", time.Since(deleted).Round(100*time.Millisecond), ds.Name)
 	return ds.Name
 }
 
