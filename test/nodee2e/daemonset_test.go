@@ -42,9 +42,9 @@ const (
 	appNS = "shop"
 )
 
-// imageLine is the image reference of deploy/'s DaemonSet in the rendered
-// manifests, whatever its tag.
-var imageLine = regexp.MustCompile(`(?m)^(\s+image:\s+)` + regexp.QuoteMeta(node.ImageRepository) + `(:\S+)?\s*$`)
+// imageLine is the image reference of the DaemonSet in rendered manifests
+// (kustomize's plain, Helm's quoted), whatever its tag.
+var imageLine = regexp.MustCompile(`(?m)^(\s+image:\s+)"?` + regexp.QuoteMeta(node.ImageRepository) + `(:[^"\s]+)?"?\s*$`)
 
 // cluster is the node with the DaemonSet applied and the workload pods the
 // subtests look at.
