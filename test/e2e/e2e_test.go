@@ -9,7 +9,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,7 +21,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -239,12 +237,12 @@ receivers:
         send_resolved: false
 `, "http://"+l.Addr().String()+"/"))
 
-	n.exporter = startProcess(t, ns, dir, "netinspect", exporter,
+	n.exporter, _ = ns.Start(t, dir, "netinspect", exporter,
 		"--web.listen-address="+exporterAddr, "--log.format=console",
 		"--kubeconfig="+kubeconfig, "--node-name="+nodeName,
 		"--collector.iptables.refresh-interval=2s", "--collector.nftables.refresh-interval=2s",
 		"--collector.conntrack-attribution.interval=5s")
-	startProcess(t, ns, dir, "alertmanager", am,
+	ns.Start(t, dir, "alertmanager", am,
 		"--config.file="+filepath.Join(dir, "alertmanager.yml"),
 		"--storage.path="+filepath.Join(dir, "am-data"),
 		"--web.listen-address="+alertmanagerAddr,
@@ -289,44 +287,6 @@ func writeFile(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// startProcess runs argv in ns with its output in dir/<name>.log, and stops
-// it (SIGTERM, then SIGKILL after 10s) when the test ends; the log is printed
-// when the test failed.
-func startProcess(t *testing.T, ns *netns.NS, dir, name string, argv ...string) *exec.Cmd {
-	t.Helper()
-	logPath := filepath.Join(dir, name+".log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// `ip netns exec` execs argv after entering ns, so the PID is argv's.
-	cmd := ns.Command(context.Background(), argv...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			if len(b) > 8000 {
-				b = b[len(b)-8000:]
-			}
-			t.Logf("--- %s log (tail) ---\n%s", name, b)
-		}
-	})
-	return cmd
 }
 
 // waitHTTP polls url until it answers 200, up to timeout.

@@ -9,7 +9,6 @@ package prometheus
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -21,7 +20,6 @@ import (
 	"regexp"
 	"runtime"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -74,35 +72,8 @@ func Start(t testing.TB, ns *netns.NS, bin, config string) *Server {
 		t.Fatal(err)
 	}
 	logPath := filepath.Join(dir, "prometheus.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := ns.Command(context.Background(), bin, "--config.file="+cfg,
+	_, done := ns.Start(t, dir, "prometheus", bin, "--config.file="+cfg,
 		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+Addr)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start prometheus: %v", err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			if len(b) > 8000 {
-				b = b[len(b)-8000:]
-			}
-			t.Logf("--- prometheus log (tail) ---\n%s", b)
-		}
-	})
 	s := &Server{Dir: dir, client: &http.Client{Timeout: 10 * time.Second,
 		Transport: &http.Transport{DialContext: controlplane.DialerIn(ns.Path())}}}
 	deadline := time.Now().Add(time.Minute)
