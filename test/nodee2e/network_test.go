@@ -327,7 +327,10 @@ func (c *cluster) checkKubeProxy(t *testing.T) {
 // remove its sandbox and veth, and the exporter's next scrapes carry no
 // series of it.
 func (c *cluster) checkDeletedPod(t *testing.T) {
+	start := time.Now()
 	c.deletePod(t, appNS, c.after.Name)
+	t.Logf("pod %s gone from the API %v after its deletion", c.after.Name, time.Since(start).Round(100*time.Millisecond))
+	defer func() { t.Logf("its series gone %v after its deletion", time.Since(start).Round(100*time.Millisecond)) }()
 	c.s.waitFor(t, time.Minute, "no series of the deleted pod", func(s series) (bool, string) {
 		if keys := s.withPod(appNS, c.after.Name); len(keys) > 0 {
 			return false, strings.Join(keys, " ")
