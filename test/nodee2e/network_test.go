@@ -331,14 +331,18 @@ func (c *cluster) checkDeletedPod(t *testing.T) {
 	c.deletePod(t, appNS, c.after.Name)
 	t.Logf("pod %s gone from the API %v after its deletion", c.after.Name, time.Since(start).Round(100*time.Millisecond))
 	defer func() { t.Logf("its series gone %v after its deletion", time.Since(start).Round(100*time.Millisecond)) }()
-	logged := false
+	// When each series of the pod was last seen: snapshot collectors
+	// (conntrack attribution) drop a pod at their next pass.
+	lastSeen := map[string]time.Duration{}
+	defer func() {
+		for k, d := range lastSeen {
+			t.Logf("last seen %v after the deletion: %s", d.Round(100*time.Millisecond), k)
+		}
+	}()
 	c.s.waitFor(t, time.Minute, "no series of the deleted pod", func(s series) (bool, string) {
 		if keys := s.withPod(appNS, c.after.Name); len(keys) > 0 {
-			if !logged {
-				// Snapshot collectors (conntrack attribution) drop a pod at
-				// their next pass.
-				t.Logf("series of the deleted pod at the first scrape after: %s", strings.Join(keys, " "))
-				logged = true
+			for _, k := range keys {
+				lastSeen[k] = time.Since(start)
 			}
 			return false, strings.Join(keys, " ")
 		}
