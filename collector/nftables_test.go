@@ -194,3 +194,33 @@ func TestNFTablesAbsent(t *testing.T) {
 		t.Fatalf("Update without a kube-proxy table: %v, want ErrNoData", err)
 	}
 }
+
+// With KubeProxyMode (the binary sets it when the iptables collector is
+// off) the nftables collector reports kube_proxy_mode_info: nftables from
+// its own table, else from the iptables rules; without it, nothing, so the
+// series is never reported twice.
+func TestNFTablesReportsKubeProxyMode(t *testing.T) {
+	testenv.RequireCommand(t, "nft")
+	testenv.RequireCommand(t, "nsenter")
+	const mode = "netinspect_kube_proxy_mode_info"
+	newC := func(ns *netns.NS, report bool) *NFTables {
+		c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: time.Hour, KubeProxyMode: report},
+			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t), ns)
+		t.Cleanup(c.Close)
+		rulesNFTWait(t, c, time.Time{})
+		return c
+	}
+
+	nft := netns.New(t, "nftmode")
+	rulesNFTLoad(t, nft, proxyrules.NFTables(rulesTestServices(4), 4))
+	rulesDiff(t, "nftables mode", rulesSelect(rulesGather(t, newC(nft, true)), mode), map[string]float64{mode + `{mode="nftables"}`: 1})
+	rulesDiff(t, "without KubeProxyMode", rulesSelect(rulesGather(t, newC(nft, false)), mode), map[string]float64{})
+
+	ipt := netns.New(t, "nftmodeipt")
+	rulesRestore(t, ipt, "nft", 4, proxyrules.IPTablesRestore(rulesTestServices(4), 4))
+	c := newC(ipt, true)
+	rulesDiff(t, "iptables mode", rulesSelect(rulesGather(t, c), mode), map[string]float64{mode + `{mode="iptables"}`: 1})
+	if err := c.Update(context.Background(), make(chan prometheus.Metric, 100)); !errorsIsNoData(err) {
+		t.Errorf("Update without a kube-proxy table: %v, want ErrNoData (the mode is reported all the same)", err)
+	}
+}

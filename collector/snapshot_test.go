@@ -3,10 +3,15 @@ package collector
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func TestRefresherSnapshots(t *testing.T) {
@@ -115,4 +120,63 @@ func waitSnapshot[T any](t *testing.T, r *refresher[T], ok func(*snapshot[T]) bo
 	}
 	t.Fatal("no matching snapshot within a minute")
 	return nil
+}
+
+// The snapshot metrics are two series per background source, present once
+// the source was read successfully, and still describe that read after a
+// failed one.
+func TestRefresherEmitsItsAge(t *testing.T) {
+	fail := false
+	r := newRefresher("unit", time.Hour, time.Minute, func(context.Context) (int, error) {
+		if fail {
+			return 0, errors.New("read failed")
+		}
+		return 1, nil
+	})
+	collect := func() []prometheus.Metric {
+		ch := make(chan prometheus.Metric, 10)
+		r.emitAge(ch, r.Snapshot())
+		close(ch)
+		var out []prometheus.Metric
+		for m := range ch {
+			out = append(out, m)
+		}
+		return out
+	}
+	if n := len(collect()); n != 0 {
+		t.Fatalf("%d series before any read, want 0", n)
+	}
+	r.refresh(context.Background())
+	first := r.Snapshot()
+	want := fmt.Sprintf(`
+# HELP netinspect_snapshot_duration_seconds How long the latest successful background read of the source took.
+# TYPE netinspect_snapshot_duration_seconds gauge
+netinspect_snapshot_duration_seconds{source="unit"} %v
+# HELP netinspect_snapshot_last_success_timestamp_seconds When the latest successful background read of the source finished (Unix time); its age is the age of the source's series.
+# TYPE netinspect_snapshot_last_success_timestamp_seconds gauge
+netinspect_snapshot_last_success_timestamp_seconds{source="unit"} %v
+`, first.Duration.Seconds(), unixSeconds(first.Time))
+	c := metricsCollector{collect}
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+	fail = true
+	r.refresh(context.Background())
+	if r.Snapshot().Err == nil {
+		t.Fatal("the failed read left no error")
+	}
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
+		t.Errorf("after a failed read: %v", err)
+	}
+}
+
+// metricsCollector collects what fn returns.
+type metricsCollector struct{ fn func() []prometheus.Metric }
+
+func (metricsCollector) Describe(chan<- *prometheus.Desc) {}
+
+func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, m := range c.fn() {
+		ch <- m
+	}
 }

@@ -187,19 +187,21 @@ func decode(b []byte, events bool, seq uint32, e *Entry, fn func(*Entry)) (batch
 	return r, nil
 }
 
-// malformed wraps an error of the attribute iterator.
-func malformed(a *netlinkattr.Attrs) error {
-	if err := a.Err(); err != nil {
-		return fmt.Errorf("%w: %w", ErrMalformed, err)
-	}
-	return nil
-}
+// wrap makes an error of netlinkattr.Split wrap ErrMalformed.
+func wrap(err error) error { return fmt.Errorf("%w: %w", ErrMalformed, err) }
+
+// The decoders below walk one nesting level each with netlinkattr.Split,
+// which keeps the attribute in registers: they run for every entry of a
+// full table.
 
 func decodeEntry(b []byte, e *Entry) error {
-	a := netlinkattr.NewAttrs(b)
-	for a.Next() {
-		var err error
-		switch val := a.Value(); a.Type() {
+	for len(b) >= nlaHdrLen {
+		typ, val, rest, err := netlinkattr.Split(b)
+		if err != nil {
+			return wrap(err)
+		}
+		b = rest
+		switch typ {
 		case ctaTupleOrig:
 			err = decodeTuple(val, &e.Orig)
 		case ctaTupleReply:
@@ -219,61 +221,70 @@ func decodeEntry(b []byte, e *Entry) error {
 			return err
 		}
 	}
-	return malformed(&a)
+	return nil
 }
 
 func decodeTuple(b []byte, t *Tuple) error {
-	a := netlinkattr.NewAttrs(b)
-	for a.Next() {
-		var err error
-		switch a.Type() {
+	for len(b) >= nlaHdrLen {
+		typ, val, rest, err := netlinkattr.Split(b)
+		if err != nil {
+			return wrap(err)
+		}
+		b = rest
+		switch typ {
 		case ctaTupleIP:
-			err = decodeIP(a.Value(), t)
+			err = decodeIP(val, t)
 		case ctaTupleProto:
-			err = decodeProto(a.Value(), t)
+			err = decodeProto(val, t)
 		}
 		if err != nil {
 			return err
 		}
 	}
-	return malformed(&a)
+	return nil
 }
 
 func decodeIP(b []byte, t *Tuple) error {
-	a := netlinkattr.NewAttrs(b)
-	for a.Next() {
-		typ, val := a.Type(), a.Value()
+	for len(b) >= nlaHdrLen {
+		typ, val, rest, err := netlinkattr.Split(b)
+		if err != nil {
+			return wrap(err)
+		}
+		b = rest
 		switch typ {
 		case ctaIPv4Src, ctaIPv4Dst:
 			if len(val) != 4 {
 				return fmt.Errorf("%w: IPv4 address of %d bytes", ErrMalformed, len(val))
 			}
-			addr := netip.AddrFrom4([4]byte(val))
+			a := netip.AddrFrom4([4]byte(val))
 			if typ == ctaIPv4Src {
-				t.Src = addr
+				t.Src = a
 			} else {
-				t.Dst = addr
+				t.Dst = a
 			}
 		case ctaIPv6Src, ctaIPv6Dst:
 			if len(val) != 16 {
 				return fmt.Errorf("%w: IPv6 address of %d bytes", ErrMalformed, len(val))
 			}
-			addr := netip.AddrFrom16([16]byte(val))
+			a := netip.AddrFrom16([16]byte(val))
 			if typ == ctaIPv6Src {
-				t.Src = addr
+				t.Src = a
 			} else {
-				t.Dst = addr
+				t.Dst = a
 			}
 		}
 	}
-	return malformed(&a)
+	return nil
 }
 
 func decodeProto(b []byte, t *Tuple) error {
-	a := netlinkattr.NewAttrs(b)
-	for a.Next() {
-		val := a.Value()
-		switch a.Type() {
+	for len(b) >= nlaHdrLen {
+		typ, val, rest, err := netlinkattr.Split(b)
+		if err != nil {
+			return wrap(err)
+		}
+		b = rest
+		switch typ {
 		case ctaProtoNum:
 			if len(val) >= 1 {
 				t.Proto = val[0]
@@ -288,24 +299,29 @@ func decodeProto(b []byte, t *Tuple) error {
 			}
 		}
 	}
-	return malformed(&a)
+	return nil
 }
 
 func decodeProtoinfo(b []byte, e *Entry) error {
-	a := netlinkattr.NewAttrs(b)
-	for a.Next() {
-		if a.Type() != ctaProtoinfoTCP {
+	for len(b) >= nlaHdrLen {
+		typ, val, rest, err := netlinkattr.Split(b)
+		if err != nil {
+			return wrap(err)
+		}
+		b = rest
+		if typ != ctaProtoinfoTCP {
 			continue
 		}
-		in := netlinkattr.NewAttrs(a.Value())
-		for in.Next() {
-			if in.Type() == ctaProtoinfoTCPState && len(in.Value()) >= 1 {
-				e.TCPState = in.Value()[0]
+		for len(val) >= nlaHdrLen {
+			ityp, ival, irest, err := netlinkattr.Split(val)
+			if err != nil {
+				return wrap(err)
+			}
+			val = irest
+			if ityp == ctaProtoinfoTCPState && len(ival) >= 1 {
+				e.TCPState = ival[0]
 			}
 		}
-		if err := malformed(&in); err != nil {
-			return err
-		}
 	}
-	return malformed(&a)
+	return nil
 }

@@ -255,3 +255,11 @@ func readUintFile(path string) (uint64, error) {
 	}
 	return v, nil
 }
+
+// malformed wraps an error of the attribute iterator with ErrMalformed.
+func malformed(a *netlinkattr.Attrs) error {
+	if err := a.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	return nil
+}

@@ -56,23 +56,34 @@ func NewAttrs(b []byte) Attrs { return Attrs{rest: b} }
 
 // Next advances to the next attribute and reports whether there is one.
 func (a *Attrs) Next() bool {
-	if len(a.rest) < AttrHdrLen || a.err != nil {
+	if len(a.rest) < AttrHdrLen {
 		return false
 	}
-	l := int(binary.NativeEndian.Uint16(a.rest[0:2]))
-	typ := binary.NativeEndian.Uint16(a.rest[2:4]) & typeMask
-	if l < AttrHdrLen || l > len(a.rest) {
-		a.err = fmt.Errorf("%w: attribute %d of length %d with %d bytes left", ErrMalformed, typ, l, len(a.rest))
-		a.rest = nil
+	var err error
+	a.typ, a.val, a.rest, err = Split(a.rest)
+	if err != nil {
+		a.err, a.rest = err, nil
 		return false
-	}
-	a.typ, a.val = typ, a.rest[AttrHdrLen:l]
-	if n := align(l); n < len(a.rest) {
-		a.rest = a.rest[n:]
-	} else {
-		a.rest = nil
 	}
 	return true
+}
+
+// Split splits the first attribute off b, which must hold at least
+// AttrHdrLen bytes: its type (without the nested and byte-order flags), its
+// value and the attributes after it. It is what Attrs is built on, for the
+// hot loops that keep the three in registers (a conntrack dump decodes
+// about twenty attributes per entry).
+func Split(b []byte) (typ uint16, val, rest []byte, err error) {
+	l := int(binary.NativeEndian.Uint16(b[0:2]))
+	typ = binary.NativeEndian.Uint16(b[2:4]) & typeMask
+	if l < AttrHdrLen || l > len(b) {
+		return 0, nil, nil, fmt.Errorf("%w: attribute %d of length %d with %d bytes left", ErrMalformed, typ, l, len(b))
+	}
+	val = b[AttrHdrLen:l]
+	if n := align(l); n < len(b) {
+		rest = b[n:]
+	}
+	return typ, val, rest, nil
 }
 
 // Type is the current attribute's type, without the nested and byte-order
@@ -118,15 +129,13 @@ func NewMessages(b []byte) Messages { return Messages{rest: b} }
 
 // Next advances to the next message and reports whether there is one.
 func (m *Messages) Next() bool {
-	if len(m.rest) < MsgHdrLen || m.err != nil {
+	b := m.rest
+	if len(b) < MsgHdrLen {
 		return false
 	}
-	b := m.rest
 	l := int(binary.NativeEndian.Uint32(b[0:4]))
 	if l < MsgHdrLen || l > len(b) {
-		m.err = fmt.Errorf("%w: netlink message length %d with %d bytes left", ErrMalformed, l, len(b))
-		m.rest = nil
-		return false
+		return m.fail(l)
 	}
 	m.hdr = Header{
 		Len:   uint32(l),
@@ -135,12 +144,16 @@ func (m *Messages) Next() bool {
 		Seq:   binary.NativeEndian.Uint32(b[8:12]),
 	}
 	m.payload = b[MsgHdrLen:l]
-	if n := align(l); n < len(b) {
-		m.rest = b[n:]
-	} else {
-		m.rest = nil
-	}
+	m.rest = b[min(align(l), len(b)):]
 	return true
+}
+
+// fail ends the iteration at a message whose length does not fit; out of
+// line, so that Next stays cheap.
+func (m *Messages) fail(l int) bool {
+	m.err = fmt.Errorf("%w: netlink message length %d with %d bytes left", ErrMalformed, l, len(m.rest))
+	m.rest = nil
+	return false
 }
 
 // Header is the current message's header.
