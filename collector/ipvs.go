@@ -226,7 +226,7 @@ func (c *IPVS) read(ctx context.Context, visit func(vs *IPVSVirtualServer)) erro
 		}
 	}
 
-	var local map[netip.Addr]bool // node addresses, listed only if a NodePort lookup needs them
+	j := ipvsJoin{c: c, ctx: ctx}
 	var dests []ipvs.Dest
 	vs := &IPVSVirtualServer{}
 	for i := range svcs {
@@ -251,22 +251,8 @@ func (c *IPVS) read(ctx context.Context, visit func(vs *IPVSVirtualServer)) erro
 			} else {
 				vs.Address = "0.0.0.0"
 			}
-		} else if c.index != nil {
-			ref, ok := c.index.ServiceByAddrPort(vs.Protocol, s.Addr, s.Port)
-			if !ok {
-				if local == nil {
-					if local, err = links.LocalAddrs(ctx, c.target); err != nil {
-						return err
-					}
-				}
-				// kube-proxy makes a virtual server per node address for a
-				// NodePort; a ClusterIP unknown to the index must not be
-				// mistaken for one, hence the local address check.
-				if local[s.Addr.Unmap()] {
-					ref, _ = c.index.ServiceByNodePort(vs.Protocol, s.Port)
-				}
-			}
-			vs.Service = ref
+		} else if vs.Service, err = j.service(vs.Protocol, s); err != nil {
+			return err
 		}
 
 		if c.cfg.Backends {
@@ -286,6 +272,40 @@ func (c *IPVS) read(ctx context.Context, visit func(vs *IPVSVirtualServer)) erro
 		visit(vs)
 	}
 	return nil
+}
+
+// ipvsJoin finds the Service port of virtual servers during one read.
+type ipvsJoin struct {
+	c     *IPVS
+	ctx   context.Context
+	local map[netip.Addr]bool // node addresses, listed only if a NodePort lookup needs them
+}
+
+// service is the Service port the virtual server s (of protocol) belongs
+// to: by ClusterIP, external or load-balancer IP and port, else, on an
+// address of the node, by NodePort; empty when unknown.
+func (j *ipvsJoin) service(protocol string, s *ipvs.Service) (kube.ServicePortRef, error) {
+	ix := j.c.index
+	if ix == nil {
+		return kube.ServicePortRef{}, nil
+	}
+	if ref, ok := ix.ServiceByAddrPort(protocol, s.Addr, s.Port); ok {
+		return ref, nil
+	}
+	if j.local == nil {
+		var err error
+		if j.local, err = links.LocalAddrs(j.ctx, j.c.target); err != nil {
+			return kube.ServicePortRef{}, err
+		}
+	}
+	// kube-proxy makes a virtual server per node address for a NodePort; a
+	// ClusterIP unknown to the index must not be mistaken for one, hence
+	// the local address check.
+	var ref kube.ServicePortRef
+	if j.local[s.Addr.Unmap()] {
+		ref, _ = ix.ServiceByNodePort(protocol, s.Port)
+	}
+	return ref, nil
 }
 
 func (c *IPVS) emitService(ch chan<- prometheus.Metric, pairs labelPairCache, vs *IPVSVirtualServer) {

@@ -311,6 +311,22 @@ func services(index *kube.Index, res Results, f Filter, mode string) []Service {
 			}
 		}
 	}
+	addKernelState(res, f, add, port)
+	out := make([]Service, 0, len(byKey))
+	for _, s := range byKey {
+		slices.SortFunc(s.Ports, func(a, b ServicePort) int { return cmp.Compare(a.Port, b.Port) })
+		out = append(out, *s)
+	}
+	slices.SortFunc(out, func(a, b Service) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	return out
+}
+
+// addKernelState adds to the services what kube-proxy programmed for them
+// (iptables and nftables endpoints, IPVS backends) and their conntrack
+// entries, through add and port (which find or add a service and a port).
+func addKernelState(res Results, f Filter, add func(ns, name string) *Service, port func(*Service, string) *ServicePort) {
 	addCount := func(counts []collector.ServicePortCount, field func(*ServicePort) **float64) {
 		for _, c := range counts {
 			if c.Service == "" || !f.service(c.Namespace, c.Service) {
@@ -359,13 +375,4 @@ func services(index *kube.Index, res Results, f Filter, mode string) []Service {
 			add(e.Namespace, e.Name).ConntrackEntries = &v
 		}
 	}
-	out := make([]Service, 0, len(byKey))
-	for _, s := range byKey {
-		slices.SortFunc(s.Ports, func(a, b ServicePort) int { return cmp.Compare(a.Port, b.Port) })
-		out = append(out, *s)
-	}
-	slices.SortFunc(out, func(a, b Service) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
-	return out
 }

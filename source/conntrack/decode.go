@@ -127,9 +127,12 @@ func decodeEvents(b []byte, e *Entry, fn func(*Entry)) (batch, error) {
 
 func decode(b []byte, events bool, seq uint32, e *Entry, fn func(*Entry)) (batch, error) {
 	var r batch
-	msgs := netlinkattr.NewMessages(b)
-	for msgs.Next() {
-		h, msg := msgs.Header(), msgs.Payload()
+	for len(b) >= nlmsgHdrLen {
+		h, msg, rest, err := netlinkattr.SplitMessage(b)
+		if err != nil {
+			return r, wrap(err)
+		}
+		b = rest
 		if !events && h.Seq != seq {
 			continue
 		}
@@ -180,9 +183,6 @@ func decode(b []byte, events bool, seq uint32, e *Entry, fn func(*Entry)) (batch
 		}
 		fn(e)
 		r.entries++
-	}
-	if err := msgs.Err(); err != nil {
-		return r, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	return r, nil
 }

@@ -77,7 +77,7 @@ func Split(b []byte) (typ uint16, val, rest []byte, err error) {
 	l := int(binary.NativeEndian.Uint16(b[0:2]))
 	typ = binary.NativeEndian.Uint16(b[2:4]) & typeMask
 	if l < AttrHdrLen || l > len(b) {
-		return 0, nil, nil, fmt.Errorf("%w: attribute %d of length %d with %d bytes left", ErrMalformed, typ, l, len(b))
+		return 0, nil, nil, badLength("attribute", int(typ), l, len(b))
 	}
 	val = b[AttrHdrLen:l]
 	if n := align(l); n < len(b) {
@@ -107,6 +107,17 @@ func Walk(b []byte, fn func(typ uint16, val []byte) error) error {
 	return a.Err()
 }
 
+// badLength is the error about a message or attribute whose length does
+// not fit; out of line, so that the splitters stay cheap enough to inline.
+//
+//go:noinline
+func badLength(what string, typ, l, left int) error {
+	if typ >= 0 {
+		return fmt.Errorf("%w: %s %d of length %d with %d bytes left", ErrMalformed, what, typ, l, left)
+	}
+	return fmt.Errorf("%w: %s of length %d with %d bytes left", ErrMalformed, what, l, left)
+}
+
 // Messages iterates over the netlink messages of one datagram without
 // allocating, like Attrs over attributes.
 type Messages struct {
@@ -129,31 +140,37 @@ func NewMessages(b []byte) Messages { return Messages{rest: b} }
 
 // Next advances to the next message and reports whether there is one.
 func (m *Messages) Next() bool {
-	b := m.rest
-	if len(b) < MsgHdrLen {
+	if len(m.rest) < MsgHdrLen {
 		return false
 	}
+	var err error
+	m.hdr, m.payload, m.rest, err = SplitMessage(m.rest)
+	if err != nil {
+		m.err, m.rest = err, nil
+		return false
+	}
+	return true
+}
+
+// SplitMessage splits the first netlink message off the datagram b, which
+// must hold at least MsgHdrLen bytes: its header, its payload and the
+// messages after it. It is what Messages is built on, for the hot loops
+// that keep the three in registers.
+func SplitMessage(b []byte) (h Header, payload, rest []byte, err error) {
 	l := int(binary.NativeEndian.Uint32(b[0:4]))
 	if l < MsgHdrLen || l > len(b) {
-		return m.fail(l)
+		return h, nil, nil, badLength("netlink message", -1, l, len(b))
 	}
-	m.hdr = Header{
+	h = Header{
 		Len:   uint32(l),
 		Type:  binary.NativeEndian.Uint16(b[4:6]),
 		Flags: binary.NativeEndian.Uint16(b[6:8]),
 		Seq:   binary.NativeEndian.Uint32(b[8:12]),
 	}
-	m.payload = b[MsgHdrLen:l]
-	m.rest = b[min(align(l), len(b)):]
-	return true
-}
-
-// fail ends the iteration at a message whose length does not fit; out of
-// line, so that Next stays cheap.
-func (m *Messages) fail(l int) bool {
-	m.err = fmt.Errorf("%w: netlink message length %d with %d bytes left", ErrMalformed, l, len(m.rest))
-	m.rest = nil
-	return false
+	if n := align(l); n < len(b) {
+		rest = b[n:]
+	}
+	return h, b[MsgHdrLen:l], rest, nil
 }
 
 // Header is the current message's header.
