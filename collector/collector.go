@@ -89,7 +89,7 @@ type entry struct {
 // NewSet returns a Set running the given collectors, keyed by name.
 func NewSet(logger *zap.Logger, collectors map[string]Collector) *Set {
 	s := &Set{
-		logger:     logger,
+		logger:     Deps{Logger: logger}.logger(),
 		collectors: make(map[string]*entry, len(collectors)),
 		success: prometheus.NewDesc(
 			prometheus.BuildFQName(Namespace, "scrape", "collector_success"),

@@ -8,8 +8,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -114,30 +112,6 @@ func (tp *ipvsTopology) addService(t *testing.T, svc *mobyipvs.Service, weights 
 	}
 }
 
-// ipvsInNetNS runs fn on a thread moved into ns; sockets created by fn stay in
-// ns after the thread returns.
-func ipvsInNetNS(t *testing.T, ns *netns.NS, fn func() error) error {
-	t.Helper()
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := unix.Setns(ns.FD(), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("setns %s: %w", ns.Name, err)
-	}
-	ferr := fn()
-	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-		// Leave the thread locked: it dies with this goroutine.
-		return fmt.Errorf("setns back: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
-}
-
 // ipvsEchoServers listens on addr:8080 in the backends namespace for each
 // address and echoes what it reads until the client closes.
 func ipvsEchoServers(t *testing.T, ns *netns.NS, addrs ...string) {
@@ -152,7 +126,7 @@ func ipvsEchoServers(t *testing.T, ns *netns.NS, addrs ...string) {
 	})
 	for _, a := range addrs {
 		var ln net.Listener
-		if err := ipvsInNetNS(t, ns, func() (err error) {
+		if err := ns.Do(func() (err error) {
 			ln, err = net.Listen("tcp", a)
 			return err
 		}); err != nil {
@@ -181,7 +155,7 @@ func ipvsEchoServers(t *testing.T, ns *netns.NS, addrs ...string) {
 func ipvsDialEcho(t *testing.T, ns *netns.NS, addr string) net.Conn {
 	t.Helper()
 	var c net.Conn
-	if err := ipvsInNetNS(t, ns, func() (err error) {
+	if err := ns.Do(func() (err error) {
 		c, err = net.DialTimeout("tcp", addr, 10*time.Second)
 		return err
 	}); err != nil {
