@@ -4,6 +4,12 @@
 // Each collector implements Collector. The adapter (Set) runs the enabled
 // collectors in parallel on every scrape, bounded by the scrape's deadline, and
 // reports netinspect_scrape_collector_success and _duration_seconds for each.
+//
+// A collector only joins what the kernel readers under source/ return to the
+// Kubernetes index and emits it: it makes no syscalls and imports no netlink
+// library (layout_test.go at the top of the module keeps it so). Collectors
+// that read a slow source serve it from a snapshot that one background
+// goroutine refreshes (snapshot.go).
 package collector
 
 import (
@@ -16,6 +22,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/netinspect/netinspect/source"
 )
 
 // Namespace is the prefix of every metric netinspect exports.
@@ -31,6 +39,16 @@ var ErrNoData = errors.New("collector returned no data")
 // it is ErrNoData; a one-shot reader (netinspect inspect) waits it out,
 // whereas plain ErrNoData means the source is absent.
 var ErrNotReady = errors.New("first background pass not finished")
+
+// noData turns an error of a reader whose kernel feature is absent
+// (source.ErrAbsent) into one that also wraps ErrNoData, so the reason is
+// reported as no data rather than as a failure.
+func noData(err error) error {
+	if err != nil && errors.Is(err, source.ErrAbsent) && !errors.Is(err, ErrNoData) {
+		return fmt.Errorf("%w: %w", err, ErrNoData)
+	}
+	return err
+}
 
 // Collector reads one source of node state and emits metrics for it.
 type Collector interface {
@@ -71,7 +89,7 @@ type entry struct {
 // NewSet returns a Set running the given collectors, keyed by name.
 func NewSet(logger *zap.Logger, collectors map[string]Collector) *Set {
 	s := &Set{
-		logger:     logger,
+		logger:     Deps{Logger: logger}.logger(),
 		collectors: make(map[string]*entry, len(collectors)),
 		success: prometheus.NewDesc(
 			prometheus.BuildFQName(Namespace, "scrape", "collector_success"),

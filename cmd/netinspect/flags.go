@@ -117,6 +117,15 @@ func parseFlags(args []string, stdout, stderr io.Writer) (cfg *config, code int,
 		return nil, exitBadFlags, perr
 	}
 	cfg.command = command
+	// The collectors' constructors validate their configs; building them
+	// once here, with no Kubernetes index, makes a rejected value a bad
+	// flag (exit 2, with usage) before anything starts.
+	if _, err := buildCollectors(cfg, collector.Deps{Paths: cfg.paths}); err != nil {
+		fmt.Fprintf(stderr, "netinspect: %v\n\n", err)
+		app.UsageWriter(stderr)
+		app.Usage(nil)
+		return nil, exitBadFlags, err
+	}
 	return cfg, 0, nil
 }
 
