@@ -20,6 +20,9 @@
 //	cfg, kubeconfig := cp.ServiceAccountConfig(t, "netinspect", "netinspect") // token for a ServiceAccount
 //	kp := cp.StartKubeProxy(t, nodeNS, controlplane.KubeProxyOptions{NodeName: "node-1", Mode: "nftables"})
 //	cp.Stop(t); cp.Restart(t)                     // API server outage (etcd keeps running)
+//	cp.CreateObjects(t, "deploy/rbac.yaml")       // ServiceAccounts, ClusterRoles, bindings from a manifest
+//	revoke := cp.GrantNonResourceURL(t, "metrics-reader", "monitoring", "prometheus", "/metrics", "get")
+//	tok := cp.SignServiceAccountToken(t, "monitoring", "prometheus", issued, expires) // any validity, expired too
 //
 // The API server runs with RBAC authorization, a dual-stack Service range
 // (ServiceCIDRv4, ServiceCIDRv6) and no controller manager or scheduler:
