@@ -170,4 +170,3 @@ func (cp *ControlPlane) ServiceAccountToken(t testing.TB, namespace, name string
 	cfg, _ := cp.ServiceAccountConfig(t, namespace, name)
 	return cfg.BearerToken
 }
-
