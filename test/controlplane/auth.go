@@ -170,3 +170,18 @@ func (cp *ControlPlane) ServiceAccountToken(t testing.TB, namespace, name string
 	cfg, _ := cp.ServiceAccountConfig(t, namespace, name)
 	return cfg.BearerToken
 }
+
+// IssueServingCertificate returns a server certificate and key for hosts
+// (DNS names or IPs) signed by the cluster's CA, as cert-manager with a
+// cluster issuer would make for a Secret; CAFile verifies it.
+func (cp *ControlPlane) IssueServingCertificate(t testing.TB, cn string, hosts ...string) (certPEM, keyPEM []byte) {
+	t.Helper()
+	certPEM, keyPEM, err := cp.pki.ca.IssueServing(cn, hosts...)
+	if err != nil {
+		t.Fatalf("issue serving certificate for %v: %v", hosts, err)
+	}
+	return certPEM, keyPEM
+}
+
+// CAFile is the path of the cluster CA's certificate (PEM).
+func (cp *ControlPlane) CAFile() string { return cp.pki.caFile }
