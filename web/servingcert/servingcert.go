@@ -73,10 +73,10 @@ type Source struct {
 }
 
 type loaded struct {
-	cert             *tls.Certificate
-	certPEM, keyPEM  []byte
+	cert                *tls.Certificate
+	certPEM, keyPEM     []byte
 	notBefore, notAfter time.Time
-	selfSigned       bool
+	selfSigned          bool
 }
 
 // New returns a Source with its first certificate: read from the files
