@@ -192,6 +192,16 @@ func TestBinaryKubernetesAuth(t *testing.T) {
 		}
 	}
 
+	// The guard's series: a fixed number per node, whatever the cluster.
+	guardSeries := 0
+	for name, mf := range mfs {
+		if strings.HasPrefix(name, "netinspect_auth_") || strings.HasPrefix(name, "netinspect_tls_") || name == "netinspect_http_requests_rejected_total" {
+			guardSeries += len(mf.GetMetric())
+		}
+	}
+	if guardSeries != 16 {
+		t.Errorf("%d series of the auth, TLS and rejection metrics, want 16 (docs/metrics.md)", guardSeries)
+	}
 	checkPlainHTTPRefused(t, cp.NS, prom)
 
 	t.Run("revoked right", func(t *testing.T) {
