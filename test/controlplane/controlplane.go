@@ -259,13 +259,20 @@ func (cp *ControlPlane) StartAPIServer(t testing.TB, port int) {
 // 10 s) and waits for it to exit.
 func (cp *ControlPlane) StopAPIServer(t testing.TB, port int) {
 	t.Helper()
+	cp.apiServer(t, port).stop()
+}
+
+// apiServer returns the API server process on port, failing t if none was
+// started there.
+func (cp *ControlPlane) apiServer(t testing.TB, port int) *process {
+	t.Helper()
 	cp.mu.Lock()
 	pr := cp.servers[port]
 	cp.mu.Unlock()
 	if pr == nil {
 		t.Fatalf("no kube-apiserver on port %d", port)
 	}
-	pr.stop()
+	return pr
 }
 
 // Stop stops the primary API server (etcd keeps running). With clients
@@ -277,13 +284,7 @@ func (cp *ControlPlane) Stop(t testing.TB) { t.Helper(); cp.StopAPIServer(t, API
 // back.
 func (cp *ControlPlane) Kill(t testing.TB) {
 	t.Helper()
-	cp.mu.Lock()
-	pr := cp.servers[APIServerPort]
-	cp.mu.Unlock()
-	if pr == nil {
-		t.Fatalf("no kube-apiserver on port %d", APIServerPort)
-	}
-	pr.kill()
+	cp.apiServer(t, APIServerPort).kill()
 }
 
 // Restart starts the primary API server again after Stop and waits until

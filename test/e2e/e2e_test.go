@@ -184,7 +184,7 @@ func startNode(t *testing.T, prom, am string) *node {
 	dir := t.TempDir()
 	n := &node{ns: ns}
 	n.client = &http.Client{
-		Timeout:   10 * time.Second,
+		Timeout: 10 * time.Second,
 		// The exporter serves a self-signed certificate, as in deploy/.
 		Transport: &http.Transport{DialContext: controlplane.DialerIn(ns.Path()), DisableKeepAlives: true,
 			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, //nolint:gosec // as the ServiceMonitor does

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -110,32 +109,11 @@ func (g *guarded) expect(t *testing.T, what, auth string, want int) {
 // rejection counter's metrics.
 func (g *guarded) series(t *testing.T, name string, labelPairs ...string) float64 {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(g.a, g.rejected)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	if v := kubeauth.SeriesValue(g.a, name, labelPairs...); v >= 0 {
+		return v
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				have[lp.GetName()] = lp.GetValue()
-			}
-			for i := 0; i+1 < len(labelPairs); i += 2 {
-				if have[labelPairs[i]] != labelPairs[i+1] {
-					continue next
-				}
-			}
-			if m.Counter != nil {
-				return m.GetCounter().GetValue()
-			}
-			return m.GetGauge().GetValue()
-		}
+	if v := kubeauth.SeriesValue(g.rejected, name, labelPairs...); v >= 0 {
+		return v
 	}
 	t.Fatalf("no series %s%v", name, labelPairs)
 	return 0

@@ -66,14 +66,15 @@ func (hs *harness) get(ctx context.Context, token string) *httptest.ResponseReco
 }
 
 func (hs *harness) rejections(r reject.Reason) float64 {
-	return value(hs.rejected, "netinspect_http_requests_rejected_total", "reason", string(r))
+	return SeriesValue(hs.rejected, "netinspect_http_requests_rejected_total", "reason", string(r))
 }
 
-func (hs *harness) unavailable() float64 { return value(hs.a, "netinspect_auth_api_unavailable") }
+func (hs *harness) unavailable() float64 { return SeriesValue(hs.a, "netinspect_auth_api_unavailable") }
 
-// value returns the value of the series of c named name with the given
-// label pairs (-1 when there is none).
-func value(c prometheus.Collector, name string, labelPairs ...string) float64 {
+// SeriesValue returns the value of the counter or gauge named name, with the
+// given label pairs, among the metrics of c (-1 when there is none). It is
+// exported for the integration test (package kubeauth_test).
+func SeriesValue(c prometheus.Collector, name string, labelPairs ...string) float64 {
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(c)
 	mfs, err := reg.Gather()
