@@ -463,9 +463,9 @@ func TestBinaryScrapeStorm(t *testing.T) {
 
 	var (
 		ok, unavailable, other, incomplete, skipping atomic.Int64
-		firstProblem                       atomic.Value
-		mu                                 sync.Mutex
-		okLatency, refusedLatency          []time.Duration
+		firstProblem                                 atomic.Value
+		mu                                           sync.Mutex
+		okLatency, refusedLatency                    []time.Duration
 	)
 	stop := time.Now().Add(duration)
 	var wg sync.WaitGroup
@@ -626,4 +626,3 @@ func percentile(d []time.Duration, p int) time.Duration {
 }
 
 func mib(b float64) float64 { return b / (1 << 20) }
-
