@@ -123,6 +123,11 @@ func serve(ctx context.Context, cfg *config, stderr io.Writer) error {
 	// IdleTimeout closes keep-alive connections a client left open, so a
 	// burst of clients does not leave goroutines behind.
 	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	// net/http logs every failed TLS handshake (port scanners, plain HTTP
+	// on the TLS port): in the exporter's log format, at debug level.
+	if httpLog, err := zap.NewStdLogAt(logger.Named("http"), zapcore.DebugLevel); err == nil {
+		server.ErrorLog = httpLog
+	}
 	serveErr := make(chan error, 1)
 	go func() {
 		serveErr <- web.ServeMultiple(listeners, server, cfg.web, slog.New(zapslog.NewHandler(logger.Core())))
