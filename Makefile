@@ -45,7 +45,7 @@ fuzz:
 	$(GO) test ./collector/rules -run '^$$' -fuzz '^FuzzParseIPTablesSave$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./collector/rules -run '^$$' -fuzz '^FuzzParseNFTChainName$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./collector/ctdump -run '^$$' -fuzz '^FuzzDecodeDatagram$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./web/kubeauth -run '^$$' -fuzz '^FuzzBearerToken$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./web/bearer -run '^$$' -fuzz '^FuzzToken$$' -fuzztime $(FUZZTIME)
 
 bench:
 	$(GO) test ./... -run '^$$' -bench . -benchmem

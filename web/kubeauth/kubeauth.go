@@ -36,6 +36,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/netinspect/netinspect/web/bearer"
 	"github.com/netinspect/netinspect/web/reject"
 )
 
@@ -171,7 +172,7 @@ func (e *unavailableError) Unwrap() error { return e.err }
 // Wrap returns next guarded by the Authorizer.
 func (a *Authorizer) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token, ok := BearerToken(r.Header)
+		token, ok := bearer.Token(r.Header)
 		if !ok {
 			a.refuse(w, r, http.StatusUnauthorized, reject.Unauthenticated, "", "no well-formed bearer token")
 			return

@@ -1,4 +1,4 @@
-package kubeauth
+package bearer
 
 import (
 	"net/http"
@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-func TestBearerToken(t *testing.T) {
+func TestToken(t *testing.T) {
 	jwt := "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln-_~+/=="
 	tests := []struct {
 		name    string
@@ -42,9 +42,9 @@ func TestBearerToken(t *testing.T) {
 			for _, v := range tt.headers {
 				h.Add("Authorization", v)
 			}
-			got, ok := BearerToken(h)
+			got, ok := Token(h)
 			if got != tt.want || ok != tt.ok {
-				t.Errorf("BearerToken(%q) = %q, %v; want %q, %v", tt.headers, got, ok, tt.want, tt.ok)
+				t.Errorf("Token(%q) = %q, %v; want %q, %v", tt.headers, got, ok, tt.want, tt.ok)
 			}
 		})
 	}
@@ -54,22 +54,22 @@ func TestBearerToken(t *testing.T) {
 // hand-written parser must agree with.
 var bearerGrammar = regexp.MustCompile(`^(?i:bearer) +([A-Za-z0-9._~+/-]+=*)$`)
 
-func FuzzBearerToken(f *testing.F) {
+func FuzzToken(f *testing.F) {
 	for _, s := range []string{"Bearer abc", "bearer a.b.c", "Bearer  YWJj==", "Basic x", "Bearer", "Bearer a b", "Bearer ==", "Bearer\x00x", "BEARER ~+/-_."} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, value string) {
-		token, ok := BearerToken(http.Header{"Authorization": {value}})
+		token, ok := Token(http.Header{"Authorization": {value}})
 		m := bearerGrammar.FindStringSubmatch(value)
 		wantOK := m != nil && len(m[1]) <= MaxTokenBytes
 		if ok != wantOK {
-			t.Fatalf("BearerToken(%q) ok = %v, grammar says %v", value, ok, wantOK)
+			t.Fatalf("Token(%q) ok = %v, grammar says %v", value, ok, wantOK)
 		}
 		if ok && token != m[1] {
-			t.Fatalf("BearerToken(%q) = %q, grammar's token %q", value, token, m[1])
+			t.Fatalf("Token(%q) = %q, grammar's token %q", value, token, m[1])
 		}
 		if !ok && token != "" {
-			t.Fatalf("BearerToken(%q) refused but returned %q", value, token)
+			t.Fatalf("Token(%q) refused but returned %q", value, token)
 		}
 	})
 }

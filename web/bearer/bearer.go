@@ -1,4 +1,7 @@
-package kubeauth
+// Package bearer reads the bearer token of an HTTP request (RFC 6750).
+//
+// It is its own package so that its fuzz test builds without client-go.
+package bearer
 
 import (
 	"net/http"
@@ -10,13 +13,13 @@ import (
 // few KiB.
 const MaxTokenBytes = 16 << 10
 
-// BearerToken returns the token of the request's one "Authorization: Bearer
+// Token returns the token of the request's one "Authorization: Bearer
 // <token>" header (RFC 6750 section 2.1: the scheme is case-insensitive and
 // the token is a b64token). ok is false when there is no such header, more
 // than one, another scheme, an empty token, a token longer than
 // MaxTokenBytes, or characters outside b64token (spaces, control bytes, a
 // second word): such a request is refused without asking the API server.
-func BearerToken(h http.Header) (token string, ok bool) {
+func Token(h http.Header) (token string, ok bool) {
 	values := h.Values("Authorization")
 	if len(values) != 1 {
 		return "", false
