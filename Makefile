@@ -39,22 +39,11 @@ test-tools:
 vet:
 	$(GO) vet ./...
 
-# Every fuzz target of the module: the parsers of the kernel readers
-# (source/), of the netlink codec, and of kube-proxy's names.
+# Every fuzz target of the module (test/fuzz.sh finds them): the parsers of
+# the kernel readers (source/), the netlink codec, kube-proxy's names, the
+# bearer token.
 fuzz:
-	$(GO) test ./source/netlinkattr -run '^$$' -fuzz '^FuzzAttrs$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./source/conntrack -run '^$$' -fuzz '^FuzzParseProcConntrackStat$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./source/conntrack -run '^$$' -fuzz '^FuzzParseCPUStats$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./source/conntrack -run '^$$' -fuzz '^FuzzDecodeDatagram$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./source/nftables -run '^$$' -fuzz '^FuzzDecodeNFTRule$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./source/iptables -run '^$$' -fuzz '^FuzzParseIPTablesSave$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./source/ipvs -run '^$$' -fuzz '^FuzzParseProcIPVS$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./source/ipvs -run '^$$' -fuzz '^FuzzParseService$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./kubeproxy -run '^$$' -fuzz '^FuzzParseNFTChainName$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./source/conntrack -run '^$$' -fuzz '^FuzzParseSysctlValue$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./source/conntrack -run '^$$' -fuzz '^FuzzParseSettings$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./source/neighbour -run '^$$' -fuzz '^FuzzParseNeighTbl$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./source/neighbour -run '^$$' -fuzz '^FuzzParseProcStat$$' -fuzztime $(FUZZTIME)
+	GO=$(GO) FUZZTIME=$(FUZZTIME) ./test/fuzz.sh
 
 bench:
 	$(GO) test ./... -run '^$$' -bench . -benchmem

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"reflect"
 	"sort"
 	"strings"
@@ -19,7 +18,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 
 	"github.com/netinspect/netinspect/kube"
@@ -247,41 +245,8 @@ func testServices(t *testing.T, cp *cpl.ControlPlane) {
 	})
 }
 
-// applyRBAC creates the objects of deploy/rbac.yaml.
-func applyRBAC(t *testing.T, cs kubernetes.Interface) {
-	t.Helper()
-	b, err := os.ReadFile("../deploy/rbac.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	for _, doc := range strings.Split(string(b), "\n---") {
-		if strings.TrimSpace(doc) == "" {
-			continue
-		}
-		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
-		if err != nil {
-			t.Fatalf("decode deploy/rbac.yaml: %v", err)
-		}
-		switch o := obj.(type) {
-		case *corev1.ServiceAccount:
-			_, _ = cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: o.Namespace}}, metav1.CreateOptions{})
-			_, err = cs.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.ClusterRole:
-			_, err = cs.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.ClusterRoleBinding:
-			_, err = cs.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
-		default:
-			t.Fatalf("unexpected object %T in deploy/rbac.yaml", obj)
-		}
-		if err != nil {
-			t.Fatalf("apply deploy/rbac.yaml: %v", err)
-		}
-	}
-}
-
 func testRBACFromDeploy(t *testing.T, cp *cpl.ControlPlane) {
-	applyRBAC(t, cp.Client)
+	cp.CreateObjects(t, "../deploy/rbac.yaml")
 	cfg, _ := cp.ServiceAccountConfig(t, "netinspect", "netinspect")
 	w := startWatcher(t, cfg, "node-rbac", "*", nil)
 	waitSynced(t, w)

@@ -415,7 +415,7 @@ func TestHelpExitsZero(t *testing.T) {
 	if err != nil {
 		t.Fatalf("--help: %v\n%s", err, out)
 	}
-	for _, flag := range []string{"--web.listen-address", "--web.config.file", "--web.telemetry-path", "--[no-]collector.conntrack", "collector.conntrack.per-cpu", "--path.procfs", "--log.format"} {
+	for _, flag := range []string{"--web.listen-address", "--web.config.file", "--web.telemetry-path", "--web.max-requests", "--[no-]web.kubernetes-auth", "--[no-]web.tls.self-signed", "--web.tls.cert-file", "--[no-]collector.conntrack", "collector.conntrack.per-cpu", "--path.procfs", "--log.format"} {
 		if !strings.Contains(string(out), flag) {
 			t.Errorf("--help does not mention %s", flag)
 		}

@@ -1,19 +1,15 @@
 package controlplane
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
-	"time"
+
+	testpki "github.com/netinspect/netinspect/test/pki"
 )
 
 // pki holds the files the control plane is started with.
@@ -23,22 +19,7 @@ type pki struct {
 	servingCert, servingKey   string
 	adminCertPEM, adminKeyPEM []byte
 	saPublicKey, saPrivateKey string
-	caCert                    *x509.Certificate
-	caSigner                  crypto.Signer
-}
-
-func newKey() (*ecdsa.PrivateKey, error) { return ecdsa.GenerateKey(elliptic.P256(), rand.Reader) }
-
-func keyPEM(k *ecdsa.PrivateKey) ([]byte, error) {
-	der, err := x509.MarshalECPrivateKey(k)
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
-}
-
-func certPEM(der []byte) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	ca                        *testpki.CA
 }
 
 // makePKI writes a CA, the API server's serving certificate (for loopback,
@@ -46,46 +27,14 @@ func certPEM(der []byte) []byte {
 // certificate (group system:masters) and the ServiceAccount signing key.
 func makePKI(dir string, advertise net.IP) (*pki, error) {
 	p := &pki{}
-	serial := int64(1)
-	next := func() *big.Int { serial++; return big.NewInt(serial) }
-	now := time.Now().Add(-time.Hour)
-
-	caKey, err := newKey()
+	ca, err := testpki.NewCA("netinspect-test-ca")
 	if err != nil {
 		return nil, err
 	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "netinspect-test-ca"},
-		NotBefore:             now,
-		NotAfter:              now.Add(48 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return nil, fmt.Errorf("create CA: %w", err)
-	}
-	p.caCert, _ = x509.ParseCertificate(caDER)
-	p.caSigner = caKey
-	p.caPEM = certPEM(caDER)
-
-	issue := func(tmpl *x509.Certificate) (certPEMBytes, keyPEMBytes []byte, err error) {
-		k, err := newKey()
-		if err != nil {
-			return nil, nil, err
-		}
-		tmpl.SerialNumber = next()
-		tmpl.NotBefore, tmpl.NotAfter = now, now.Add(48*time.Hour)
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, &k.PublicKey, caKey)
-		if err != nil {
-			return nil, nil, err
-		}
-		kp, err := keyPEM(k)
-		return certPEM(der), kp, err
-	}
+	p.ca = ca
+	p.caPEM = ca.PEM
+	issue := ca.Issue
+	caKey := ca.Key
 
 	servCert, servKey, err := issue(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: "kube-apiserver"},
@@ -104,11 +53,11 @@ func makePKI(dir string, advertise net.IP) (*pki, error) {
 		return nil, fmt.Errorf("issue admin certificate: %w", err)
 	}
 
-	saKey, err := newKey()
+	saKey, err := testpki.NewKey()
 	if err != nil {
 		return nil, err
 	}
-	saKeyPEM, err := keyPEM(saKey)
+	saKeyPEM, err := testpki.KeyPEM(saKey)
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +66,7 @@ func makePKI(dir string, advertise net.IP) (*pki, error) {
 		return nil, err
 	}
 
-	caKeyPEM, err := keyPEM(caKey)
+	caKeyPEM, err := testpki.KeyPEM(caKey)
 	if err != nil {
 		return nil, err
 	}
