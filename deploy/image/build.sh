@@ -4,7 +4,8 @@
 # is what the image ships.
 #
 # Usage: deploy/image/build.sh OUTPUT
-# Environment: VERSION, REVISION (default: from git, else dev/unknown),
+# Environment: VERSION, REVISION (default: deploy/image/version.sh, from git),
+#              GOARCH for a cross build (image.sh builds amd64 and arm64),
 #              GOFLAGS etc. pass through to go build.
 set -eu
 
@@ -15,8 +16,8 @@ case $out in
 esac
 
 cd "$(dirname "$0")/../.."
-version=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
-revision=${REVISION:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+version=$(deploy/image/version.sh version)
+revision=$(deploy/image/version.sh revision)
 
 # CGO_ENABLED=0: a static binary that runs on any base image; -trimpath and
 # -buildid= make the build reproducible; -s -w drop the symbol tables.
