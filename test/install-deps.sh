@@ -21,6 +21,7 @@ packages=(
 	skopeo                  # deploy/image: make image-push, reading the image archive
 	docker-registry         # deploy/image: a real registry (CNCF distribution) to push to
 	qemu-user               # deploy/image: the arm64 exporter and tools under qemu-aarch64
+	containerd              # deploy/image: ctr images import of the image archive
 )
 
 missing=()

@@ -281,3 +281,67 @@ func TestArm64ImageUnderQemu(t *testing.T) {
 	}
 	t.Logf("linux/arm64 under qemu-user: collector success %s", strings.Join(ran, " "))
 }
+
+// `ctr images import` (containerd, what test/node and a node's own runtime
+// use) takes the OCI archive: it names the image IMAGE:VERSION from
+// index.json's io.containerd.image.name and unpacks the linux/amd64 image
+// into its snapshotter. containerd runs with its own root, state and
+// socket under the test's directory, in a private mount namespace (unshare)
+// so its snapshot mounts never reach the host's.
+func TestContainerdImportsTheArchive(t *testing.T) {
+	b := sharedImage(t)
+	containerd := testenv.RequireCommand(t, "containerd")
+	ctr := testenv.RequireCommand(t, "ctr")
+	unshare := testenv.RequireCommand(t, "unshare")
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "containerd.sock")
+	config := fmt.Sprintf("version = 2\nroot = %q\nstate = %q\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = %q\n",
+		filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock)
+	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	cmd := exec.Command(unshare, "--mount", "--propagation", "private", containerd, "--config", filepath.Join(dir, "config.toml"))
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	run := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, ctr, append([]string{"--address", sock, "--namespace", "k8s.io"}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	controlplane.Eventually(t, 30*time.Second, func() error {
+		select {
+		case <-done:
+			t.Fatalf("containerd exited:\n%s", logs.String())
+		default:
+		}
+		_, err := run("version")
+		return err
+	})
+	if out, err := run("images", "import", "--platform", "linux/amd64", b.ociTar); err != nil {
+		t.Fatalf("ctr images import: %v\n%s", err, out)
+	}
+	name := imageName + ":" + b.version
+	out, err := run("images", "check", "name=="+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `\s+\S+\s+(sha256:\S+)\s+complete \((\d+)/(\d+)\).*\s(true|false)\s*$`).FindStringSubmatch(out)
+	if fields == nil || fields[1] != b.digest || fields[2] != fields[3] || fields[4] != "true" {
+		t.Errorf("ctr images check:\n%s\nwant %s at %s complete and unpacked", out, name, b.digest)
+	}
+}
