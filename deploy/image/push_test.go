@@ -1,7 +1,6 @@
 package image
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
@@ -13,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -64,28 +62,12 @@ func startRegistry(t *testing.T, ns *netns.NS, port int, opt registryOptions) *r
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var logs bytes.Buffer
-	cmd := ns.Command(context.Background(), bin, "serve", file)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
+	proc := startProcess(t, ns.Command(context.Background(), bin, "serve", file), false)
 	client := &http.Client{Transport: &http.Transport{DialContext: controlplane.DialerIn(ns.Path())}, Timeout: 5 * time.Second}
 	controlplane.Eventually(t, 30*time.Second, func() error {
 		select {
-		case <-done:
-			t.Fatalf("docker-registry exited:\n%s", logs.String())
+		case <-proc.exited:
+			t.Fatalf("docker-registry exited:\n%s", proc.logs)
 		default:
 		}
 		resp, err := client.Get("http://" + addr + "/v2/")

@@ -84,32 +84,48 @@ func sample(t *testing.T, body, key string) string {
 	return ""
 }
 
-// startExporter starts cmd (an exporter inside ns) and stops it with
-// SIGTERM when the test ends, expecting a clean exit (status 0).
-func startExporter(t *testing.T, cmd *exec.Cmd) (exited chan struct{}, logs *bytes.Buffer) {
+// process is a command a test started and stops when it ends.
+type process struct {
+	exited  chan struct{} // closed when it has exited
+	logs    *bytes.Buffer // its stdout and stderr
+	waitErr error         // valid once exited is closed
+}
+
+// startProcess starts cmd and, when the test ends, stops it by its PID:
+// SIGTERM, then SIGKILL after 30 s. With mustExitCleanly, an exit status
+// other than 0 after SIGTERM (or needing SIGKILL) fails the test.
+func startProcess(t *testing.T, cmd *exec.Cmd, mustExitCleanly bool) *process {
 	t.Helper()
-	logs = &bytes.Buffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
+	p := &process{exited: make(chan struct{}), logs: &bytes.Buffer{}}
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited = make(chan struct{})
-	var werr error
-	go func() { werr = cmd.Wait(); close(exited) }()
+	go func() { p.waitErr = cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-exited:
-			if werr != nil {
-				t.Errorf("exporter exited with %v after SIGTERM:\n%s", werr, logs)
+		case <-p.exited:
+			if mustExitCleanly && p.waitErr != nil {
+				t.Errorf("%s exited with %v after SIGTERM:\n%s", cmd.Args[0], p.waitErr, p.logs)
 			}
 		case <-time.After(30 * time.Second):
 			cmd.Process.Kill()
-			<-exited
-			t.Errorf("exporter did not stop within 30 s of SIGTERM:\n%s", logs)
+			<-p.exited
+			if mustExitCleanly {
+				t.Errorf("%s did not stop within 30 s of SIGTERM:\n%s", cmd.Args[0], p.logs)
+			}
 		}
 	})
-	return exited, logs
+	return p
+}
+
+// startExporter starts cmd, an exporter inside a namespace, which must
+// exit with status 0 on SIGTERM when the test ends.
+func startExporter(t *testing.T, cmd *exec.Cmd) (exited chan struct{}, logs *bytes.Buffer) {
+	t.Helper()
+	p := startProcess(t, cmd, true)
+	return p.exited, p.logs
 }
 
 // The amd64 image's own tools and exporter run from its unpacked file
@@ -300,23 +316,7 @@ func TestContainerdImportsTheArchive(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var logs bytes.Buffer
-	cmd := exec.Command(unshare, "--mount", "--propagation", "private", containerd, "--config", filepath.Join(dir, "config.toml"))
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
+	proc := startProcess(t, exec.Command(unshare, "--mount", "--propagation", "private", containerd, "--config", filepath.Join(dir, "config.toml")), false)
 	run := func(args ...string) (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
@@ -325,8 +325,8 @@ func TestContainerdImportsTheArchive(t *testing.T) {
 	}
 	controlplane.Eventually(t, 30*time.Second, func() error {
 		select {
-		case <-done:
-			t.Fatalf("containerd exited:\n%s", logs.String())
+		case <-proc.exited:
+			t.Fatalf("containerd exited:\n%s", proc.logs)
 		default:
 		}
 		_, err := run("version")
