@@ -19,8 +19,10 @@ cd "$(dirname "$0")/../.."
 version=$(deploy/image/version.sh version)
 revision=$(deploy/image/version.sh revision)
 
-# CGO_ENABLED=0: a static binary that runs on any base image; -trimpath and
-# -buildid= make the build reproducible; -s -w drop the symbol tables.
-CGO_ENABLED=0 exec go build -trimpath \
+# CGO_ENABLED=0: a static binary that runs on any base image; -trimpath,
+# -buildid= and -buildvcs=false (the version comes from -X) make the build
+# reproducible, and so do GOAMD64/GOARM64 fixed at Go's defaults whatever
+# the environment says; -s -w drop the symbol tables.
+CGO_ENABLED=0 GOAMD64=v1 GOARM64=v8.0 exec go build -trimpath -buildvcs=false \
 	-ldflags "-s -w -buildid= -X main.version=${version} -X main.revision=${revision}" \
 	-o "$out" ./cmd/netinspect

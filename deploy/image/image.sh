@@ -44,6 +44,11 @@ platforms=${PLATFORMS:-linux/amd64 linux/arm64}
 licenses=NOASSERTION
 source_url=https://github.com/netinspect/netinspect
 
+# The Go release of go.mod (and of the Dockerfile's GO_VERSION): the same
+# source gives the same binaries whatever Go the machine has (the go
+# command fetches that release through the module proxy when it differs).
+GOTOOLCHAIN=${GOTOOLCHAIN:-go$(sed -n 's/^go //p' "$repo/go.mod")}
+export GOTOOLCHAIN
 VERSION=$("$here/version.sh" version)
 REVISION=$("$here/version.sh" revision)
 SOURCE_DATE_EPOCH=$("$here/version.sh" epoch)
