@@ -237,8 +237,12 @@ func goVersion(t *testing.T) string {
 // registration on the host), and its iptables tools load their arm64
 // libraries from the image. qemu-user refuses netlink sockets other than
 // NETLINK_ROUTE (EPROTONOSUPPORT), so under it the exporter's conntrack
-// figures come from procfs and the rule tools cannot list rules: what the
-// arm64 binary does on netfilter is the amd64 code's, cross-compiled.
+// figures come from procfs and the image's rule tools cannot list rules;
+// and what the exporter execs under qemu is the host's amd64 iptables-save
+// on its PATH (qemu-user emulates one process, not its children). So the
+// collector results logged here say little about arm64: what the arm64
+// binary does on netfilter is the amd64 code's, cross-compiled, tested on
+// amd64.
 func TestArm64ImageUnderQemu(t *testing.T) {
 	b := sharedImage(t)
 	qemu := testenv.RequireCommand(t, "qemu-aarch64")
