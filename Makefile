@@ -76,6 +76,10 @@ fuzz:
 	$(GO) test ./collector/rules -run '^$$' -fuzz '^FuzzParseIPTablesSave$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./collector/rules -run '^$$' -fuzz '^FuzzParseNFTChainName$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./collector/ctdump -run '^$$' -fuzz '^FuzzDecodeDatagram$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./source/conntrack -run '^$$' -fuzz '^FuzzParseSysctlValue$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./source/conntrack -run '^$$' -fuzz '^FuzzParseSettings$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./source/neighbour -run '^$$' -fuzz '^FuzzParseNeighTbl$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./source/neighbour -run '^$$' -fuzz '^FuzzParseProcStat$$' -fuzztime $(FUZZTIME)
 
 bench:
 	$(GO) test ./... -run '^$$' -bench . -benchmem
