@@ -262,6 +262,52 @@ func TestKustomizeBase(t *testing.T) {
 	}
 }
 
+// The base runs the chart's release of the image (deploy/image's tests keep
+// the two equal), and an overlay of the user's own, as
+// `kustomize edit set image ghcr.io/netinspect/netinspect=REGISTRY/netinspect:TAG`
+// writes it, points the DaemonSet at another registry.
+func TestKustomizeImage(t *testing.T) {
+	chart, err := os.ReadFile("helm/netinspect/Chart.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta struct {
+		AppVersion string `json:"appVersion"`
+	}
+	if err := sigsyaml.Unmarshal(chart, &meta); err != nil {
+		t.Fatal(err)
+	}
+	image := func(docs map[string][]byte) string {
+		t.Helper()
+		var ds appsv1.DaemonSet
+		strict(t, docs["DaemonSet/netinspect"], &ds)
+		return ds.Spec.Template.Spec.Containers[0].Image
+	}
+	_, base := kustomize(t, ".")
+	if got, want := image(base), "ghcr.io/netinspect/netinspect:"+meta.AppVersion; got != want {
+		t.Errorf("kustomize deploy/: image %s, want %s", got, want)
+	}
+
+	overlay := t.TempDir()
+	here, err := filepath.Abs(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(overlay, here) // kustomize takes relative bases only
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - " + rel + "\n" +
+		"images:\n  - name: ghcr.io/netinspect/netinspect\n    newName: registry.example.com/team/netinspect\n    newTag: v1.2.3-4-gabc1234\n"
+	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, docs := kustomize(t, overlay)
+	if got := image(docs); got != "registry.example.com/team/netinspect:v1.2.3-4-gabc1234" {
+		t.Errorf("overlay: image %s", got)
+	}
+}
+
 func TestKustomizeMonitoring(t *testing.T) {
 	_, docs := kustomize(t, "monitoring")
 	if len(docs) != 2 || docs["ServiceMonitor/netinspect"] == nil || docs["PrometheusRule/netinspect"] == nil {

@@ -140,7 +140,8 @@ func TestHelmValues(t *testing.T) {
 		"collectors.ipvs=false", "collectors.dns=true", "kube.podLabels=app\\,team",
 		"web.configSecret=netinspect-web", "web.tls.secretName=netinspect-tls", "serviceMonitor.enabled=true",
 		"web.kubernetesAuth.allowedTTL=1m", "web.kubernetesAuth.deniedTTL=5s", "web.maxRequests=8",
-		"image.tag=v1.2.3", "namespace.create=false", "priorityClass.create=false")
+		"image.repository=registry.example.com/team/netinspect", "image.tag=v1.2.3",
+		"namespace.create=false", "priorityClass.create=false")
 	if _, ok := docs["Namespace/netinspect"]; ok {
 		t.Error("namespace.create=false still renders the Namespace")
 	}
@@ -170,7 +171,7 @@ func TestHelmValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := ds.Spec.Template.Spec.Containers[0]
-	if c.Image != "ghcr.io/netinspect/netinspect:v1.2.3" {
+	if c.Image != "registry.example.com/team/netinspect:v1.2.3" {
 		t.Errorf("image %s", c.Image)
 	}
 	for _, a := range []string{"--no-collector.ipvs", "--collector.dns", "--kube.pod-labels=app,team", "--web.config.file=/etc/netinspect/web/web-config.yml",

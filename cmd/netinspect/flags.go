@@ -121,7 +121,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (cfg *config, code int,
 	app.UsageWriter(stdout)
 	app.ErrorWriter(stderr)
 	app.HelpFlag.Short('h')
-	app.Version(fmt.Sprintf("netinspect version %s (revision %s)", version, revision))
+	app.Version(versionText(version, revision))
 
 	cfg = &config{
 		web: kingpinflag.AddFlags(app, defaultListenAddress),
