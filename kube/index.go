@@ -13,6 +13,8 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
 // PodRef identifies a pod; the zero value means unknown (empty label values).
@@ -67,10 +69,27 @@ func (p ServicePortInfo) ref(namespace, service string) ServicePortRef {
 type ServiceInfo struct {
 	Namespace, Name string
 	Type            string // ClusterIP, NodePort, LoadBalancer, ExternalName
-	ClusterIPs      []netip.Addr
-	ExternalIPs     []netip.Addr
-	LoadBalancerIPs []netip.Addr
-	Ports           []ServicePortInfo
+	// ClusterIPs is spec.clusterIPs in order (empty for a headless Service).
+	ClusterIPs []netip.Addr
+	// IPFamilies is spec.ipFamilies in order: ClusterIPs[i] is of family
+	// IPFamilies[i]. Empty only for objects written before dual-stack.
+	IPFamilies  []corev1.IPFamily
+	ExternalIPs []netip.Addr
+	// LoadBalancerIPs are the status.loadBalancer.ingress IPs;
+	// LoadBalancerVIPs those of them in ipMode VIP (or unset), the only
+	// ones kube-proxy programs.
+	LoadBalancerIPs  []netip.Addr
+	LoadBalancerVIPs []netip.Addr
+	Ports            []ServicePortInfo
+	// InternalTrafficLocal and ExternalTrafficLocal say that
+	// spec.internalTrafficPolicy / spec.externalTrafficPolicy is Local.
+	InternalTrafficLocal, ExternalTrafficLocal bool
+	// SessionAffinityClientIP says spec.sessionAffinity is ClientIP.
+	SessionAffinityClientIP bool
+	// ServiceProxyName says the Service has the label
+	// service.kubernetes.io/service-proxy-name: another proxy serves it and
+	// kube-proxy ignores it.
+	ServiceProxyName bool
 	// ReadyEndpoints counts the distinct ready endpoint addresses of the
 	// Service over all its EndpointSlices.
 	ReadyEndpoints int
@@ -78,12 +97,27 @@ type ServiceInfo struct {
 
 // EndpointInfo is one endpoint address of a Service, from an EndpointSlice.
 type EndpointInfo struct {
-	IP    netip.Addr
-	Ready bool
-	Node  string
+	IP netip.Addr
+	// Ready, Serving and Terminating are the endpoint's conditions, an
+	// unset one taking the API's documented default (ready and serving
+	// true, terminating false).
+	Ready, Serving, Terminating bool
+	// NotProxied says kube-proxy does not use this address: its slice has
+	// addressType FQDN or the label service.kubernetes.io/headless, or it
+	// is not the endpoint's first address (kube-proxy takes only
+	// addresses[0]).
+	NotProxied bool
+	Node       string
+	// Hints are the endpoint's topology hints; nil when it has none.
+	Hints *EndpointHints
 	Pod   PodRef // zero when the targetRef is not a pod
 	// Ports maps the slice's port names to numbers.
 	Ports []EndpointPort
+}
+
+// EndpointHints are an endpoint's hints.forZones and hints.forNodes names.
+type EndpointHints struct {
+	ForZones, ForNodes []string
 }
 
 // EndpointPort is a port of an EndpointSlice.
@@ -91,6 +125,9 @@ type EndpointPort struct {
 	Name     string
 	Port     uint16
 	Protocol string
+	// NilName says the slice gave the port no name at all (nil, not ""):
+	// kube-proxy ignores such a port.
+	NilName bool
 }
 
 // Protocol numbers used as compact map keys.
@@ -141,7 +178,9 @@ type svcEntry struct {
 type Index struct {
 	mu sync.RWMutex
 
-	node string
+	node      string
+	nodeZone  string
+	nodeKnown bool // this node's Node object has been seen
 
 	pods    map[objKey]*PodInfo
 	podByIP map[netip.Addr]PodRef
@@ -181,6 +220,34 @@ func (ix *Index) Node() string {
 		return ""
 	}
 	return ix.node
+}
+
+// NodeZone is the topology.kubernetes.io/zone label of this node's Node
+// object ("" when unknown or unset).
+func (ix *Index) NodeZone() string {
+	if ix == nil {
+		return ""
+	}
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return ix.nodeZone
+}
+
+// SetNodeZone records the zone label of this node's Node object.
+func (ix *Index) SetNodeZone(zone string) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.nodeZone, ix.nodeKnown = zone, true
+}
+
+// NodeKnown reports whether this node's Node object has been seen.
+func (ix *Index) NodeKnown() bool {
+	if ix == nil {
+		return false
+	}
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return ix.nodeKnown
 }
 
 // PodByIP finds the pod of this node that has ip in status.podIPs.
@@ -276,6 +343,28 @@ func (ix *Index) Endpoints(namespace, service string) []EndpointInfo {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].IP.Less(out[j].IP) })
 	return out
+}
+
+// EachService calls fn for every Service (in no particular order) with the
+// endpoints of each of its EndpointSlices, all under one read lock, without
+// copying: fn must neither modify nor keep s or slices, and should be quick,
+// as informer updates wait for it.
+func (ix *Index) EachService(fn func(s *ServiceInfo, slices [][]EndpointInfo)) {
+	if ix == nil {
+		return
+	}
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	var slices [][]EndpointInfo
+	for k, s := range ix.services {
+		slices = slices[:0]
+		for name := range ix.slicesBySvc[k] {
+			if sd := ix.slices[objKey{k.namespace, name}]; sd != nil {
+				slices = append(slices, sd.endpoints)
+			}
+		}
+		fn(&s.info, slices)
+	}
 }
 
 // Pods returns the pods of this node, sorted by namespace and name. The
