@@ -161,7 +161,9 @@ func TestServiceInfoFromServiceKeepsWhatKubeProxyReads(t *testing.T) {
 				t.Errorf("LoadBalancerVIPs = %v, want the unset and VIP ones", got.LoadBalancerVIPs)
 			}
 		}},
-		{"legacy addresses", func(s *corev1.Service) { s.Spec.ExternalIPs = []string{"192.0.2.010", "::ffff:192.0.2.7", "not-an-ip", ""} }, func(t *testing.T, got ServiceInfo) {
+		{"legacy addresses", func(s *corev1.Service) {
+			s.Spec.ExternalIPs = []string{"192.0.2.010", "::ffff:192.0.2.7", "not-an-ip", ""}
+		}, func(t *testing.T, got ServiceInfo) {
 			// kube-proxy's ParseIPSloppy reads "010" as decimal 10.
 			if !reflect.DeepEqual(got.ExternalIPs, addrs("192.0.2.10", "192.0.2.7")) {
 				t.Errorf("ExternalIPs = %v", got.ExternalIPs)
