@@ -285,7 +285,22 @@ type Expectation struct {
 	// Ports are sorted by ID (family first).
 	Ports []ExpectedPort
 
-	arena []netip.AddrPort
+	totals [2]int // endpoints per family, see TotalEndpoints
+	arena  []netip.AddrPort
+	order  []int32 // ExpectInto's sorting buffer
+}
+
+// TotalEndpoints is kube-proxy's totalEndpoints for family f: every
+// endpoint (whatever its conditions) of every service port it programs.
+// Above 1000 its iptables proxier runs in large-cluster mode
+// (iptables/proxier.go largeClusterEndpointsThreshold).
+func (e *Expectation) TotalEndpoints(f IPFamily) int { return e.totals[familyIndex(f)] }
+
+func familyIndex(f IPFamily) int {
+	if f == IPv6 {
+		return 1
+	}
+	return 0
 }
 
 // Find returns the expected port with that ID, or nil.
@@ -320,10 +335,40 @@ func ExpectInto(e *Expectation, ix *kube.Index) {
 	b := builder{node: ix.Node(), zone: ix.NodeZone(), out: e}
 	e.Node, e.Zone = b.node, b.zone
 	e.Ports = e.Ports[:0]
+	e.totals = [2]int{}
 	b.arena = e.arena[:0]
 	ix.EachService(b.service)
 	e.arena = b.arena
-	slices.SortFunc(e.Ports, func(a, b ExpectedPort) int { return compareIDs(a.ID, b.ID) })
+	e.sortPorts()
+}
+
+// sortPorts sorts Ports by ID through an index, so that the sort moves
+// small integers rather than whole ExpectedPorts.
+func (e *Expectation) sortPorts() {
+	e.order = e.order[:0]
+	for i := range e.Ports {
+		e.order = append(e.order, int32(i))
+	}
+	slices.SortFunc(e.order, func(a, b int32) int { return compareIDs(e.Ports[a].ID, e.Ports[b].ID) })
+	// Apply the permutation in place, cycle by cycle: position i takes
+	// the port at order[i]; a done position is marked -1.
+	for i := range e.order {
+		if e.order[i] < 0 || int(e.order[i]) == i {
+			continue
+		}
+		tmp := e.Ports[i]
+		j := i
+		for {
+			k := int(e.order[j])
+			e.order[j] = -1
+			if k == i {
+				e.Ports[j] = tmp
+				break
+			}
+			e.Ports[j] = e.Ports[k]
+			j = k
+		}
+	}
 }
 
 // candidate is an endpoint of one service port as kube-proxy's
@@ -429,6 +474,7 @@ func (b *builder) service(s *kube.ServiceInfo, sl [][]kube.EndpointInfo) {
 			}
 			portPolicy(&p, s)
 			b.gather(sl, f, sp)
+			b.out.totals[familyIndex(f)] += len(b.cands)
 			b.categorize(&p)
 			b.out.Ports = append(b.out.Ports, p)
 		}
