@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -361,15 +364,29 @@ func TestMirrorMatchesRealKubeProxyIPTables(t *testing.T) {
 		return nil
 	})
 
-	node := netns.New(t, "kpdrift")
-	node.MustRun("ip", "addr", "add", "10.99.1.2/32", "dev", "lo")
-	node.MustRun("ip", "addr", "add", "fd00:99::2/128", "dev", "lo")
-	kp := cp.StartKubeProxy(t, node, cpl.KubeProxyOptions{NodeName: kpNode, Mode: "iptables"})
-	tr, err := NewDriftTracker(DriftConfig{RefreshInterval: time.Second, Grace: 0, MaxSeries: 50, FastRelistInterval: time.Second, Buckets: DefaultDriftBuckets})
-	if err != nil {
-		t.Fatal(err)
+	newTracker := func() *DriftTracker {
+		tr, err := NewDriftTracker(DriftConfig{RefreshInterval: time.Second, Grace: 0, MaxSeries: 50, FastRelistInterval: time.Second, Buckets: DefaultDriftBuckets})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr
 	}
+	// The legacy backend first, on the initial cluster: kube-proxy and
+	// iptables-save both run as iptables-legacy.
+	t.Run("legacy backend", func(t *testing.T) {
+		t.Setenv("PATH", kpLegacyPath(t))
+		node := kpNodeNS(t, "kplegacy")
+		kp := cp.StartKubeProxy(t, node, cpl.KubeProxyOptions{NodeName: kpNode, Mode: "iptables"})
+		kpCheckFixture(t, kpInSync(t, ix, node, kp, newTracker()), svcs)
+		if out := node.MustRun("iptables-save"); !strings.Contains(out, "KUBE-SERVICES") || !strings.Contains(kpPathOf(t, "iptables-save"), "legacy") {
+			t.Errorf("not the legacy backend: iptables-save is %s", kpPathOf(t, "iptables-save"))
+		}
+		kp.Stop()
+	})
 
+	node := kpNodeNS(t, "kpdrift")
+	kp := cp.StartKubeProxy(t, node, cpl.KubeProxyOptions{NodeName: kpNode, Mode: "iptables"})
+	tr := newTracker()
 	e := kpInSync(t, ix, node, kp, tr)
 	kpCheckFixture(t, e, svcs)
 
@@ -419,6 +436,40 @@ func TestMirrorMatchesRealKubeProxyIPTables(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// kpNodeNS is a node's network namespace with node-1's addresses.
+func kpNodeNS(t *testing.T, prefix string) *netns.NS {
+	node := netns.New(t, prefix)
+	node.MustRun("ip", "addr", "add", "10.99.1.2/32", "dev", "lo")
+	node.MustRun("ip", "addr", "add", "fd00:99::2/128", "dev", "lo")
+	return node
+}
+
+// kpLegacyPath is a PATH whose iptables commands are iptables-legacy
+// (xtables-legacy-multi picks its applet from the name it runs as).
+func kpLegacyPath(t *testing.T) string {
+	t.Helper()
+	multi := testenv.RequireCommand(t, "xtables-legacy-multi")
+	dir := t.TempDir()
+	for _, name := range []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"} {
+		if err := os.Symlink(multi, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir + ":" + os.Getenv("PATH")
+}
+
+func kpPathOf(t *testing.T, cmd string) string {
+	p, err := exec.LookPath(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, err := os.Readlink(p)
+	if err != nil {
+		return p
+	}
+	return target
+}
 
 func kpUpdateSlice(t *testing.T, cp *cpl.ControlPlane, name string, mod func(*discoveryv1.EndpointSlice)) {
 	t.Helper()
