@@ -210,17 +210,7 @@ type ExpectedPort struct {
 
 // Internal is how the ClusterIP destination is programmed (iptables and
 // nftables modes).
-func (p *ExpectedPort) Internal() Path {
-	switch {
-	case !p.HasEndpoints:
-		return Path{Verdict: Reject}
-	case p.InternalLocal && len(p.Local) == 0:
-		return Path{Verdict: Drop}
-	case p.InternalLocal:
-		return Path{Verdict: Forward, Local: true, Endpoints: p.Local}
-	}
-	return Path{Verdict: Forward, Endpoints: p.Cluster}
-}
+func (p *ExpectedPort) Internal() Path { return p.policyPath(p.InternalLocal) }
 
 // External is how the node port, external IPs and load-balancer VIPs are
 // programmed (iptables and nftables modes): through the KUBE-EXT-/external-
@@ -228,14 +218,21 @@ func (p *ExpectedPort) Internal() Path {
 // endpoint the verdict is Drop, though the external chain still exists (it
 // sends pod and node traffic to the Cluster chain).
 func (p *ExpectedPort) External() Path {
-	switch {
-	case !p.ExternallyAccessible:
+	if !p.ExternallyAccessible {
 		return Path{Verdict: NotExposed}
+	}
+	return p.policyPath(p.ExternalLocal)
+}
+
+// policyPath is the path of traffic under policy Local (local) or Cluster:
+// hasInternalEndpoints / hasExternalEndpoints and the policy chain.
+func (p *ExpectedPort) policyPath(local bool) Path {
+	switch {
 	case !p.HasEndpoints:
 		return Path{Verdict: Reject}
-	case p.ExternalLocal && len(p.Local) == 0:
+	case local && len(p.Local) == 0:
 		return Path{Verdict: Drop}
-	case p.ExternalLocal:
+	case local:
 		return Path{Verdict: Forward, Local: true, Endpoints: p.Local}
 	}
 	return Path{Verdict: Forward, Endpoints: p.Cluster}
