@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -46,4 +47,12 @@ netinspect_pod_labels{label_app_kubernetes_io_name_conflict1="",label_app_kubern
 	if err := testutil.CollectAndCompare(NewCollector(ix, synced), strings.NewReader(want)); err != nil {
 		t.Error(err)
 	}
+}
+
+func addrs(ss ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
 }

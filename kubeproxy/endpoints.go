@@ -1,7 +1,3 @@
-// Package kubeproxy mirrors kube-proxy's own rules: which endpoints it
-// programs for each Service port on this node, and how it names what it
-// programs, so that netinspect can compare the kernel's state with the API
-// without false alarms.
 package kubeproxy
 
 // This file mirrors kube-proxy v1.37.2's choice of endpoints per service
@@ -11,10 +7,10 @@ package kubeproxy
 //     selectors. Services with the label service.kubernetes.io/service-proxy-name
 //     and headless Services (field selector spec.clusterIP!=None) are not
 //     watched; EndpointSlices with the label service.kubernetes.io/headless
-//     are not watched. -> skipService, kube.EndpointInfo.NotProxied.
+//     are not watched. -> skipService, index.EndpointInfo.NotProxied.
 //   - util/utils.go ShouldSkipService (no ClusterIP, type ExternalName),
 //     GetClusterIPByFamily, MapIPsByIPFamily, IsVIPMode. -> skipService,
-//     clusterIPOf, ofFamily, kube.ServiceInfo.LoadBalancerVIPs.
+//     clusterIPOf, ofFamily, index.ServiceInfo.LoadBalancerVIPs.
 //   - servicechangetracker.go serviceToServiceMap: one ServicePort per
 //     spec.ports entry, keyed by (namespace, name, port name, protocol), only
 //     for families in which the Service has a ClusterIP. -> Expect.
@@ -70,7 +66,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/kube/index"
 )
 
 // IPFamily is an address family kube-proxy programs separately (one
@@ -317,10 +313,10 @@ func (e *Expectation) Family(f IPFamily) []ExpectedPort {
 }
 
 // Expect computes what kube-proxy v1.37.2 programs on the index's node
-// (kube.Index.Node, with its zone kube.Index.NodeZone) for every Service in
+// (index.Index.Node, with its zone index.Index.NodeZone) for every Service in
 // the index. The result refers to the index's immutable strings and address
 // lists; it holds no lock.
-func Expect(ix *kube.Index) *Expectation {
+func Expect(ix *index.Index) *Expectation {
 	e := &Expectation{}
 	ExpectInto(e, ix)
 	return e
@@ -328,7 +324,7 @@ func Expect(ix *kube.Index) *Expectation {
 
 // ExpectInto is Expect reusing e's memory (its previous contents are
 // replaced), for a caller that recomputes the expectation on every refresh.
-func ExpectInto(e *Expectation, ix *kube.Index) {
+func ExpectInto(e *Expectation, ix *index.Index) {
 	b := builder{node: ix.Node(), zone: ix.NodeZone(), out: e}
 	e.Node, e.Zone = b.node, b.zone
 	e.Ports = e.Ports[:0]
@@ -375,7 +371,7 @@ type candidate struct {
 	seq                         int // order read, for duplicates
 	local                       bool
 	ready, serving, terminating bool
-	hints                       *kube.EndpointHints
+	hints                       *index.EndpointHints
 }
 
 func (c *candidate) zoneHinted(zone string) bool {
@@ -398,12 +394,12 @@ type builder struct {
 }
 
 // skipService is ShouldSkipService plus the informers' selectors.
-func skipService(s *kube.ServiceInfo) bool {
+func skipService(s *index.ServiceInfo) bool {
 	return s.ServiceProxyName || len(s.ClusterIPs) == 0 || s.Type == string(corev1.ServiceTypeExternalName)
 }
 
 // clusterIPOf is GetClusterIPByFamily.
-func clusterIPOf(s *kube.ServiceInfo, f IPFamily) (netip.Addr, bool) {
+func clusterIPOf(s *index.ServiceInfo, f IPFamily) (netip.Addr, bool) {
 	if len(s.IPFamilies) == 0 {
 		// Written before dual-stack: the one ClusterIP, if of that family.
 		if familyOf(s.ClusterIPs[0]) == f {
@@ -447,7 +443,7 @@ func ofFamily(addrs []netip.Addr, f IPFamily) []netip.Addr {
 	return out
 }
 
-func (b *builder) service(s *kube.ServiceInfo, sl [][]kube.EndpointInfo) {
+func (b *builder) service(s *index.ServiceInfo, sl [][]index.EndpointInfo) {
 	if skipService(s) {
 		return
 	}
@@ -480,7 +476,7 @@ func (b *builder) service(s *kube.ServiceInfo, sl [][]kube.EndpointInfo) {
 
 // portPolicy fills the traffic-policy fields as newBaseServiceInfo and
 // pkg/api/v1/service do.
-func portPolicy(p *ExpectedPort, s *kube.ServiceInfo) {
+func portPolicy(p *ExpectedPort, s *index.ServiceInfo) {
 	// Service-level ExternallyAccessible (pkg/api/v1/service): by type,
 	// whatever the family.
 	svcExternal := s.Type == string(corev1.ServiceTypeLoadBalancer) || s.Type == string(corev1.ServiceTypeNodePort) ||
@@ -501,12 +497,12 @@ func usesLocal(p *ExpectedPort) bool {
 // gather is endpointInfoByServicePort + addEndpoints for one service port:
 // every slice port of the same name and protocol gives its endpoints of
 // family f that number.
-func (b *builder) gather(sl [][]kube.EndpointInfo, f IPFamily, sp *kube.ServicePortInfo) {
+func (b *builder) gather(sl [][]index.EndpointInfo, f IPFamily, sp *index.ServicePortInfo) {
 	b.cands = b.cands[:0]
 	for _, eps := range sl {
 		// The endpoints of a slice share its port list (EndpointsFromSlice):
 		// look the port up once per distinct list.
-		var lastPorts *kube.EndpointPort
+		var lastPorts *index.EndpointPort
 		var port uint16
 		for i := range eps {
 			e := &eps[i]
@@ -535,7 +531,7 @@ func (b *builder) gather(sl [][]kube.EndpointInfo, f IPFamily, sp *kube.ServiceP
 
 // slicePort is the number of the slice port named like sp (same protocol),
 // 0 when there is none or kube-proxy ignores it (nil name, nil or 0 port).
-func slicePort(ports []kube.EndpointPort, sp *kube.ServicePortInfo) uint16 {
+func slicePort(ports []index.EndpointPort, sp *index.ServicePortInfo) uint16 {
 	for _, pp := range ports {
 		if !pp.NilName && pp.Port != 0 && pp.Name == sp.Name && pp.Protocol == sp.Protocol {
 			return pp.Port

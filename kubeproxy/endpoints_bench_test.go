@@ -6,22 +6,22 @@ import (
 	"testing"
 	"time"
 
-	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/kube/index"
 )
 
 // benchIndex is a cluster of n ClusterIP Services with one port and eps
 // ready endpoints each, some on this node.
-func benchIndex(n, eps int) *kube.Index {
-	ix := kube.NewIndex(testNode)
+func benchIndex(n, eps int) *index.Index {
+	ix := index.NewIndex(testNode)
 	ix.SetNodeZone(testZone)
 	k := 0
 	for i := range n {
 		name := fmt.Sprintf("svc-%d", i)
-		ix.SetService(svc(func(s *kube.ServiceInfo) {
+		ix.SetService(svc(func(s *index.ServiceInfo) {
 			s.Namespace, s.Name = fmt.Sprintf("team-%d", i%50), name
 			s.ClusterIPs = addrs(fmt.Sprintf("10.%d.%d.%d", 96+i/65536, (i/256)%256, i%256))
 		}))
-		var list []kube.EndpointInfo
+		var list []index.EndpointInfo
 		for range eps {
 			node := fmt.Sprintf("node-%d", k%100)
 			if k%100 == 0 {

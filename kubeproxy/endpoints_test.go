@@ -8,54 +8,54 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/kube/index"
 )
 
 const testNode, testZone = "node-a", "zone-a"
 
-var httpPorts = []kube.EndpointPort{{Name: "http", Port: 8080, Protocol: "tcp"}}
+var httpPorts = []index.EndpointPort{{Name: "http", Port: 8080, Protocol: "tcp"}}
 
 // ep is a ready, serving, not terminating endpoint on node, with the slice
 // port "http" -> 8080; opts change it.
-func ep(ip, node string, opts ...func(*kube.EndpointInfo)) kube.EndpointInfo {
-	e := kube.EndpointInfo{IP: netip.MustParseAddr(ip), Ready: true, Serving: true, Node: node, Ports: httpPorts}
+func ep(ip, node string, opts ...func(*index.EndpointInfo)) index.EndpointInfo {
+	e := index.EndpointInfo{IP: netip.MustParseAddr(ip), Ready: true, Serving: true, Node: node, Ports: httpPorts}
 	for _, o := range opts {
 		o(&e)
 	}
 	return e
 }
 
-func notReady(e *kube.EndpointInfo) { e.Ready = false }
+func notReady(e *index.EndpointInfo) { e.Ready = false }
 
 // terminating is an endpoint being deleted that still serves (what the
 // endpoint controller writes: ready false, serving true, terminating true).
-func terminating(e *kube.EndpointInfo) { e.Ready, e.Serving, e.Terminating = false, true, true }
+func terminating(e *index.EndpointInfo) { e.Ready, e.Serving, e.Terminating = false, true, true }
 
 // terminatingNotServing is a terminating endpoint that failed its probe.
-func terminatingNotServing(e *kube.EndpointInfo) {
+func terminatingNotServing(e *index.EndpointInfo) {
 	e.Ready, e.Serving, e.Terminating = false, false, true
 }
 
-func zones(z ...string) func(*kube.EndpointInfo) {
-	return func(e *kube.EndpointInfo) {
+func zones(z ...string) func(*index.EndpointInfo) {
+	return func(e *index.EndpointInfo) {
 		if e.Hints == nil {
-			e.Hints = &kube.EndpointHints{}
+			e.Hints = &index.EndpointHints{}
 		}
 		e.Hints.ForZones = z
 	}
 }
 
-func nodes(n ...string) func(*kube.EndpointInfo) {
-	return func(e *kube.EndpointInfo) {
+func nodes(n ...string) func(*index.EndpointInfo) {
+	return func(e *index.EndpointInfo) {
 		if e.Hints == nil {
-			e.Hints = &kube.EndpointHints{}
+			e.Hints = &index.EndpointHints{}
 		}
 		e.Hints.ForNodes = n
 	}
 }
 
-func ports(p ...kube.EndpointPort) func(*kube.EndpointInfo) {
-	return func(e *kube.EndpointInfo) { e.Ports = p }
+func ports(p ...index.EndpointPort) func(*index.EndpointInfo) {
+	return func(e *index.EndpointInfo) { e.Ports = p }
 }
 
 func addrs(ss ...string) []netip.Addr {
@@ -67,24 +67,24 @@ func addrs(ss ...string) []netip.Addr {
 }
 
 // svc is a ClusterIP Service "ns/web" with port http 80/tcp at 10.96.0.10.
-func svc(opts ...func(*kube.ServiceInfo)) kube.ServiceInfo {
-	s := kube.ServiceInfo{Namespace: "ns", Name: "web", Type: "ClusterIP", ClusterIPs: addrs("10.96.0.10"),
+func svc(opts ...func(*index.ServiceInfo)) index.ServiceInfo {
+	s := index.ServiceInfo{Namespace: "ns", Name: "web", Type: "ClusterIP", ClusterIPs: addrs("10.96.0.10"),
 		IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol},
-		Ports:      []kube.ServicePortInfo{{Name: "http", Port: 80, Protocol: "tcp"}}}
+		Ports:      []index.ServicePortInfo{{Name: "http", Port: 80, Protocol: "tcp"}}}
 	for _, o := range opts {
 		o(&s)
 	}
 	return s
 }
 
-func nodePort(s *kube.ServiceInfo) {
+func nodePort(s *index.ServiceInfo) {
 	s.Type = "NodePort"
 	for i := range s.Ports {
 		s.Ports[i].NodePort = uint16(30080 + i)
 	}
 }
-func itpLocal(s *kube.ServiceInfo) { s.InternalTrafficLocal = true }
-func etpLocal(s *kube.ServiceInfo) { s.ExternalTrafficLocal = true }
+func itpLocal(s *index.ServiceInfo) { s.InternalTrafficLocal = true }
+func etpLocal(s *index.ServiceInfo) { s.ExternalTrafficLocal = true }
 
 // set parses "ip:port" endpoints into an EndpointSet.
 func set(eps ...string) EndpointSet {
@@ -97,9 +97,9 @@ func set(eps ...string) EndpointSet {
 
 // expect builds an index for testNode in testZone with s and one
 // EndpointSlice per element of slices, and returns the expectation.
-func expect(t *testing.T, zone string, s kube.ServiceInfo, slices ...[]kube.EndpointInfo) *Expectation {
+func expect(t *testing.T, zone string, s index.ServiceInfo, slices ...[]index.EndpointInfo) *Expectation {
 	t.Helper()
-	ix := kube.NewIndex(testNode)
+	ix := index.NewIndex(testNode)
 	ix.SetNodeZone(zone)
 	ix.SetService(s)
 	for i, sl := range slices {
@@ -163,19 +163,19 @@ var (
 func TestExpectEndpointConditions(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		eps  []kube.EndpointInfo
+		eps  []index.EndpointInfo
 		want want
 	}{
-		{"ready endpoints only", []kube.EndpointInfo{ep("10.244.1.1", "node-b"), ep("10.244.1.2", "node-c"), ep("10.244.1.3", "node-b", notReady)},
+		{"ready endpoints only", []index.EndpointInfo{ep("10.244.1.1", "node-b"), ep("10.244.1.2", "node-c"), ep("10.244.1.3", "node-b", notReady)},
 			want{cluster: set("10.244.1.1:8080", "10.244.1.2:8080"), internal: fwd(set("10.244.1.1:8080", "10.244.1.2:8080")), external: none,
 				ipvsIn: set("10.244.1.1:8080", "10.244.1.2:8080"), ipvsExt: set("10.244.1.1:8080", "10.244.1.2:8080")}},
-		{"terminating ignored while one is ready", []kube.EndpointInfo{ep("10.244.1.1", "node-b"), ep("10.244.1.2", "node-b", terminating)},
+		{"terminating ignored while one is ready", []index.EndpointInfo{ep("10.244.1.1", "node-b"), ep("10.244.1.2", "node-b", terminating)},
 			want{cluster: set("10.244.1.1:8080"), internal: fwd(set("10.244.1.1:8080")), external: none,
 				ipvsIn: set("10.244.1.1:8080"), ipvsExt: set("10.244.1.1:8080")}},
-		{"serving terminating when none is ready", []kube.EndpointInfo{ep("10.244.1.2", "node-b", terminating), ep("10.244.1.3", "node-b", terminatingNotServing), ep("10.244.1.4", "node-b", notReady)},
+		{"serving terminating when none is ready", []index.EndpointInfo{ep("10.244.1.2", "node-b", terminating), ep("10.244.1.3", "node-b", terminatingNotServing), ep("10.244.1.4", "node-b", notReady)},
 			want{cluster: set("10.244.1.2:8080"), internal: fwd(set("10.244.1.2:8080")), external: none,
 				ipvsIn: set("10.244.1.2:8080"), ipvsExt: set("10.244.1.2:8080")}},
-		{"nothing usable: reject", []kube.EndpointInfo{ep("10.244.1.3", "node-b", terminatingNotServing), ep("10.244.1.4", "node-b", notReady)},
+		{"nothing usable: reject", []index.EndpointInfo{ep("10.244.1.3", "node-b", terminatingNotServing), ep("10.244.1.4", "node-b", notReady)},
 			want{internal: rejected, external: none}},
 		{"no endpoints: reject", nil, want{internal: rejected, external: none}},
 	} {
@@ -195,36 +195,36 @@ func TestExpectTrafficPolicies(t *testing.T) {
 	L, R, LR := set("10.244.0.5:8080"), set("10.244.1.5:8080"), set("10.244.0.5:8080", "10.244.1.5:8080")
 	for _, tc := range []struct {
 		name string
-		svc  kube.ServiceInfo
-		eps  []kube.EndpointInfo
+		svc  index.ServiceInfo
+		eps  []index.EndpointInfo
 		want want
 	}{
-		{"internal Local with a local endpoint", svc(itpLocal), []kube.EndpointInfo{local, remote},
+		{"internal Local with a local endpoint", svc(itpLocal), []index.EndpointInfo{local, remote},
 			want{local: L, internal: fwdLocal(L), external: none, ipvsIn: L, ipvsExt: nil}},
-		{"internal Local without a local endpoint: drop", svc(itpLocal), []kube.EndpointInfo{remote},
+		{"internal Local without a local endpoint: drop", svc(itpLocal), []index.EndpointInfo{remote},
 			// Not externally accessible: no Cluster chain either; IPVS's
 			// ClusterIP virtual server falls back to the (empty) cluster list.
 			want{internal: dropped, external: none}},
-		{"internal Local, only a local terminating endpoint", svc(itpLocal), []kube.EndpointInfo{ep("10.244.0.5", testNode, terminating), remote},
+		{"internal Local, only a local terminating endpoint", svc(itpLocal), []index.EndpointInfo{ep("10.244.0.5", testNode, terminating), remote},
 			want{local: L, internal: fwdLocal(L), external: none, ipvsIn: L}},
-		{"internal Local on a NodePort without local endpoint", svc(itpLocal, nodePort), []kube.EndpointInfo{remote},
+		{"internal Local on a NodePort without local endpoint", svc(itpLocal, nodePort), []index.EndpointInfo{remote},
 			// The external path still uses Cluster policy.
 			want{cluster: R, internal: dropped, external: fwd(R), ipvsIn: R, ipvsExt: R}},
-		{"external Local with a local endpoint", svc(etpLocal, nodePort), []kube.EndpointInfo{local, remote},
+		{"external Local with a local endpoint", svc(etpLocal, nodePort), []index.EndpointInfo{local, remote},
 			want{cluster: LR, local: L, internal: fwd(LR), external: fwdLocal(L), ipvsIn: LR, ipvsExt: L}},
-		{"external Local without a local endpoint: drop external", svc(etpLocal, nodePort), []kube.EndpointInfo{remote},
+		{"external Local without a local endpoint: drop external", svc(etpLocal, nodePort), []index.EndpointInfo{remote},
 			// IPVS routes external traffic to the cluster endpoints
 			// (kubernetes#97081).
 			want{cluster: R, internal: fwd(R), external: dropped, ipvsIn: R, ipvsExt: R}},
-		{"external Local on a ClusterIP without external IPs is no policy", svc(etpLocal), []kube.EndpointInfo{local, remote},
+		{"external Local on a ClusterIP without external IPs is no policy", svc(etpLocal), []index.EndpointInfo{local, remote},
 			want{cluster: LR, internal: fwd(LR), external: none, ipvsIn: LR, ipvsExt: LR}},
-		{"both Local, local endpoint", svc(itpLocal, etpLocal, nodePort), []kube.EndpointInfo{local, remote},
+		{"both Local, local endpoint", svc(itpLocal, etpLocal, nodePort), []index.EndpointInfo{local, remote},
 			want{cluster: LR, local: L, internal: fwdLocal(L), external: fwdLocal(L), ipvsIn: L, ipvsExt: L}},
-		{"both Local, no local endpoint", svc(itpLocal, etpLocal, nodePort), []kube.EndpointInfo{remote},
+		{"both Local, no local endpoint", svc(itpLocal, etpLocal, nodePort), []index.EndpointInfo{remote},
 			want{cluster: R, internal: dropped, external: dropped, ipvsIn: R, ipvsExt: R}},
 		{"Local policy, no endpoint anywhere: reject", svc(itpLocal, etpLocal, nodePort), nil,
 			want{internal: rejected, external: rejected}},
-		{"external Local: remote ready, local only terminating", svc(etpLocal, nodePort), []kube.EndpointInfo{ep("10.244.0.5", testNode, terminating), remote},
+		{"external Local: remote ready, local only terminating", svc(etpLocal, nodePort), []index.EndpointInfo{ep("10.244.0.5", testNode, terminating), remote},
 			// Cluster takes the ready remote one; Local falls back to the
 			// local serving terminating one on its own.
 			want{cluster: R, local: L, internal: fwd(R), external: fwdLocal(L), ipvsIn: R, ipvsExt: L}},
@@ -239,9 +239,9 @@ func TestExpectTrafficPolicies(t *testing.T) {
 		})
 	}
 	t.Run("no node name: nothing is local", func(t *testing.T) {
-		ix := kube.NewIndex("")
+		ix := index.NewIndex("")
 		ix.SetService(svc(itpLocal))
-		ix.SetEndpointSlice("ns", "web-0", "web", []kube.EndpointInfo{ep("10.244.0.5", "")})
+		ix.SetEndpointSlice("ns", "web-0", "web", []index.EndpointInfo{ep("10.244.0.5", "")})
 		check(t, Expect(ix), webHTTP(IPv4), want{internal: dropped, external: none})
 	})
 }
@@ -256,33 +256,33 @@ func TestExpectTopology(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		zone    string
-		eps     []kube.EndpointInfo
+		eps     []index.EndpointInfo
 		cluster EndpointSet
 	}{
-		{"zone hints for this zone", testZone, []kube.EndpointInfo{a1, a2, b1}, sameZone},
-		{"zone hints, another zone's node", "zone-b", []kube.EndpointInfo{a1, a2, b1}, set("10.244.2.1:8080")},
-		{"no endpoint hinted for this zone: ignored", "zone-c", []kube.EndpointInfo{a1, a2, b1}, all},
-		{"node without zone label: ignored", "", []kube.EndpointInfo{a1, a2, b1}, all},
-		{"one ready endpoint without hints: ignored", testZone, []kube.EndpointInfo{a1, a2, ep("10.244.2.1", "node-d")}, all},
-		{"a not-ready endpoint without hints does not count", testZone, []kube.EndpointInfo{a1, a2, ep("10.244.2.1", "node-d", notReady)}, sameZone},
-		{"an endpoint hinted for two zones", "zone-b", []kube.EndpointInfo{ep("10.244.1.1", "node-b", zones("zone-a", "zone-b")), a2, b1},
+		{"zone hints for this zone", testZone, []index.EndpointInfo{a1, a2, b1}, sameZone},
+		{"zone hints, another zone's node", "zone-b", []index.EndpointInfo{a1, a2, b1}, set("10.244.2.1:8080")},
+		{"no endpoint hinted for this zone: ignored", "zone-c", []index.EndpointInfo{a1, a2, b1}, all},
+		{"node without zone label: ignored", "", []index.EndpointInfo{a1, a2, b1}, all},
+		{"one ready endpoint without hints: ignored", testZone, []index.EndpointInfo{a1, a2, ep("10.244.2.1", "node-d")}, all},
+		{"a not-ready endpoint without hints does not count", testZone, []index.EndpointInfo{a1, a2, ep("10.244.2.1", "node-d", notReady)}, sameZone},
+		{"an endpoint hinted for two zones", "zone-b", []index.EndpointInfo{ep("10.244.1.1", "node-b", zones("zone-a", "zone-b")), a2, b1},
 			set("10.244.1.1:8080", "10.244.2.1:8080")},
-		{"node hints for this node", testZone, []kube.EndpointInfo{
+		{"node hints for this node", testZone, []index.EndpointInfo{
 			ep("10.244.0.1", testNode, zones("zone-a"), nodes(testNode)), ep("10.244.1.1", "node-b", zones("zone-a"), nodes("node-b")), ep("10.244.2.1", "node-d", zones("zone-b"), nodes("node-d"))},
 			set("10.244.0.1:8080")},
-		{"node hints, none for this node: zone hints", testZone, []kube.EndpointInfo{
+		{"node hints, none for this node: zone hints", testZone, []index.EndpointInfo{
 			ep("10.244.1.1", "node-b", zones("zone-a"), nodes("node-b")), ep("10.244.2.1", "node-d", zones("zone-b"), nodes("node-d"))},
 			set("10.244.1.1:8080")},
-		{"node hints on some only: zone hints", testZone, []kube.EndpointInfo{
+		{"node hints on some only: zone hints", testZone, []index.EndpointInfo{
 			ep("10.244.0.1", testNode, zones("zone-a"), nodes(testNode)), ep("10.244.1.1", "node-b", zones("zone-a")), b1},
 			set("10.244.0.1:8080", "10.244.1.1:8080")},
-		{"node hints without zone hints, none for this node: ignored", testZone, []kube.EndpointInfo{
+		{"node hints without zone hints, none for this node: ignored", testZone, []index.EndpointInfo{
 			ep("10.244.1.1", "node-b", nodes("node-b")), ep("10.244.2.1", "node-d", nodes("node-d"))},
 			set("10.244.1.1:8080", "10.244.2.1:8080")},
-		{"hinted endpoints not ready: terminating fallback ignores hints", testZone, []kube.EndpointInfo{
+		{"hinted endpoints not ready: terminating fallback ignores hints", testZone, []index.EndpointInfo{
 			ep("10.244.1.1", "node-b", zones("zone-b"), terminating), ep("10.244.2.1", "node-d", zones("zone-b"), terminating)},
 			set("10.244.1.1:8080", "10.244.2.1:8080")},
-		{"this zone's endpoint only terminating: other zone's ready ones", testZone, []kube.EndpointInfo{
+		{"this zone's endpoint only terminating: other zone's ready ones", testZone, []index.EndpointInfo{
 			ep("10.244.1.1", "node-b", zones("zone-a"), terminating), b1},
 			// The only ready endpoint is hinted for zone-b: no ready one for
 			// this zone, hints ignored, all ready ones used.
@@ -293,7 +293,7 @@ func TestExpectTopology(t *testing.T) {
 		})
 	}
 	t.Run("Local policy ignores topology", func(t *testing.T) {
-		e := expect(t, "zone-b", svc(etpLocal, nodePort), []kube.EndpointInfo{ep("10.244.0.1", testNode, zones("zone-a")), b1})
+		e := expect(t, "zone-b", svc(etpLocal, nodePort), []index.EndpointInfo{ep("10.244.0.1", testNode, zones("zone-a")), b1})
 		// Cluster: zone-b's endpoint; Local: this node's, hinted elsewhere.
 		check(t, e, webHTTP(IPv4), want{cluster: set("10.244.2.1:8080"), local: set("10.244.0.1:8080"),
 			internal: fwd(set("10.244.2.1:8080")), external: fwdLocal(set("10.244.0.1:8080")), ipvsIn: set("10.244.2.1:8080"), ipvsExt: set("10.244.0.1:8080")})
@@ -306,13 +306,13 @@ func TestExpectTopology(t *testing.T) {
 // TestExpectServiceKinds: what is programmed at all, per family, and for
 // which destinations.
 func TestExpectServiceKinds(t *testing.T) {
-	eps := []kube.EndpointInfo{ep("10.244.1.1", "node-b")}
+	eps := []index.EndpointInfo{ep("10.244.1.1", "node-b")}
 	one := set("10.244.1.1:8080")
 	t.Run("not proxied", func(t *testing.T) {
-		for name, s := range map[string]kube.ServiceInfo{
-			"headless":        svc(func(s *kube.ServiceInfo) { s.ClusterIPs = nil }),
-			"ExternalName":    svc(func(s *kube.ServiceInfo) { s.Type = "ExternalName" }),
-			"another proxy's": svc(func(s *kube.ServiceInfo) { s.ServiceProxyName = true }),
+		for name, s := range map[string]index.ServiceInfo{
+			"headless":        svc(func(s *index.ServiceInfo) { s.ClusterIPs = nil }),
+			"ExternalName":    svc(func(s *index.ServiceInfo) { s.Type = "ExternalName" }),
+			"another proxy's": svc(func(s *index.ServiceInfo) { s.ServiceProxyName = true }),
 		} {
 			if e := expect(t, testZone, s, eps); len(e.Ports) != 0 {
 				t.Errorf("%s Service: programmed %+v", name, e.Ports)
@@ -320,14 +320,14 @@ func TestExpectServiceKinds(t *testing.T) {
 		}
 	})
 	t.Run("session affinity does not change the set", func(t *testing.T) {
-		e := expect(t, testZone, svc(func(s *kube.ServiceInfo) { s.SessionAffinityClientIP = true }), eps)
+		e := expect(t, testZone, svc(func(s *index.ServiceInfo) { s.SessionAffinityClientIP = true }), eps)
 		check(t, e, webHTTP(IPv4), want{cluster: one, internal: fwd(one), external: none, ipvsIn: one, ipvsExt: one})
 		if !e.Find(webHTTP(IPv4)).SessionAffinity {
 			t.Error("affinity not recorded")
 		}
 	})
 	t.Run("external destinations", func(t *testing.T) {
-		s := svc(func(s *kube.ServiceInfo) {
+		s := svc(func(s *index.ServiceInfo) {
 			s.Type = "LoadBalancer"
 			s.Ports[0].NodePort = 30080
 			s.ExternalIPs = addrs("192.0.2.7", "2001:db8::7")
@@ -342,11 +342,11 @@ func TestExpectServiceKinds(t *testing.T) {
 		}
 	})
 	t.Run("external IP of the other family only", func(t *testing.T) {
-		s := svc(func(s *kube.ServiceInfo) { s.ExternalIPs = addrs("2001:db8::7") })
+		s := svc(func(s *index.ServiceInfo) { s.ExternalIPs = addrs("2001:db8::7") })
 		check(t, expect(t, testZone, s, eps), webHTTP(IPv4), want{cluster: one, internal: fwd(one), external: none, ipvsIn: one, ipvsExt: one})
 	})
 	t.Run("external IPs with no endpoints: reject", func(t *testing.T) {
-		s := svc(func(s *kube.ServiceInfo) { s.ExternalIPs = addrs("192.0.2.7") })
+		s := svc(func(s *index.ServiceInfo) { s.ExternalIPs = addrs("192.0.2.7") })
 		e := expect(t, testZone, s)
 		check(t, e, webHTTP(IPv4), want{internal: rejected, external: rejected})
 		if e.Find(webHTTP(IPv4)).ExternalChain() {
@@ -359,12 +359,12 @@ func TestExpectServiceKinds(t *testing.T) {
 // ClusterIPs, and slices of each address type.
 func TestExpectFamilies(t *testing.T) {
 	v4, v6 := ep("10.244.1.1", "node-b"), ep("fd00:10:244::1", "node-b")
-	dual := func(s *kube.ServiceInfo) {
+	dual := func(s *index.ServiceInfo) {
 		s.ClusterIPs = addrs("10.96.0.10", "fd00:10:96::a")
 		s.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
 	}
 	t.Run("dual-stack", func(t *testing.T) {
-		e := expect(t, testZone, svc(dual), []kube.EndpointInfo{v4}, []kube.EndpointInfo{v6})
+		e := expect(t, testZone, svc(dual), []index.EndpointInfo{v4}, []index.EndpointInfo{v6})
 		check(t, e, webHTTP(IPv4), want{cluster: set("10.244.1.1:8080"), internal: fwd(set("10.244.1.1:8080")), external: none,
 			ipvsIn: set("10.244.1.1:8080"), ipvsExt: set("10.244.1.1:8080")})
 		v6set := set("[fd00:10:244::1]:8080")
@@ -377,14 +377,14 @@ func TestExpectFamilies(t *testing.T) {
 		}
 	})
 	t.Run("dual-stack, IPv6 endpoints missing: IPv6 rejects", func(t *testing.T) {
-		e := expect(t, testZone, svc(dual), []kube.EndpointInfo{v4})
+		e := expect(t, testZone, svc(dual), []index.EndpointInfo{v4})
 		check(t, e, webHTTP(IPv6), want{internal: rejected, external: none})
 	})
 	t.Run("IPv6 first", func(t *testing.T) {
-		e := expect(t, testZone, svc(func(s *kube.ServiceInfo) {
+		e := expect(t, testZone, svc(func(s *index.ServiceInfo) {
 			s.ClusterIPs = addrs("fd00:10:96::a", "10.96.0.10")
 			s.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol}
-		}), []kube.EndpointInfo{v4, v6})
+		}), []index.EndpointInfo{v4, v6})
 		if e.Find(webHTTP(IPv4)).ClusterIP != netip.MustParseAddr("10.96.0.10") || e.Find(webHTTP(IPv6)).ClusterIP != netip.MustParseAddr("fd00:10:96::a") {
 			t.Errorf("cluster IPs by family: %+v", e.Ports)
 		}
@@ -392,15 +392,15 @@ func TestExpectFamilies(t *testing.T) {
 	t.Run("families listed beyond the ClusterIPs", func(t *testing.T) {
 		// GetClusterIPByFamily: a family without a ClusterIP at its index
 		// is not programmed.
-		e := expect(t, testZone, svc(func(s *kube.ServiceInfo) {
+		e := expect(t, testZone, svc(func(s *index.ServiceInfo) {
 			s.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
-		}), []kube.EndpointInfo{v4, v6})
+		}), []index.EndpointInfo{v4, v6})
 		if e.Find(webHTTP(IPv6)) != nil || e.Find(webHTTP(IPv4)) == nil {
 			t.Errorf("ports %+v: want IPv4 only", e.Ports)
 		}
 	})
 	t.Run("object from before dual-stack", func(t *testing.T) {
-		e := expect(t, testZone, svc(func(s *kube.ServiceInfo) { s.IPFamilies = nil }), []kube.EndpointInfo{v4})
+		e := expect(t, testZone, svc(func(s *index.ServiceInfo) { s.IPFamilies = nil }), []index.EndpointInfo{v4})
 		if e.Find(webHTTP(IPv4)) == nil || len(e.Ports) != 1 {
 			t.Errorf("ports %+v", e.Ports)
 		}
@@ -410,12 +410,12 @@ func TestExpectFamilies(t *testing.T) {
 // TestExpectPortResolution: endpoints are found by the slice's port name and
 // protocol, their number is the slice's.
 func TestExpectPortResolution(t *testing.T) {
-	multi := func(s *kube.ServiceInfo) {
-		s.Ports = []kube.ServicePortInfo{{Name: "http", Port: 80, Protocol: "tcp"}, {Name: "metrics", Port: 9090, Protocol: "tcp"}, {Name: "dns", Port: 53, Protocol: "udp"}}
+	multi := func(s *index.ServiceInfo) {
+		s.Ports = []index.ServicePortInfo{{Name: "http", Port: 80, Protocol: "tcp"}, {Name: "metrics", Port: 9090, Protocol: "tcp"}, {Name: "dns", Port: 53, Protocol: "udp"}}
 	}
-	slicePorts := ports(kube.EndpointPort{Name: "metrics", Port: 19090, Protocol: "tcp"}, kube.EndpointPort{Name: "http", Port: 8080, Protocol: "tcp"},
-		kube.EndpointPort{Name: "dns", Port: 5353, Protocol: "tcp"})
-	e := expect(t, testZone, svc(multi), []kube.EndpointInfo{ep("10.244.1.1", "node-b", slicePorts), ep("10.244.1.2", "node-b", slicePorts)})
+	slicePorts := ports(index.EndpointPort{Name: "metrics", Port: 19090, Protocol: "tcp"}, index.EndpointPort{Name: "http", Port: 8080, Protocol: "tcp"},
+		index.EndpointPort{Name: "dns", Port: 5353, Protocol: "tcp"})
+	e := expect(t, testZone, svc(multi), []index.EndpointInfo{ep("10.244.1.1", "node-b", slicePorts), ep("10.244.1.2", "node-b", slicePorts)})
 	id := func(port, proto string) ServicePortID {
 		return ServicePortID{Family: IPv4, Namespace: "ns", Name: "web", Port: port, Protocol: proto}
 	}
@@ -426,8 +426,8 @@ func TestExpectPortResolution(t *testing.T) {
 	// The slice's "dns" is TCP, the Service's UDP: no endpoint.
 	check(t, e, id("dns", "udp"), want{internal: rejected, external: none})
 
-	unnamed := func(s *kube.ServiceInfo) { s.Ports = []kube.ServicePortInfo{{Port: 5353, Protocol: "udp"}} }
-	e = expect(t, testZone, svc(unnamed), []kube.EndpointInfo{ep("10.244.1.1", "node-b", ports(kube.EndpointPort{Port: 53, Protocol: "udp"}))})
+	unnamed := func(s *index.ServiceInfo) { s.Ports = []index.ServicePortInfo{{Port: 5353, Protocol: "udp"}} }
+	e = expect(t, testZone, svc(unnamed), []index.EndpointInfo{ep("10.244.1.1", "node-b", ports(index.EndpointPort{Port: 53, Protocol: "udp"}))})
 	s = set("10.244.1.1:53")
 	check(t, e, id("", "udp"), want{cluster: s, internal: fwd(s), external: none, ipvsIn: s, ipvsExt: s})
 	if l := e.Find(id("", "udp")).PortLabel(); l != "5353" {
@@ -435,11 +435,11 @@ func TestExpectPortResolution(t *testing.T) {
 	}
 
 	// kube-proxy ignores a slice port with a nil name or port 0.
-	for name, p := range map[string]kube.EndpointPort{
+	for name, p := range map[string]index.EndpointPort{
 		"nil name": {Port: 53, Protocol: "udp", NilName: true},
 		"port 0":   {Protocol: "udp"},
 	} {
-		e = expect(t, testZone, svc(unnamed), []kube.EndpointInfo{ep("10.244.1.1", "node-b", ports(p))})
+		e = expect(t, testZone, svc(unnamed), []index.EndpointInfo{ep("10.244.1.1", "node-b", ports(p))})
 		if got := e.Find(id("", "udp")).Internal(); got.Verdict != Reject {
 			t.Errorf("%s: internal path %+v, want reject", name, got)
 		}
@@ -451,13 +451,13 @@ func TestExpectPortResolution(t *testing.T) {
 func TestExpectEndpointIdentity(t *testing.T) {
 	t.Run("a terminating duplicate does not replace a running one", func(t *testing.T) {
 		e := expect(t, testZone, svc(itpLocal),
-			[]kube.EndpointInfo{ep("10.244.0.5", testNode)},
-			[]kube.EndpointInfo{ep("10.244.0.5", "node-b", terminating)})
+			[]index.EndpointInfo{ep("10.244.0.5", testNode)},
+			[]index.EndpointInfo{ep("10.244.0.5", "node-b", terminating)})
 		// Whatever order the slices are read in, the running one (local) wins.
 		check(t, e, webHTTP(IPv4), want{local: set("10.244.0.5:8080"), internal: fwdLocal(set("10.244.0.5:8080")), external: none, ipvsIn: set("10.244.0.5:8080")})
 	})
 	t.Run("not proxied addresses", func(t *testing.T) {
-		e := expect(t, testZone, svc(), []kube.EndpointInfo{ep("10.244.1.1", "node-b"), ep("10.244.1.2", "node-b", func(e *kube.EndpointInfo) { e.NotProxied = true })})
+		e := expect(t, testZone, svc(), []index.EndpointInfo{ep("10.244.1.1", "node-b"), ep("10.244.1.2", "node-b", func(e *index.EndpointInfo) { e.NotProxied = true })})
 		s := set("10.244.1.1:8080")
 		check(t, e, webHTTP(IPv4), want{cluster: s, internal: fwd(s), external: none, ipvsIn: s, ipvsExt: s})
 	})
@@ -465,7 +465,7 @@ func TestExpectEndpointIdentity(t *testing.T) {
 
 // TestExpectLargeService: a Service with 10,000 endpoints, plus duplicates.
 func TestExpectLargeService(t *testing.T) {
-	var eps []kube.EndpointInfo
+	var eps []index.EndpointInfo
 	for i := range 10000 {
 		eps = append(eps, ep(fmt.Sprintf("10.%d.%d.%d", 64+i/65536, (i/256)%256, i%256), "node-b"))
 	}
@@ -482,14 +482,14 @@ func TestExpectLargeService(t *testing.T) {
 }
 
 func TestExpectIntoReuses(t *testing.T) {
-	ix := kube.NewIndex(testNode)
+	ix := index.NewIndex(testNode)
 	for i := range 100 {
-		ix.SetService(svc(func(s *kube.ServiceInfo) {
+		ix.SetService(svc(func(s *index.ServiceInfo) {
 			s.Name = fmt.Sprintf("svc-%03d", i)
 			s.ClusterIPs = addrs(fmt.Sprintf("10.96.1.%d", i))
 		}))
 		ix.SetEndpointSlice("ns", fmt.Sprintf("svc-%03d-0", i), fmt.Sprintf("svc-%03d", i),
-			[]kube.EndpointInfo{ep(fmt.Sprintf("10.244.1.%d", i), "node-b"), ep(fmt.Sprintf("10.244.2.%d", i), "node-b")})
+			[]index.EndpointInfo{ep(fmt.Sprintf("10.244.1.%d", i), "node-b"), ep(fmt.Sprintf("10.244.2.%d", i), "node-b")})
 	}
 	var e Expectation
 	ExpectInto(&e, ix)

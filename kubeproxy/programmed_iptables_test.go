@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/netinspect/netinspect/collector/rules"
-	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/kube/index"
 )
 
 // programmedAsExpected is the listing of a kube-proxy that programmed
@@ -54,19 +54,19 @@ func TestHasherIsKubeProxys(t *testing.T) {
 // TestCompareIPTables: each kind of drift is told from the listing, and a
 // listing programmed as expected is in sync.
 func TestCompareIPTables(t *testing.T) {
-	ix := kube.NewIndex(testNode)
+	ix := index.NewIndex(testNode)
 	ix.SetService(svc())
-	ix.SetEndpointSlice("ns", "web-0", "web", []kube.EndpointInfo{ep("10.244.1.1", "node-b"), ep("10.244.1.2", "node-b")})
-	ix.SetService(svc(func(s *kube.ServiceInfo) { s.Name, s.ClusterIPs = "empty", addrs("10.96.0.11") }))
-	ix.SetService(svc(func(s *kube.ServiceInfo) {
+	ix.SetEndpointSlice("ns", "web-0", "web", []index.EndpointInfo{ep("10.244.1.1", "node-b"), ep("10.244.1.2", "node-b")})
+	ix.SetService(svc(func(s *index.ServiceInfo) { s.Name, s.ClusterIPs = "empty", addrs("10.96.0.11") }))
+	ix.SetService(svc(func(s *index.ServiceInfo) {
 		s.Name, s.ClusterIPs, s.InternalTrafficLocal = "droponly", addrs("10.96.0.12"), true
 	}))
-	ix.SetEndpointSlice("ns", "droponly-0", "droponly", []kube.EndpointInfo{ep("10.244.1.3", "node-b")})
-	ix.SetService(svc(func(s *kube.ServiceInfo) {
+	ix.SetEndpointSlice("ns", "droponly-0", "droponly", []index.EndpointInfo{ep("10.244.1.3", "node-b")})
+	ix.SetService(svc(func(s *index.ServiceInfo) {
 		s.Name, s.ClusterIPs, s.ExternalTrafficLocal = "etp", addrs("10.96.0.13"), true
 		nodePort(s)
 	}))
-	ix.SetEndpointSlice("ns", "etp-0", "etp", []kube.EndpointInfo{ep("10.244.0.4", testNode), ep("10.244.1.4", "node-b")})
+	ix.SetEndpointSlice("ns", "etp-0", "etp", []index.EndpointInfo{ep("10.244.0.4", testNode), ep("10.244.1.4", "node-b")})
 	e := Expect(ix)
 	var h hasher
 	web := string(h.servicePort(webHTTP(IPv4)))
@@ -140,8 +140,8 @@ func TestCompareIPTables(t *testing.T) {
 // unused chains until its next cleanup; they are not drift, but a missing
 // endpoint still is.
 func TestCompareIPTablesLargeCluster(t *testing.T) {
-	ix := kube.NewIndex(testNode)
-	var eps []kube.EndpointInfo
+	ix := index.NewIndex(testNode)
+	var eps []index.EndpointInfo
 	for i := range 1001 {
 		eps = append(eps, ep(fmt.Sprintf("10.244.%d.%d", i/256, i%256), "node-b"))
 	}
@@ -169,8 +169,8 @@ func TestCompareIPTablesLargeCluster(t *testing.T) {
 
 // TestCompareIPTablesLargeService: one Service of 10,000 endpoints.
 func TestCompareIPTablesLargeService(t *testing.T) {
-	ix := kube.NewIndex(testNode)
-	var eps []kube.EndpointInfo
+	ix := index.NewIndex(testNode)
+	var eps []index.EndpointInfo
 	for i := range 10000 {
 		eps = append(eps, ep(fmt.Sprintf("10.%d.%d.%d", 64+i/65536, (i/256)%256, i%256), "node-b"))
 	}

@@ -1,4 +1,4 @@
-package kube
+package index
 
 import (
 	"net/netip"
