@@ -322,8 +322,9 @@ func Expect(ix *index.Index) *Expectation {
 	return e
 }
 
-// ExpectInto is Expect reusing e's memory (its previous contents are
-// replaced), for a caller that recomputes the expectation on every refresh.
+// ExpectInto is Expect reusing e's memory, for a caller that recomputes the
+// expectation on every refresh: e's previous contents, and the endpoint
+// sets taken from them, are overwritten, so nothing may still read them.
 func ExpectInto(e *Expectation, ix *index.Index) {
 	b := builder{node: ix.Node(), zone: ix.NodeZone(), out: e}
 	e.Node, e.Zone = b.node, b.zone
