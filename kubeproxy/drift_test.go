@@ -1,10 +1,12 @@
-package kubeproxy
+package kubeproxy_test
 
 import (
 	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	. "github.com/netinspect/netinspect/kubeproxy"
 )
 
 func newTracker(t *testing.T, mod func(*DriftConfig)) *DriftTracker {

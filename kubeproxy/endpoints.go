@@ -7,10 +7,10 @@ package kubeproxy
 //     selectors. Services with the label service.kubernetes.io/service-proxy-name
 //     and headless Services (field selector spec.clusterIP!=None) are not
 //     watched; EndpointSlices with the label service.kubernetes.io/headless
-//     are not watched. -> skipService, index.EndpointInfo.NotProxied.
+//     are not watched. -> skipService; the Source leaves such slices out.
 //   - util/utils.go ShouldSkipService (no ClusterIP, type ExternalName),
 //     GetClusterIPByFamily, MapIPsByIPFamily, IsVIPMode. -> skipService,
-//     clusterIPOf, ofFamily, index.ServiceInfo.LoadBalancerVIPs.
+//     clusterIPOf, ofFamily, Service.LoadBalancerVIPs.
 //   - servicechangetracker.go serviceToServiceMap: one ServicePort per
 //     spec.ports entry, keyed by (namespace, name, port name, protocol), only
 //     for families in which the Service has a ClusterIP. -> Expect.
@@ -63,10 +63,6 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
-
-	corev1 "k8s.io/api/core/v1"
-
-	"github.com/netinspect/netinspect/kube/index"
 )
 
 // IPFamily is an address family kube-proxy programs separately (one
@@ -269,6 +265,71 @@ func (p *ExpectedPort) IPVSExternal() EndpointSet {
 	return p.Cluster
 }
 
+// Service is a Service as kube-proxy's ServiceChangeTracker reads it.
+type Service struct {
+	Namespace, Name string
+	// Type is spec.type: ClusterIP, NodePort, LoadBalancer, ExternalName.
+	Type string
+	// ClusterIPs is spec.clusterIPs (empty for a headless Service) and
+	// IPFamilies spec.ipFamilies ("IPv4", "IPv6"), in order.
+	ClusterIPs  []netip.Addr
+	IPFamilies  []string
+	ExternalIPs []netip.Addr
+	// LoadBalancerVIPs are the ingress IPs in ipMode VIP (or unset).
+	LoadBalancerVIPs []netip.Addr
+	Ports            []ServicePort
+	// InternalTrafficLocal and ExternalTrafficLocal: the policies are
+	// Local. SessionAffinity: ClientIP. ServiceProxyName: the Service has
+	// the label service.kubernetes.io/service-proxy-name.
+	InternalTrafficLocal, ExternalTrafficLocal, SessionAffinity, ServiceProxyName bool
+}
+
+// ServicePort is one of spec.ports; Protocol is lower case.
+type ServicePort struct {
+	Name           string
+	Port, NodePort uint16
+	Protocol       string
+}
+
+// EndpointSlice is the part of an EndpointSlice kube-proxy reads, without
+// the slices it does not watch (label service.kubernetes.io/headless,
+// address type FQDN).
+type EndpointSlice struct {
+	// Ports are the slice's ports; a port with a nil name or a nil or zero
+	// number is left out (kube-proxy ignores it).
+	Ports     []SlicePort
+	Endpoints []Endpoint
+}
+
+// SlicePort is a port of an EndpointSlice; Protocol is lower case.
+type SlicePort struct {
+	Name     string
+	Port     uint16
+	Protocol string
+}
+
+// Endpoint is an endpoint of a slice: its first address, its conditions
+// with the API's defaults (ready and serving when unset, not terminating),
+// its node and its hints.
+type Endpoint struct {
+	Addr                        netip.Addr
+	Ready, Serving, Terminating bool
+	Node                        string
+	ZoneHints, NodeHints        []string
+}
+
+// Source is the cluster as kube-proxy's informers see it (kube/index's
+// Index is one).
+type Source interface {
+	// Node is the node kube-proxy runs on; NodeZone its
+	// topology.kubernetes.io/zone label ("" when none).
+	Node() string
+	NodeZone() string
+	// EachProxyService calls fn for every Service with its EndpointSlices;
+	// fn must not keep what it is given.
+	EachProxyService(fn func(s *Service, slices []EndpointSlice))
+}
+
 // Expectation is what kube-proxy programs on one node for every service
 // port of the cluster.
 type Expectation struct {
@@ -312,26 +373,27 @@ func (e *Expectation) Family(f IPFamily) []ExpectedPort {
 	return e.Ports[lo:hi]
 }
 
-// Expect computes what kube-proxy v1.37.2 programs on the index's node
-// (index.Index.Node, with its zone index.Index.NodeZone) for every Service in
-// the index. The result refers to the index's immutable strings and address
-// lists; it holds no lock.
-func Expect(ix *index.Index) *Expectation {
+// Expect computes what kube-proxy v1.37.2 programs on src's node for every
+// Service of src; local endpoints are those whose node is that node, so the
+// node name must be kube-proxy's own (its --hostname-override, as in a
+// DaemonSet given spec.nodeName). The result may refer to strings and
+// address lists src gave (kube/index's are immutable).
+func Expect(src Source) *Expectation {
 	e := &Expectation{}
-	ExpectInto(e, ix)
+	ExpectInto(e, src)
 	return e
 }
 
 // ExpectInto is Expect reusing e's memory, for a caller that recomputes the
 // expectation on every refresh: e's previous contents, and the endpoint
 // sets taken from them, are overwritten, so nothing may still read them.
-func ExpectInto(e *Expectation, ix *index.Index) {
-	b := builder{node: ix.Node(), zone: ix.NodeZone(), out: e}
+func ExpectInto(e *Expectation, src Source) {
+	b := builder{node: src.Node(), zone: src.NodeZone(), out: e}
 	e.Node, e.Zone = b.node, b.zone
 	e.Ports = e.Ports[:0]
 	e.totals = [2]int{}
 	b.arena = e.arena[:0]
-	ix.EachService(b.service)
+	src.EachProxyService(b.service)
 	e.arena = b.arena
 	e.sortPorts()
 }
@@ -372,19 +434,13 @@ type candidate struct {
 	seq                         int // order read, for duplicates
 	local                       bool
 	ready, serving, terminating bool
-	hints                       *index.EndpointHints
+	zoneHints, nodeHints        []string
 }
 
-func (c *candidate) zoneHinted(zone string) bool {
-	return c.hints != nil && slices.Contains(c.hints.ForZones, zone)
-}
-
-func (c *candidate) nodeHinted(node string) bool {
-	return c.hints != nil && slices.Contains(c.hints.ForNodes, node)
-}
-
-func (c *candidate) hasZoneHints() bool { return c.hints != nil && len(c.hints.ForZones) > 0 }
-func (c *candidate) hasNodeHints() bool { return c.hints != nil && len(c.hints.ForNodes) > 0 }
+func (c *candidate) zoneHinted(zone string) bool { return slices.Contains(c.zoneHints, zone) }
+func (c *candidate) nodeHinted(node string) bool { return slices.Contains(c.nodeHints, node) }
+func (c *candidate) hasZoneHints() bool          { return len(c.zoneHints) > 0 }
+func (c *candidate) hasNodeHints() bool          { return len(c.nodeHints) > 0 }
 
 type builder struct {
 	node, zone string
@@ -394,13 +450,21 @@ type builder struct {
 	scratch    []netip.AddrPort
 }
 
+// Service types (k8s.io/api core/v1 ServiceType).
+const (
+	typeClusterIP    = "ClusterIP"
+	typeNodePort     = "NodePort"
+	typeLoadBalancer = "LoadBalancer"
+	typeExternalName = "ExternalName"
+)
+
 // skipService is ShouldSkipService plus the informers' selectors.
-func skipService(s *index.ServiceInfo) bool {
-	return s.ServiceProxyName || len(s.ClusterIPs) == 0 || s.Type == string(corev1.ServiceTypeExternalName)
+func skipService(s *Service) bool {
+	return s.ServiceProxyName || len(s.ClusterIPs) == 0 || s.Type == typeExternalName
 }
 
 // clusterIPOf is GetClusterIPByFamily.
-func clusterIPOf(s *index.ServiceInfo, f IPFamily) (netip.Addr, bool) {
+func clusterIPOf(s *Service, f IPFamily) (netip.Addr, bool) {
 	if len(s.IPFamilies) == 0 {
 		// Written before dual-stack: the one ClusterIP, if of that family.
 		if familyOf(s.ClusterIPs[0]) == f {
@@ -408,9 +472,9 @@ func clusterIPOf(s *index.ServiceInfo, f IPFamily) (netip.Addr, bool) {
 		}
 		return netip.Addr{}, false
 	}
-	want := corev1.IPv4Protocol
+	want := "IPv4"
 	if f == IPv6 {
-		want = corev1.IPv6Protocol
+		want = "IPv6"
 	}
 	for i, fam := range s.IPFamilies {
 		if fam == want && i < len(s.ClusterIPs) {
@@ -444,7 +508,7 @@ func ofFamily(addrs []netip.Addr, f IPFamily) []netip.Addr {
 	return out
 }
 
-func (b *builder) service(s *index.ServiceInfo, sl [][]index.EndpointInfo) {
+func (b *builder) service(s *Service, sl []EndpointSlice) {
 	if skipService(s) {
 		return
 	}
@@ -464,7 +528,7 @@ func (b *builder) service(s *index.ServiceInfo, sl [][]index.EndpointInfo) {
 				NodePort:         sp.NodePort,
 				ExternalIPs:      extIPs,
 				LoadBalancerVIPs: vips,
-				SessionAffinity:  s.SessionAffinityClientIP,
+				SessionAffinity:  s.SessionAffinity,
 			}
 			portPolicy(&p, s)
 			b.gather(sl, f, sp)
@@ -477,11 +541,10 @@ func (b *builder) service(s *index.ServiceInfo, sl [][]index.EndpointInfo) {
 
 // portPolicy fills the traffic-policy fields as newBaseServiceInfo and
 // pkg/api/v1/service do.
-func portPolicy(p *ExpectedPort, s *index.ServiceInfo) {
+func portPolicy(p *ExpectedPort, s *Service) {
 	// Service-level ExternallyAccessible (pkg/api/v1/service): by type,
 	// whatever the family.
-	svcExternal := s.Type == string(corev1.ServiceTypeLoadBalancer) || s.Type == string(corev1.ServiceTypeNodePort) ||
-		(s.Type == string(corev1.ServiceTypeClusterIP) && len(s.ExternalIPs) > 0)
+	svcExternal := s.Type == typeLoadBalancer || s.Type == typeNodePort || (s.Type == typeClusterIP && len(s.ExternalIPs) > 0)
 	p.ExternalLocal = svcExternal && s.ExternalTrafficLocal
 	p.InternalLocal = s.InternalTrafficLocal
 	// Port-level ExternallyAccessible (serviceport.go): what this family
@@ -496,34 +559,29 @@ func usesLocal(p *ExpectedPort) bool {
 }
 
 // gather is endpointInfoByServicePort + addEndpoints for one service port:
-// every slice port of the same name and protocol gives its endpoints of
-// family f that number.
-func (b *builder) gather(sl [][]index.EndpointInfo, f IPFamily, sp *index.ServicePortInfo) {
+// every slice port of the same name and protocol gives the slice's
+// endpoints of family f that number.
+func (b *builder) gather(sl []EndpointSlice, f IPFamily, sp *ServicePort) {
 	b.cands = b.cands[:0]
-	for _, eps := range sl {
-		// The endpoints of a slice share its port list (EndpointsFromSlice):
-		// look the port up once per distinct list.
-		var lastPorts *index.EndpointPort
-		var port uint16
-		for i := range eps {
-			e := &eps[i]
-			if e.NotProxied || familyOf(e.IP) != f || len(e.Ports) == 0 {
-				continue
-			}
-			if &e.Ports[0] != lastPorts {
-				lastPorts, port = &e.Ports[0], slicePort(e.Ports, sp)
-			}
-			if port == 0 {
-				continue
+	for i := range sl {
+		port := slicePort(sl[i].Ports, sp)
+		if port == 0 {
+			continue
+		}
+		for j := range sl[i].Endpoints {
+			e := &sl[i].Endpoints[j]
+			if familyOf(e.Addr) != f {
+				continue // a slice of the other address type
 			}
 			b.cands = append(b.cands, candidate{
-				ep:          netip.AddrPortFrom(e.IP, port),
+				ep:          netip.AddrPortFrom(e.Addr, port),
 				seq:         len(b.cands),
 				local:       b.node != "" && e.Node == b.node,
 				ready:       e.Ready,
 				serving:     e.Serving,
 				terminating: e.Terminating,
-				hints:       e.Hints,
+				zoneHints:   e.ZoneHints,
+				nodeHints:   e.NodeHints,
 			})
 		}
 	}
@@ -531,10 +589,10 @@ func (b *builder) gather(sl [][]index.EndpointInfo, f IPFamily, sp *index.Servic
 }
 
 // slicePort is the number of the slice port named like sp (same protocol),
-// 0 when there is none or kube-proxy ignores it (nil name, nil or 0 port).
-func slicePort(ports []index.EndpointPort, sp *index.ServicePortInfo) uint16 {
+// 0 when there is none.
+func slicePort(ports []SlicePort, sp *ServicePort) uint16 {
 	for _, pp := range ports {
-		if !pp.NilName && pp.Port != 0 && pp.Name == sp.Name && pp.Protocol == sp.Protocol {
+		if pp.Name == sp.Name && pp.Protocol == sp.Protocol {
 			return pp.Port
 		}
 	}

@@ -1,4 +1,4 @@
-package kubeproxy
+package kubeproxy_test
 
 import (
 	"fmt"
@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/netinspect/netinspect/kube/index"
+
+	. "github.com/netinspect/netinspect/kubeproxy"
 )
 
 // benchIndex is a cluster of n ClusterIP Services with one port and eps

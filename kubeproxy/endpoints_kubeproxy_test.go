@@ -1,4 +1,4 @@
-package kubeproxy
+package kubeproxy_test
 
 import (
 	"context"
@@ -23,6 +23,8 @@ import (
 	cpl "github.com/netinspect/netinspect/test/controlplane"
 	"github.com/netinspect/netinspect/test/netns"
 	"github.com/netinspect/netinspect/test/testenv"
+
+	. "github.com/netinspect/netinspect/kubeproxy"
 )
 
 // The cluster of the real kube-proxy test: node-1 (the node kube-proxy and

@@ -1,4 +1,4 @@
-package kubeproxy
+package kubeproxy_test
 
 import (
 	"fmt"
@@ -7,25 +7,26 @@ import (
 
 	"github.com/netinspect/netinspect/collector/rules"
 	"github.com/netinspect/netinspect/kube/index"
+
+	. "github.com/netinspect/netinspect/kubeproxy"
 )
 
 // programmedAsExpected is the listing of a kube-proxy that programmed
 // exactly what e expects for family f.
 func programmedAsExpected(e *Expectation, f IPFamily) *IPTablesListing {
 	l := &IPTablesListing{Services: map[string]IPTablesServicePort{}, Rejected: map[string]int{}}
-	var h hasher
 	for _, p := range e.Family(f) {
 		s := IPTablesServicePort{PortName: p.ID.String(), HasSVC: len(p.Cluster) > 0, HasSVL: len(p.Local) > 0, Endpoints: map[string]struct{}{}}
 		if p.Internal().Verdict == Forward {
 			s.Port = int(p.Port)
 		}
 		for _, ep := range p.Reachable() {
-			s.Endpoints[string(h.endpoint(p.ID, ep))] = struct{}{}
+			s.Endpoints[EndpointChain(p.ID, ep)] = struct{}{}
 		}
 		if !p.HasEndpoints {
 			l.Rejected[p.ID.String()] = int(p.Port)
 		}
-		l.Services[string(h.servicePort(p.ID))] = s
+		l.Services[ServicePortHash(p.ID)] = s
 	}
 	return l
 }
@@ -34,16 +35,15 @@ func programmedAsExpected(e *Expectation, f IPFamily) *IPTablesListing {
 // recomputes (rules.PortProtoHash, itself checked against the real
 // kube-proxy's chains).
 func TestHasherIsKubeProxys(t *testing.T) {
-	var h hasher
 	for _, id := range []ServicePortID{
 		{Family: IPv4, Namespace: "default", Name: "kubernetes", Port: "https", Protocol: "tcp"},
 		{Family: IPv6, Namespace: "kp", Name: "empty", Port: "", Protocol: "udp"},
 	} {
-		if got, want := string(h.servicePort(id)), rules.PortProtoHash(id.String(), id.Protocol); got != want {
+		if got, want := ServicePortHash(id), rules.PortProtoHash(id.String(), id.Protocol); got != want {
 			t.Errorf("%v: hash %s, want %s", id, got, want)
 		}
 		for _, ep := range []string{"10.244.1.1:8080", "[fd00:10:244::1]:53"} {
-			got := string(h.endpoint(id, netip.MustParseAddrPort(ep)))
+			got := EndpointChain(id, netip.MustParseAddrPort(ep))
 			if want := rules.PrefixSEP + rules.PortProtoHash(id.String(), id.Protocol+ep); got != want {
 				t.Errorf("%v %s: chain %s, want %s", id, ep, got, want)
 			}
@@ -68,11 +68,10 @@ func TestCompareIPTables(t *testing.T) {
 	}))
 	ix.SetEndpointSlice("ns", "etp-0", "etp", []index.EndpointInfo{ep("10.244.0.4", testNode), ep("10.244.1.4", "node-b")})
 	e := Expect(ix)
-	var h hasher
-	web := string(h.servicePort(webHTTP(IPv4)))
+	web := ServicePortHash(webHTTP(IPv4))
 	etpID := ServicePortID{Family: IPv4, Namespace: "ns", Name: "etp", Port: "http", Protocol: "tcp"}
-	etp := string(h.servicePort(etpID))
-	sep := func(id ServicePortID, s string) string { return string(h.endpoint(id, netip.MustParseAddrPort(s))) }
+	etp := ServicePortHash(etpID)
+	sep := func(id ServicePortID, s string) string { return EndpointChain(id, netip.MustParseAddrPort(s)) }
 
 	for _, tc := range []struct {
 		name   string
@@ -99,7 +98,7 @@ func TestCompareIPTables(t *testing.T) {
 			id := ServicePortID{Family: IPv4, Namespace: "ns", Name: "droponly", Port: "http", Protocol: "tcp"}
 			old := IPTablesServicePort{PortName: "ns/droponly:http", Port: 80, HasSVL: true,
 				Endpoints: map[string]struct{}{sep(id, "10.244.1.3:8080"): {}}}
-			l.Services[string(h.servicePort(id))] = old
+			l.Services[ServicePortHash(id)] = old
 		}, []Mismatch{{Key: key("droponly"), State: EndpointsDiffer}}, 4},
 		{"external Local without its local chain", func(l *IPTablesListing) { s := l.Services[etp]; s.HasSVL = false; l.Services[etp] = s },
 			[]Mismatch{{Key: key("etp"), State: EndpointsDiffer}}, 4},
@@ -109,7 +108,7 @@ func TestCompareIPTables(t *testing.T) {
 			id := ServicePortID{Family: IPv4, Namespace: "ns", Name: "empty", Port: "http", Protocol: "tcp"}
 			old := IPTablesServicePort{PortName: "ns/empty:http", HasSVC: true,
 				Endpoints: map[string]struct{}{sep(id, "10.244.1.5:8080"): {}}}
-			l.Services[string(h.servicePort(id))] = old
+			l.Services[ServicePortHash(id)] = old
 		}, []Mismatch{{Key: key("empty"), State: EndpointsDiffer}}, 4},
 		{"stale service port", func(l *IPTablesListing) {
 			l.Services["ABCDEFGHIJKLMNOP"] = IPTablesServicePort{PortName: "old/gone:grpc", Port: 9000, HasSVC: true, Endpoints: map[string]struct{}{"KUBE-SEP-AAAAAAAAAAAAAAAA": {}}}
@@ -151,17 +150,16 @@ func TestCompareIPTablesLargeCluster(t *testing.T) {
 	if n := e.TotalEndpoints(IPv4); n != 1001 {
 		t.Fatalf("total endpoints %d", n)
 	}
-	var h hasher
-	web := string(h.servicePort(webHTTP(IPv4)))
+	web := ServicePortHash(webHTTP(IPv4))
 	l := programmedAsExpected(e, IPv4)
 	s := l.Services[web]
 	s.HasSVL = true // a leftover Local chain
-	s.Endpoints[string(h.endpoint(webHTTP(IPv4), netip.MustParseAddrPort("10.99.0.1:8080")))] = struct{}{}
+	s.Endpoints[EndpointChain(webHTTP(IPv4), netip.MustParseAddrPort("10.99.0.1:8080"))] = struct{}{}
 	l.Services[web] = s
 	if c := e.CompareIPTables(IPv4, l); len(c.Mismatches) != 0 {
 		t.Errorf("leftover chain judged as drift: %v", c.Mismatches)
 	}
-	delete(s.Endpoints, string(h.endpoint(webHTTP(IPv4), netip.MustParseAddrPort("10.244.0.7:8080"))))
+	delete(s.Endpoints, EndpointChain(webHTTP(IPv4), netip.MustParseAddrPort("10.244.0.7:8080")))
 	if c := e.CompareIPTables(IPv4, l); fmt.Sprint(c.Mismatches) != fmt.Sprint([]Mismatch{{Key: key("web"), State: EndpointsDiffer}}) {
 		t.Errorf("missing endpoint: %v", c.Mismatches)
 	}
@@ -181,8 +179,7 @@ func TestCompareIPTablesLargeService(t *testing.T) {
 	if c := e.CompareIPTables(IPv4, l); len(c.Mismatches) != 0 || c.ServicePorts != 1 {
 		t.Errorf("%+v", c)
 	}
-	var h hasher
-	delete(l.Services[string(h.servicePort(webHTTP(IPv4)))].Endpoints, string(h.endpoint(webHTTP(IPv4), netip.MustParseAddrPort("10.64.39.15:8080"))))
+	delete(l.Services[ServicePortHash(webHTTP(IPv4))].Endpoints, EndpointChain(webHTTP(IPv4), netip.MustParseAddrPort("10.64.39.15:8080")))
 	if c := e.CompareIPTables(IPv4, l); len(c.Mismatches) != 1 {
 		t.Errorf("one endpoint of 10,000 missing: %+v", c)
 	}
