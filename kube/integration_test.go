@@ -58,6 +58,8 @@ func TestAgainstAPIServer(t *testing.T) {
 
 	t.Run("Pods", func(t *testing.T) { testPods(t, cp) })
 	t.Run("ServicesAndEndpointSlices", func(t *testing.T) { testServices(t, cp) })
+	t.Run("WhatKubeProxyReads", func(t *testing.T) { testKubeProxyFields(t, cp) })
+	t.Run("NodeZone", func(t *testing.T) { testNodeZone(t, cp) })
 	t.Run("RBACFromDeploy", func(t *testing.T) { testRBACFromDeploy(t, cp) })
 	t.Run("RBACNarrowRole", func(t *testing.T) { testRBACNarrow(t, cp) })
 	// Last: it restarts the API server.
@@ -266,7 +268,7 @@ func testRBACNarrow(t *testing.T, cp *cpl.ControlPlane) {
 	ctx := context.Background()
 	role := &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: "netinspect-narrow"},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods", "services"}, Verbs: []string{"get", "list", "watch"}}},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods", "services", "nodes"}, Verbs: []string{"get", "list", "watch"}}},
 	}
 	if _, err := cp.Client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -284,8 +286,8 @@ func testRBACNarrow(t *testing.T, cp *cpl.ControlPlane) {
 	w := startWatcher(t, cfg, "node-narrow", "", zap.New(core))
 
 	cpl.Eventually(t, waitFor, func() error {
-		if !w.Synced(kube.ResourcePods) || !w.Synced(kube.ResourceServices) {
-			return fmt.Errorf("pods/services not synced")
+		if !w.Synced(kube.ResourcePods) || !w.Synced(kube.ResourceServices) || !w.Synced(kube.ResourceNodes) {
+			return fmt.Errorf("pods/services/nodes not synced")
 		}
 		if f := w.Forbidden(); !reflect.DeepEqual(f, []string{kube.ResourceEndpointSlices}) {
 			return fmt.Errorf("Forbidden() = %v", f)
@@ -303,6 +305,7 @@ func testRBACNarrow(t *testing.T, cp *cpl.ControlPlane) {
 # HELP netinspect_kube_cache_synced 1 when the Kubernetes informer cache of the resource has synced, 0 while it has not (API unreachable or RBAC forbidden).
 # TYPE netinspect_kube_cache_synced gauge
 netinspect_kube_cache_synced{resource="endpointslices"} 0
+netinspect_kube_cache_synced{resource="nodes"} 1
 netinspect_kube_cache_synced{resource="pods"} 1
 netinspect_kube_cache_synced{resource="services"} 1
 `

@@ -1,4 +1,4 @@
-package kube
+package index
 
 import (
 	"net/netip"
@@ -174,4 +174,33 @@ func TestLookupsDoNotAllocate(t *testing.T) {
 			t.Error("nil index batch found a pod")
 		}
 	})
+}
+
+func TestEachServiceGivesEverySliceOfAService(t *testing.T) {
+	ix := NewIndex("n")
+	ix.SetService(ServiceInfo{Namespace: "ns", Name: "a", ClusterIPs: addrs("10.96.0.1"), Ports: []ServicePortInfo{{Name: "http", Port: 80, Protocol: "tcp"}}})
+	ix.SetService(ServiceInfo{Namespace: "ns", Name: "b", ClusterIPs: addrs("10.96.0.2")})
+	ix.SetEndpointSlice("ns", "a-v4", "a", []EndpointInfo{{IP: netip.MustParseAddr("10.244.0.1"), Ready: true}})
+	ix.SetEndpointSlice("ns", "a-v6", "a", []EndpointInfo{{IP: netip.MustParseAddr("fd00::1"), Ready: true}, {IP: netip.MustParseAddr("fd00::2")}})
+	ix.SetEndpointSlice("ns", "orphan", "gone", []EndpointInfo{{IP: netip.MustParseAddr("10.244.0.9")}})
+	got := map[string]int{}
+	ix.EachService(func(s *ServiceInfo, slices [][]EndpointInfo) {
+		n := 0
+		for _, sl := range slices {
+			n += len(sl)
+		}
+		got[s.Name] = n
+	})
+	if !reflect.DeepEqual(got, map[string]int{"a": 3, "b": 0}) {
+		t.Errorf("endpoints per service = %v", got)
+	}
+	var nilIndex *Index
+	nilIndex.EachService(func(*ServiceInfo, [][]EndpointInfo) { t.Error("nil index has services") })
+	if nilIndex.NodeZone() != "" {
+		t.Error("nil index has a zone")
+	}
+	ix.SetNodeZone("zone-a")
+	if ix.NodeZone() != "zone-a" {
+		t.Errorf("NodeZone() = %q", ix.NodeZone())
+	}
 }
