@@ -18,8 +18,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/netinspect/netinspect/collector/rules"
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/source/iptables"
 	cpl "github.com/netinspect/netinspect/test/controlplane"
 	"github.com/netinspect/netinspect/test/netns"
 	"github.com/netinspect/netinspect/test/testenv"
@@ -250,7 +250,7 @@ func kpListing(t *testing.T, node *netns.NS, f IPFamily) *IPTablesListing {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs, err := rules.ParseIPTablesSave([]byte(out))
+	rs, err := iptables.ParseSave([]byte(out))
 	if err != nil {
 		t.Fatalf("parse %s: %v", cmd, err)
 	}

@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/netinspect/netinspect/collector/rules"
 	"github.com/netinspect/netinspect/kube/index"
 
 	. "github.com/netinspect/netinspect/kubeproxy"
@@ -32,19 +31,19 @@ func programmedAsExpected(e *Expectation, f IPFamily) *IPTablesListing {
 }
 
 // TestHasherIsKubeProxys: the chain names are those the rule parser
-// recomputes (rules.PortProtoHash, itself checked against the real
+// recomputes (PortProtoHash, itself checked against the real
 // kube-proxy's chains).
 func TestHasherIsKubeProxys(t *testing.T) {
 	for _, id := range []ServicePortID{
 		{Family: IPv4, Namespace: "default", Name: "kubernetes", Port: "https", Protocol: "tcp"},
 		{Family: IPv6, Namespace: "kp", Name: "empty", Port: "", Protocol: "udp"},
 	} {
-		if got, want := ServicePortHash(id), rules.PortProtoHash(id.String(), id.Protocol); got != want {
+		if got, want := ServicePortHash(id), PortProtoHash(id.String(), id.Protocol); got != want {
 			t.Errorf("%v: hash %s, want %s", id, got, want)
 		}
 		for _, ep := range []string{"10.244.1.1:8080", "[fd00:10:244::1]:53"} {
 			got := EndpointChain(id, netip.MustParseAddrPort(ep))
-			if want := rules.PrefixSEP + rules.PortProtoHash(id.String(), id.Protocol+ep); got != want {
+			if want := PrefixSEP + PortProtoHash(id.String(), id.Protocol+ep); got != want {
 				t.Errorf("%v %s: chain %s, want %s", id, ep, got, want)
 			}
 		}
