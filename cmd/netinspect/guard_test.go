@@ -514,12 +514,10 @@ func TestBinaryScrapeStorm(t *testing.T) {
 	if n := incomplete.Load() + other.Load(); n > 0 {
 		t.Errorf("%d incomplete scrapes and %d other answers; first: %v", incomplete.Load(), other.Load(), firstProblem.Load())
 	}
-	// A collector that works at rest and reports success 0 in a storm
-	// scrape was skipped by collector.Set's guard against overlapping
-	// Updates of one collector (it fires for any concurrent scrape); the
-	// exporter must have said so in its log.
-	if skipping.Load() > 0 && !strings.Contains(e.stderr.String(), "previous update still running") {
-		t.Errorf("%d scrapes with a working collector at success 0, and no skipped-update log line", skipping.Load())
+	// Concurrent scrapes share a collector's Update under way: a collector
+	// that works at rest works in every storm scrape too.
+	if n := skipping.Load(); n > 0 {
+		t.Errorf("%d of %d answered scrapes had a collector that works at rest at success 0", n, ok.Load())
 	}
 
 	// Back to rest: goroutines and heap within a small margin of before. The
@@ -545,7 +543,7 @@ func TestBinaryScrapeStorm(t *testing.T) {
 	if got := sample(t, body, `netinspect_auth_reviews_total{result="allowed",review="token"}`); got != 1 {
 		t.Errorf("%v TokenReviews for one token, want 1", got)
 	}
-	t.Logf("storm: %d clients for %v, --web.max-requests=%d: %d answered 200 (p50 %v, p99 %v; %d of them with a collector skipped by a concurrent scrape's update), %d refused 503 (p50 %v, p99 %v), %d other",
+	t.Logf("storm: %d clients for %v, --web.max-requests=%d: %d answered 200 (p50 %v, p99 %v; %d of them with a working collector failed), %d refused 503 (p50 %v, p99 %v), %d other",
 		clients, duration, maxRequests, ok.Load(), percentile(okLatency, 50), percentile(okLatency, 99), skipping.Load(),
 		unavailable.Load(), percentile(refusedLatency, 50), percentile(refusedLatency, 99), other.Load())
 	t.Logf("exporter before: %d goroutines, heap in use %.1f MiB, RSS %.1f MiB; peak RSS %s; after: %d goroutines, heap in use %.1f MiB, RSS %.1f MiB",
