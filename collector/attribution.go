@@ -4,21 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
-	"path/filepath"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
-	"github.com/netinspect/netinspect/collector/ctdump"
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/source/conntrack"
+	"github.com/netinspect/netinspect/source/netns"
 )
 
 // AttributionName is the conntrack-attribution collector's name in flags
@@ -28,21 +25,15 @@ const AttributionName = "conntrack-attribution"
 // AttributionConfig configures the conntrack-attribution collector.
 type AttributionConfig struct {
 	// Interval is the time between the starts of two passes over the
-	// conntrack table; 0 means 30 s.
+	// conntrack table.
 	Interval time.Duration
 	// TopServices is how many service series (namespace, service,
 	// protocol) are exported, the largest first; the entries of the others
 	// are summed into one series with empty namespace and service. 0 means
 	// no limit.
 	TopServices int
-	// NetNS, when not 0, is an open file descriptor of the network namespace
-	// whose table is read instead of the exporter's own. Tests use it.
-	NetNS int
-	// Mode is AttributionModePass (default) or AttributionModeEvents.
+	// Mode is AttributionModePass or AttributionModeEvents.
 	Mode string
-	// NoSplit makes every pass read the table with one dump, never split
-	// in two parts read at once (see attribution_split.go).
-	NoSplit bool
 }
 
 // Attribution modes.
@@ -55,8 +46,32 @@ const (
 	AttributionModeEvents = "events"
 )
 
-// DefaultAttributionInterval is the pass interval when none is configured.
-const DefaultAttributionInterval = 30 * time.Second
+// AttributionModes are the values AttributionConfig.Mode takes.
+var AttributionModes = []string{AttributionModePass, AttributionModeEvents}
+
+// DefaultAttributionConfig is the collector's configuration when no flag
+// says otherwise.
+func DefaultAttributionConfig() AttributionConfig {
+	return AttributionConfig{Interval: 30 * time.Second, TopServices: 100, Mode: AttributionModePass}
+}
+
+// withDefaults fills the unset fields from DefaultAttributionConfig
+// (TopServices 0 means no limit, so it stays).
+func (cfg AttributionConfig) withDefaults() AttributionConfig {
+	d := DefaultAttributionConfig()
+	if cfg.Interval <= 0 {
+		cfg.Interval = d.Interval
+	}
+	if cfg.Mode == "" {
+		cfg.Mode = d.Mode
+	}
+	return cfg
+}
+
+// defaultEventsReadBuffer is the receive buffer of the events socket: room for
+// about 30,000 events (a datagram per event, ~300 bytes each plus overhead)
+// while a pass runs or the reader is descheduled.
+const defaultEventsReadBuffer = 16 << 20
 
 // Attribution reports who fills the conntrack table: entries per pod of this
 // node and per service. Scanning the table costs time proportional to its
@@ -67,141 +82,74 @@ type Attribution struct {
 	procfs string
 	logger *zap.Logger
 	index  *kube.Index
-	// dumpers read the table, the second only for passes split in two.
-	dumpers [2]*ctdump.Dumper
+	target netns.Target
 
-	// Used only by the goroutine that runs passes: the counts of the last
-	// pass, the bit it was split on (0: not split), and whether the kernel
-	// has shown that it cannot filter dumps by status.
-	lastTally        *tally
-	lastSplitBit     uint32
-	splitUnsupported bool
-
-	protoNames [256]string
+	// scanner reads the table; only the goroutine that runs passes uses it
+	// (and lastAbsent, the reason last logged for an absent table).
+	scanner    *conntrack.Scanner
+	lastAbsent string
 
 	podEntries, svcEntries, stateEntries, dumps, duration, scanned, lastSuccess, errorsTotal, passesTotal, eventsLostTotal *prometheus.Desc
 
-	snap    atomic.Pointer[attributionSnapshot]
-	errs    atomic.Uint64
-	passes  atomic.Uint64
-	absent  atomic.Pointer[error] // why the last pass found no table; nil once one was found
-	started sync.Once
-	stopped chan struct{} // closed when the background work has stopped
+	// r holds the result of the latest pass; in events mode the counts
+	// that events keep current since are in events.
+	r      *refresher[*AttributionResult]
+	errs   atomic.Uint64
+	passes atomic.Uint64
 
-	// Events mode: counters kept current by events, under mu.
 	events           eventCounters
 	eventsReadBuffer int
 }
 
-// attributionSnapshot is the immutable result of one finished pass.
-type attributionSnapshot struct {
-	pods     []attributedCount
-	services []attributedCount
-	states   []stateCount
-	scanned  int
-	dumps    int // 1, or 2 for a pass split in two parts
-	duration time.Duration
-	finished time.Time
+// AttributionResult is the result of one pass over the table (in events
+// mode with the pod and service counts kept by the events since).
+type AttributionResult struct {
+	Pods     []AttributedCount
+	Services []AttributedCount
+	States   []StateCount
+	// Scanned is the number of entries the pass read; Dumps the kernel
+	// dumps it read at once (2 for a pass split in two parts, else 1).
+	Scanned, Dumps int
+	Duration       time.Duration
+	Finished       time.Time
 }
 
-// attributedCount is the number of entries of one pod or service over one
+// AttributedCount is the number of entries of one pod or service over one
 // protocol.
-type attributedCount struct {
-	namespace, name, protocol string
-	entries                   uint64
+type AttributedCount struct {
+	Namespace, Name, Protocol string
+	Entries                   uint64
 }
 
-// stateCount is the number of entries of one protocol in one state.
-type stateCount struct {
-	protocol, state, assured string
-	entries                  uint64
-}
-
-// tcpStateNames are the names of enum tcp_conntrack
-// (include/uapi/linux/netfilter/nf_conntrack_tcp.h) in lower case, as
-// node_exporter names socket states; SYN_SENT2 is the simultaneous open.
-var tcpStateNames = [...]string{"none", "syn_sent", "syn_recv", "established", "fin_wait",
-	"close_wait", "last_ack", "time_wait", "close", "syn_sent2"}
-
-// stateTally counts the entries of a pass by protocol, TCP state and
-// whether the entry is assured (IPS_ASSURED: the kernel's early drop cannot
-// evict it when the table is full).
-type stateTally struct {
-	tcp   [len(tcpStateNames) + 1][2]uint64 // the last row: a state the kernel added later
-	other [256][2]uint64                    // by IP protocol number
-}
-
-const ipsAssured = 1 << 2 // IPS_ASSURED_BIT in include/uapi/linux/netfilter/nf_conntrack_common.h
-
-func (t *stateTally) add(e *ctdump.Entry) {
-	assured := 0
-	if e.Status&ipsAssured != 0 {
-		assured = 1
-	}
-	if e.Orig.Proto == unix.IPPROTO_TCP {
-		t.tcp[min(int(e.TCPState), len(tcpStateNames))][assured]++
-		return
-	}
-	t.other[e.Orig.Proto][assured]++
-}
-
-// counts lists the non-zero counters, TCP states first, then the other
-// protocols by number.
-func (t *stateTally) counts(protoNames *[256]string) []stateCount {
-	var out []stateCount
-	assured := [2]string{"false", "true"}
-	for st, row := range t.tcp {
-		name := "unknown"
-		if st < len(tcpStateNames) {
-			name = tcpStateNames[st]
-		}
-		for a, n := range row {
-			if n > 0 {
-				out = append(out, stateCount{protocol: "tcp", state: name, assured: assured[a], entries: n})
-			}
-		}
-	}
-	for p, row := range t.other {
-		for a, n := range row {
-			if n > 0 {
-				out = append(out, stateCount{protocol: protoNames[p], assured: assured[a], entries: n})
-			}
-		}
-	}
-	return out
-}
-
-// attrKey keys the counters of a pass; proto is the IP protocol number.
-type attrKey struct {
-	namespace, name string
-	proto           uint8
+// StateCount is the number of entries of one protocol in one state.
+type StateCount struct {
+	Protocol, State, Assured string
+	Entries                  uint64
 }
 
 // NewAttribution returns the conntrack-attribution collector. It does
 // nothing until Start.
-func NewAttribution(cfg AttributionConfig, deps Deps) *Attribution {
-	if cfg.Interval <= 0 {
-		cfg.Interval = DefaultAttributionInterval
+func NewAttribution(cfg AttributionConfig, deps Deps) (*Attribution, error) {
+	cfg = cfg.withDefaults()
+	if err := oneOf("conntrack attribution mode", cfg.Mode, AttributionModes); err != nil {
+		return nil, err
 	}
 	a := &Attribution{
-		cfg:     cfg,
-		procfs:  deps.Paths.ProcFS,
-		logger:  deps.Logger,
-		index:   deps.Index,
-		dumpers: [2]*ctdump.Dumper{ctdump.NewDumper()},
-
-		stopped: make(chan struct{}),
-
+		cfg:              cfg,
+		procfs:           deps.Paths.ProcFS,
+		logger:           deps.logger(),
+		index:            deps.Index,
+		scanner:          conntrack.NewScanner(),
 		eventsReadBuffer: defaultEventsReadBuffer,
-		podEntries: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "pod_entries"),
+		podEntries: identityDesc("conntrack", "pod_entries",
 			"Conntrack entries whose original source (the client) or reply source (the backend serving it, after DNAT) is this pod, at the last pass.",
-			[]string{"namespace", "pod", "protocol"}, nil),
+			podIdentity, "protocol"),
 		stateEntries: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "state_entries"),
 			"Conntrack entries by protocol, TCP state (empty for other protocols) and whether the entry is assured (assured entries cannot be evicted by early drop when the table is full), at the last full pass.",
 			[]string{"protocol", "state", "assured"}, nil),
-		svcEntries: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "service_entries"),
+		svcEntries: identityDesc("conntrack", "service_entries",
 			"Conntrack entries whose original destination address and port is this service, at the last pass; services beyond the top-K are summed into namespace=\"\", service=\"\".",
-			[]string{"namespace", "service", "protocol"}, nil),
+			serviceIdentity, "protocol"),
 		duration: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack_attribution", "last_duration_seconds"),
 			"How long the last successful pass over the conntrack table took.", nil, nil),
 		dumps: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack_attribution", "last_dumps"),
@@ -217,60 +165,69 @@ func NewAttribution(cfg AttributionConfig, deps Deps) *Attribution {
 		eventsLostTotal: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack_attribution", "events_lost_total"),
 			"Times conntrack events were lost (receive buffer overrun) in events mode, each followed by a full pass.", nil, nil),
 	}
-	for i := range a.protoNames {
-		a.protoNames[i] = strconv.Itoa(i)
-	}
-	for num, name := range map[int]string{1: "icmp", 6: "tcp", 17: "udp", 33: "dccp", 47: "gre", 58: "icmpv6", 132: "sctp", 136: "udplite"} {
-		a.protoNames[num] = name
-	}
-	return a
+	// A pass is bounded by the interval.
+	a.r = newRefresher(AttributionName, cfg.Interval, cfg.Interval, a.pass)
+	return a, nil
 }
+
+// setTarget makes the collector read the table of the network namespace t
+// (tests).
+func (a *Attribution) setTarget(t netns.Target) { a.target = t }
 
 // Start implements Starter. In pass mode it runs a first pass at once, then
 // one every Interval, each only after the previous one finished; in events
 // mode it follows the table by events between passes. The work stops when
 // ctx is done. Calling Start again does nothing.
 func (a *Attribution) Start(ctx context.Context) error {
-	run := a.loop
-	switch a.cfg.Mode {
-	case "", AttributionModePass:
-	case AttributionModeEvents:
-		run = a.eventsLoop
-	default:
-		return fmt.Errorf("unknown conntrack attribution mode %q (want %s or %s)", a.cfg.Mode, AttributionModePass, AttributionModeEvents)
+	if a.cfg.Mode == AttributionModeEvents {
+		a.r.Run(ctx, a.eventsLoop)
+		return nil
 	}
-	a.started.Do(func() {
-		go func() {
-			defer close(a.stopped)
-			run(ctx)
-		}()
-	})
-	return nil
+	return a.r.Start(ctx)
 }
 
-func (a *Attribution) loop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.Interval)
-	defer t.Stop()
-	for {
-		a.runPass(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+// Close stops the background work and waits for it to end.
+func (a *Attribution) Close() { a.r.Close() }
+
+// Pass scans the conntrack table once and, on success, replaces the result
+// Update serves. It returns an error wrapping ErrNoData when the kernel has
+// no conntrack table. Start runs passes in the background; tests and
+// benchmarks call Pass directly. Passes must not run concurrently.
+func (a *Attribution) Pass(ctx context.Context) error {
+	start := time.Now()
+	s, err := a.pass(ctx)
+	a.r.publish(s, start, time.Now(), err)
+	return err
 }
 
-// runPass runs one pass bounded by the interval and records its outcome.
-func (a *Attribution) runPass(ctx context.Context) {
-	pctx, cancel := context.WithTimeout(ctx, a.cfg.Interval)
-	defer cancel()
-	err := a.Pass(pctx)
+// pass is one pass: it counts the table and accounts for the outcome.
+func (a *Attribution) pass(ctx context.Context) (*AttributionResult, error) {
+	start := time.Now()
+	t, st, err := a.scan(ctx)
+	if err != nil {
+		a.failed(ctx, err)
+		return nil, err
+	}
+	elapsed := time.Since(start)
+	a.passes.Add(1)
+	return &AttributionResult{
+		Pods:     counts(t.pods),
+		Services: a.topK(counts(t.services)),
+		States:   t.states.counts(),
+		Scanned:  st.Entries,
+		Dumps:    st.Dumps,
+		Duration: elapsed,
+		Finished: time.Now(),
+	}, nil
+}
+
+// failed accounts for a pass that failed: an absent table is logged once
+// at debug level, a failure is counted and logged.
+func (a *Attribution) failed(ctx context.Context, err error) {
 	switch {
-	case err == nil:
-		a.absent.Store(nil)
 	case errors.Is(err, ErrNoData):
-		if prev := a.absent.Swap(&err); prev == nil || (*prev).Error() != err.Error() {
+		if a.lastAbsent != err.Error() {
+			a.lastAbsent = err.Error()
 			a.logger.Debug("conntrack table absent, attribution has no data", zap.Error(err))
 		}
 	case ctx.Err() != nil:
@@ -281,51 +238,125 @@ func (a *Attribution) runPass(ctx context.Context) {
 	}
 }
 
-// Pass scans the conntrack table once and, on success, replaces the result
-// Update serves. It returns an error wrapping ErrNoData when the kernel has
-// no conntrack table. Start runs passes in the background; tests and
-// benchmarks call Pass directly. Passes must not run concurrently.
-func (a *Attribution) Pass(ctx context.Context) error {
-	if err := a.tableAbsent(); err != nil {
-		return err
+// scan dumps the table once and counts its entries per pod, service and
+// state.
+func (a *Attribution) scan(ctx context.Context) (*tally, conntrack.ScanStats, error) {
+	if err := conntrack.CheckTable(a.procfs); err != nil {
+		return nil, conntrack.ScanStats{}, noData(err)
 	}
-
-	start := time.Now()
-	t, err := a.scan(ctx)
+	var parts [2]*tally
+	st, err := a.scanner.Scan(ctx, a.target, func(i int) func(*conntrack.Entry) {
+		t := newTally()
+		parts[i] = t
+		return func(e *conntrack.Entry) { t.add(a, e) }
+	})
+	if st.SplitUnsupported != nil {
+		a.logger.Info("the kernel does not filter conntrack dumps by status (before Linux 5.19); passes read the table with one dump", zap.Error(st.SplitUnsupported))
+	}
+	if st.Interrupted {
+		a.logger.Debug("conntrack dump was interrupted by table changes; counts may be off by the entries that moved")
+	}
 	if err != nil {
-		return err
+		return nil, st, noData(err)
 	}
-	elapsed := time.Since(start)
-
-	s := &attributionSnapshot{
-		pods:     a.counts(t.pods),
-		services: a.topK(a.counts(t.services)),
-		states:   t.states.counts(&a.protoNames),
-		scanned:  t.scanned,
-		dumps:    dumpsOf(a.lastSplitBit),
-		duration: elapsed,
-		finished: time.Now(),
+	if st.Dumps == 2 {
+		parts[0].merge(parts[1])
 	}
-	a.snap.Store(s)
-	a.passes.Add(1)
-	return nil
+	return parts[0], st, nil
 }
 
-// tableAbsent returns an error wrapping ErrNoData when the kernel has no
-// conntrack table. As in the conntrack collector: without the sysctl there
-// is no table, and asking netlink would make a modular kernel load
-// ctnetlink.
-func (a *Attribution) tableAbsent() error {
-	maxPath := filepath.Join(a.procfs, "sys/net/netfilter/nf_conntrack_max")
-	if _, err := os.Stat(maxPath); errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%s absent, nf_conntrack is not loaded: %w", maxPath, ErrNoData)
+// attrKey keys the counters of a pass; proto is the IP protocol number.
+type attrKey struct {
+	namespace, name string
+	proto           uint8
+}
+
+// tally is what one dump (or one part of a split pass) counts.
+type tally struct {
+	pods, services map[attrKey]int64
+	states         stateTally
+}
+
+func newTally() *tally {
+	return &tally{pods: map[attrKey]int64{}, services: map[attrKey]int64{}}
+}
+
+func (t *tally) add(a *Attribution, e *conntrack.Entry) {
+	a.count(e, t.pods, t.services, 1)
+	t.states.add(e)
+}
+
+// merge adds the counts of o to t.
+func (t *tally) merge(o *tally) {
+	for k, n := range o.pods {
+		t.pods[k] += n
 	}
-	return nil
+	for k, n := range o.services {
+		t.services[k] += n
+	}
+	for i := range t.states.tcp {
+		for j := range t.states.tcp[i] {
+			t.states.tcp[i][j] += o.states.tcp[i][j]
+		}
+	}
+	for i := range t.states.other {
+		for j := range t.states.other[i] {
+			t.states.other[i][j] += o.states.other[i][j]
+		}
+	}
+}
+
+// stateTally counts the entries of a pass by protocol, TCP state and
+// whether the entry is assured (IPS_ASSURED: the kernel's early drop cannot
+// evict it when the table is full).
+type stateTally struct {
+	tcp   [len(conntrack.TCPStateNames) + 1][2]uint64 // the last row: a state the kernel added later
+	other [256][2]uint64                              // by IP protocol number
+}
+
+const ipProtoTCP = 6
+
+func (t *stateTally) add(e *conntrack.Entry) {
+	assured := 0
+	if e.Status&conntrack.StatusAssured != 0 {
+		assured = 1
+	}
+	if e.Orig.Proto == ipProtoTCP {
+		t.tcp[min(int(e.TCPState), len(conntrack.TCPStateNames))][assured]++
+		return
+	}
+	t.other[e.Orig.Proto][assured]++
+}
+
+// counts lists the non-zero counters, TCP states first, then the other
+// protocols by number.
+func (t *stateTally) counts() []StateCount {
+	var out []StateCount
+	assured := [2]string{"false", "true"}
+	for st, row := range t.tcp {
+		name := "unknown"
+		if st < len(conntrack.TCPStateNames) {
+			name = conntrack.TCPStateNames[st]
+		}
+		for a, n := range row {
+			if n > 0 {
+				out = append(out, StateCount{Protocol: "tcp", State: name, Assured: assured[a], Entries: n})
+			}
+		}
+	}
+	for p, row := range t.other {
+		for a, n := range row {
+			if n > 0 {
+				out = append(out, StateCount{Protocol: protocolNames[p], Assured: assured[a], Entries: n})
+			}
+		}
+	}
+	return out
 }
 
 // count adds delta to the counters of the pods and the service e counts
 // toward (see CONTRACT.md), dropping counters that reach 0.
-func (a *Attribution) count(e *ctdump.Entry, pods, services map[attrKey]int64, delta int64) {
+func (a *Attribution) count(e *conntrack.Entry, pods, services map[attrKey]int64, delta int64) {
 	ix := a.index
 	proto := e.Orig.Proto
 	client, clientOK := ix.PodByIP(e.Orig.Src)
@@ -337,7 +368,7 @@ func (a *Attribution) count(e *ctdump.Entry, pods, services map[attrKey]int64, d
 	if server, ok := ix.PodByIP(e.Reply.Src); ok && (!clientOK || server != client) {
 		add(pods, attrKey{server.Namespace, server.Name, proto}, delta)
 	}
-	if name := a.protoNames[proto]; name == "tcp" || name == "udp" || name == "sctp" {
+	if name := protocolNames[proto]; name == "tcp" || name == "udp" || name == "sctp" {
 		if svc, ok := ix.ServiceByAddrPort(name, e.Orig.Dst, e.Orig.DstPort); ok {
 			add(services, attrKey{svc.Namespace, svc.Service, proto}, delta)
 		}
@@ -352,29 +383,29 @@ func add(m map[attrKey]int64, k attrKey, delta int64) {
 	}
 }
 
-func (a *Attribution) counts(m map[attrKey]int64) []attributedCount {
-	out := make([]attributedCount, 0, len(m))
+func counts(m map[attrKey]int64) []AttributedCount {
+	out := make([]AttributedCount, 0, len(m))
 	for k, n := range m {
-		out = append(out, attributedCount{namespace: k.namespace, name: k.name, protocol: a.protoNames[k.proto], entries: uint64(n)})
+		out = append(out, AttributedCount{Namespace: k.namespace, Name: k.name, Protocol: protocolNames[k.proto], Entries: uint64(n)})
 	}
 	sort.Slice(out, func(i, j int) bool {
-		if out[i].entries != out[j].entries {
-			return out[i].entries > out[j].entries
+		if out[i].Entries != out[j].Entries {
+			return out[i].Entries > out[j].Entries
 		}
-		if out[i].namespace != out[j].namespace {
-			return out[i].namespace < out[j].namespace
+		if out[i].Namespace != out[j].Namespace {
+			return out[i].Namespace < out[j].Namespace
 		}
-		if out[i].name != out[j].name {
-			return out[i].name < out[j].name
+		if out[i].Name != out[j].Name {
+			return out[i].Name < out[j].Name
 		}
-		return out[i].protocol < out[j].protocol
+		return out[i].Protocol < out[j].Protocol
 	})
 	return out
 }
 
 // topK keeps the TopServices largest series of counts (sorted largest
 // first) and sums the rest per protocol into series with empty names.
-func (a *Attribution) topK(counts []attributedCount) []attributedCount {
+func (a *Attribution) topK(counts []AttributedCount) []AttributedCount {
 	k := a.cfg.TopServices
 	if k <= 0 || len(counts) <= k {
 		return counts
@@ -382,7 +413,7 @@ func (a *Attribution) topK(counts []attributedCount) []attributedCount {
 	out := counts[:k:k]
 	rest := map[string]uint64{}
 	for _, c := range counts[k:] {
-		rest[c.protocol] += c.entries
+		rest[c.Protocol] += c.Entries
 	}
 	protos := make([]string, 0, len(rest))
 	for p := range rest {
@@ -390,38 +421,214 @@ func (a *Attribution) topK(counts []attributedCount) []attributedCount {
 	}
 	sort.Strings(protos)
 	for _, p := range protos {
-		out = append(out, attributedCount{protocol: p, entries: rest[p]})
+		out = append(out, AttributedCount{Protocol: p, Entries: rest[p]})
 	}
 	return out
 }
 
+// Result is what Update serves: the result of the last successful pass
+// (with the counts events kept since, in events mode). It returns
+// ErrNoData when there is no table, and before the first pass an error
+// that also wraps ErrNotReady.
+func (a *Attribution) Result(context.Context) (*AttributionResult, error) {
+	s := a.r.Snapshot()
+	if s != nil && s.Err != nil && errors.Is(s.Err, ErrNoData) {
+		return nil, s.Err
+	}
+	r := a.current()
+	if r == nil {
+		return nil, fmt.Errorf("conntrack attribution: %w: %w", ErrNotReady, ErrNoData)
+	}
+	return r, nil
+}
+
+// current is the result Update serves, nil before the first pass.
+func (a *Attribution) current() *AttributionResult {
+	s := a.r.Snapshot()
+	if s == nil {
+		return nil
+	}
+	return a.withEvents(s.Value)
+}
+
 // Update implements Collector: it serves the result of the last successful
 // pass, and ErrNoData before the first one or when there is no table.
-func (a *Attribution) Update(_ context.Context, ch chan<- prometheus.Metric) error {
+func (a *Attribution) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
 	ch <- prometheus.MustNewConstMetric(a.errorsTotal, prometheus.CounterValue, float64(a.errs.Load()))
 	ch <- prometheus.MustNewConstMetric(a.passesTotal, prometheus.CounterValue, float64(a.passes.Load()))
 	if a.cfg.Mode == AttributionModeEvents {
 		ch <- prometheus.MustNewConstMetric(a.eventsLostTotal, prometheus.CounterValue, float64(a.events.lost.Load()))
 	}
-	if absent := a.absent.Load(); absent != nil {
-		return *absent
+	s, err := a.Result(ctx)
+	if err != nil {
+		return err
 	}
-	s := a.current()
-	if s == nil {
-		return fmt.Errorf("conntrack attribution: %w: %w", ErrNotReady, ErrNoData)
+	for _, c := range s.Pods {
+		ch <- prometheus.MustNewConstMetric(a.podEntries, prometheus.GaugeValue, float64(c.Entries), podValues(kube.PodRef{Namespace: c.Namespace, Name: c.Name}, c.Protocol)...)
 	}
-	for _, c := range s.pods {
-		ch <- prometheus.MustNewConstMetric(a.podEntries, prometheus.GaugeValue, float64(c.entries), c.namespace, c.name, c.protocol)
+	for _, c := range s.Services {
+		ch <- prometheus.MustNewConstMetric(a.svcEntries, prometheus.GaugeValue, float64(c.Entries), serviceValues(c.Namespace, c.Name, c.Protocol)...)
 	}
-	for _, c := range s.services {
-		ch <- prometheus.MustNewConstMetric(a.svcEntries, prometheus.GaugeValue, float64(c.entries), c.namespace, c.name, c.protocol)
+	for _, c := range s.States {
+		ch <- prometheus.MustNewConstMetric(a.stateEntries, prometheus.GaugeValue, float64(c.Entries), c.Protocol, c.State, c.Assured)
 	}
-	for _, c := range s.states {
-		ch <- prometheus.MustNewConstMetric(a.stateEntries, prometheus.GaugeValue, float64(c.entries), c.protocol, c.state, c.assured)
-	}
-	ch <- prometheus.MustNewConstMetric(a.duration, prometheus.GaugeValue, s.duration.Seconds())
-	ch <- prometheus.MustNewConstMetric(a.scanned, prometheus.GaugeValue, float64(s.scanned))
-	ch <- prometheus.MustNewConstMetric(a.dumps, prometheus.GaugeValue, float64(s.dumps))
-	ch <- prometheus.MustNewConstMetric(a.lastSuccess, prometheus.GaugeValue, float64(s.finished.UnixNano())/1e9)
+	ch <- prometheus.MustNewConstMetric(a.duration, prometheus.GaugeValue, s.Duration.Seconds())
+	ch <- prometheus.MustNewConstMetric(a.scanned, prometheus.GaugeValue, float64(s.Scanned))
+	ch <- prometheus.MustNewConstMetric(a.dumps, prometheus.GaugeValue, float64(s.Dumps))
+	ch <- prometheus.MustNewConstMetric(a.lastSuccess, prometheus.GaugeValue, unixSeconds(s.Finished))
+	a.r.emitAge(ch, a.r.Snapshot())
 	return nil
+}
+
+// Events mode.
+
+// eventCounters are the pod and service counts of events mode: those of
+// the last full pass, kept current by the events since.
+type eventCounters struct {
+	mu       sync.Mutex
+	pods     map[attrKey]int64 // nil until the first pass
+	services map[attrKey]int64
+
+	lost atomic.Uint64
+}
+
+// withEvents is the result Update serves for the pass r: in events mode with
+// the counts the events kept current since; nil before the first pass.
+func (a *Attribution) withEvents(r *AttributionResult) *AttributionResult {
+	if a.cfg.Mode != AttributionModeEvents || r == nil {
+		return r
+	}
+	ev := &a.events
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	if ev.pods == nil {
+		return nil
+	}
+	out := *r
+	out.Pods, out.Services = counts(ev.pods), a.topK(counts(ev.services))
+	return &out
+}
+
+// eventsLoop subscribes to conntrack events, counts a full pass, then
+// applies events to the counts until the next pass is due (every
+// Interval) or events were lost. Events still queued when a pass starts
+// are applied after it, so an entry created just before or during the pass
+// may be counted twice and one destroyed then may be subtracted although
+// the pass did not see it (counts never go below 0); the next pass
+// corrects both.
+func (a *Attribution) eventsLoop(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := a.followEvents(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, conntrack.ErrEventsLost):
+			a.events.lost.Add(1)
+			a.logger.Info("conntrack events lost, subscribing again and counting the table", zap.Error(err))
+			continue
+		case errors.Is(err, ErrNoData):
+			now := time.Now()
+			a.r.publish(nil, now, now, err)
+		default:
+			// The counts are served on until a pass succeeds.
+			now := time.Now()
+			a.r.publish(nil, now, now, err)
+		}
+		t := time.NewTimer(a.cfg.Interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// followEvents subscribes, counts a pass, and applies events until ctx is
+// done or an error. When events were lost it returns ErrEventsLost, and the
+// caller subscribes again on a new socket: after an overrun the kernel
+// reports ENOBUFS once and then, until the queue drains, drops further
+// events silently (netlink_overrun in net/netlink/af_netlink.c sets the
+// error only when the socket was not already marked congested), so the
+// old socket cannot be trusted through the pass that follows.
+func (a *Attribution) followEvents(ctx context.Context) error {
+	if err := conntrack.CheckTable(a.procfs); err != nil {
+		err = noData(err)
+		a.failed(ctx, err)
+		return err
+	}
+	// Subscribe before the pass so no event between the two is missed.
+	l, err := conntrack.Listen(a.target, a.eventsReadBuffer)
+	if err != nil {
+		err = noData(err)
+		a.failed(ctx, err)
+		return err
+	}
+	defer l.Close()
+	for {
+		if err := a.resync(ctx); err != nil {
+			return err
+		}
+		next := time.Now().Add(a.cfg.Interval)
+		for {
+			_, err := l.Receive(ctx, next, a.applyEvent)
+			if err == nil {
+				continue
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				break // a pass is due
+			}
+			if !errors.Is(err, conntrack.ErrEventsLost) {
+				a.failed(ctx, err)
+			}
+			return err
+		}
+	}
+}
+
+// resync replaces the counts with those of a full pass.
+func (a *Attribution) resync(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, a.cfg.Interval)
+	defer cancel()
+	start := time.Now()
+	t, st, err := a.scan(pctx)
+	if err != nil {
+		a.failed(ctx, err)
+		return err
+	}
+	end := time.Now()
+	ev := &a.events
+	ev.mu.Lock()
+	ev.pods, ev.services = t.pods, t.services
+	ev.mu.Unlock()
+	a.passes.Add(1)
+	a.r.publish(&AttributionResult{
+		States:   t.states.counts(),
+		Scanned:  st.Entries,
+		Dumps:    st.Dumps,
+		Duration: end.Sub(start),
+		Finished: end,
+	}, start, end, nil)
+	return nil
+}
+
+func (a *Attribution) applyEvent(e *conntrack.Entry) {
+	var delta int64
+	switch e.Event {
+	case conntrack.EventNew:
+		delta = 1
+	case conntrack.EventDestroy:
+		delta = -1
+	default:
+		return
+	}
+	ev := &a.events
+	ev.mu.Lock()
+	if ev.pods != nil {
+		a.count(e, ev.pods, ev.services, delta)
+	}
+	ev.mu.Unlock()
 }

@@ -14,11 +14,11 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/ti-mo/conntrack"
+	ticonntrack "github.com/ti-mo/conntrack"
 	"go.uber.org/zap"
 
-	"github.com/netinspect/netinspect/collector/ctdump"
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/source/conntrack"
 	"github.com/netinspect/netinspect/test/ctfill"
 	"github.com/netinspect/netinspect/test/netns"
 	"github.com/netinspect/netinspect/test/testenv"
@@ -47,14 +47,14 @@ func BenchmarkAttributionPass(b *testing.B) {
 		}
 
 		b.Run(fmt.Sprintf("entries=%d/pass", size), func(b *testing.B) {
-			a := NewAttribution(AttributionConfig{NetNS: ns.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+			a := in(must(NewAttribution(AttributionConfig{}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix}))(b), ns)
 			benchHeap(b, func() {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 				defer cancel()
 				if err := a.Pass(ctx); err != nil {
 					b.Fatal(err)
 				}
-				if got := a.snap.Load().scanned; got != size {
+				if got := a.r.Snapshot().Value.Scanned; got != size {
 					b.Fatalf("scanned %d, want %d", got, size)
 				}
 			})
@@ -62,13 +62,13 @@ func BenchmarkAttributionPass(b *testing.B) {
 		b.Run(fmt.Sprintf("entries=%d/pass-vs-cli", size), func(b *testing.B) {
 			// The goal's comparison made robust to a machine shared with
 			// other work.
-			a := NewAttribution(AttributionConfig{NetNS: ns.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
-			benchPassVsCLI(b, a, ns, func(*attributionSnapshot) {})
+			a := in(must(NewAttribution(AttributionConfig{}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix}))(b), ns)
+			benchPassVsCLI(b, a, ns, func(*AttributionResult) {})
 		})
 		b.Run(fmt.Sprintf("entries=%d/scrape", size), func(b *testing.B) {
 			// What a scrape costs once a pass has finished: it serves the
 			// snapshot, so the cost follows the series, not the table.
-			a := NewAttribution(AttributionConfig{NetNS: ns.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+			a := in(must(NewAttribution(AttributionConfig{}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix}))(b), ns)
 			if err := a.Pass(context.Background()); err != nil {
 				b.Fatal(err)
 			}
@@ -79,11 +79,11 @@ func BenchmarkAttributionPass(b *testing.B) {
 		// scrape latency unchanged while a pass runs.
 		scrapeSet := func() (*Attribution, Collector) {
 			deps := Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix}
-			a := NewAttribution(AttributionConfig{NetNS: ns.FD()}, deps)
+			a := in(must(NewAttribution(AttributionConfig{}, deps))(b), ns)
 			if err := a.Pass(context.Background()); err != nil {
 				b.Fatal(err)
 			}
-			return a, multiCollector{a, NewConntrack(ConntrackConfig{NetNS: ns.FD()}, deps)}
+			return a, multiCollector{a, in(must(NewConntrack(ConntrackConfig{}, deps))(b), ns)}
 		}
 		b.Run(fmt.Sprintf("entries=%d/scrape-idle", size), func(b *testing.B) {
 			_, c := scrapeSet()
@@ -109,10 +109,10 @@ func BenchmarkAttributionPass(b *testing.B) {
 			b.ReportMetric(float64(passes.Load())/float64(b.N), "passes/op")
 		})
 		b.Run(fmt.Sprintf("entries=%d/ctdump-count-only", size), func(b *testing.B) {
-			d := ctdump.NewDumper()
+			d := conntrack.NewDumper()
 			benchHeap(b, func() {
 				n := 0
-				if _, err := d.Dump(context.Background(), ns.FD(), ctdump.FamilyAll, func(*ctdump.Entry) { n++ }); err != nil || n != size {
+				if _, err := d.Dump(context.Background(), ns.Target(), conntrack.FamilyAll, func(*conntrack.Entry) { n++ }); err != nil || n != size {
 					b.Fatalf("dumped %d, want %d: %v", n, size, err)
 				}
 			})
@@ -124,7 +124,7 @@ func BenchmarkAttributionPass(b *testing.B) {
 		})
 		b.Run(fmt.Sprintf("entries=%d/baseline-timo-dump", size), func(b *testing.B) {
 			benchHeap(b, func() {
-				c, err := conntrack.Dial(&netlink.Config{NetNS: ns.FD()})
+				c, err := ticonntrack.Dial(&netlink.Config{NetNS: ns.FD()})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -186,13 +186,14 @@ func benchSplitAndOneDump(b *testing.B, ns *netns.NS, ix *kube.Index, size int) 
 			name = "one-dump"
 		}
 		b.Run(fmt.Sprintf("entries=%d/%s-vs-cli", size, name), func(b *testing.B) {
-			a := NewAttribution(AttributionConfig{NetNS: ns.FD(), NoSplit: !split}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+			a := in(must(NewAttribution(AttributionConfig{}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix}))(b), ns)
+			a.scanner.NoSplit = !split
 			if err := a.Pass(context.Background()); err != nil { // learns the status bits
 				b.Fatal(err)
 			}
-			benchPassVsCLI(b, a, ns, func(s *attributionSnapshot) {
-				if s.scanned != size || (s.dumps == 2) != split {
-					b.Fatalf("pass scanned %d entries in %d dumps", s.scanned, s.dumps)
+			benchPassVsCLI(b, a, ns, func(s *AttributionResult) {
+				if s.Scanned != size || (s.Dumps == 2) != split {
+					b.Fatalf("pass scanned %d entries in %d dumps", s.Scanned, s.Dumps)
 				}
 			})
 		})
@@ -203,7 +204,7 @@ func benchSplitAndOneDump(b *testing.B, ns *netns.NS, ix *kube.Index, size int) 
 // inspects) and `conntrack -L > /dev/null` in ns back to back, so that both
 // see the same load, and reports both and the ratio of the sums (the goal:
 // <= 0.5).
-func benchPassVsCLI(b *testing.B, a *Attribution, ns *netns.NS, check func(*attributionSnapshot)) {
+func benchPassVsCLI(b *testing.B, a *Attribution, ns *netns.NS, check func(*AttributionResult)) {
 	var pass, cli time.Duration
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
@@ -211,7 +212,7 @@ func benchPassVsCLI(b *testing.B, a *Attribution, ns *netns.NS, check func(*attr
 			b.Fatal(err)
 		}
 		pass += time.Since(start)
-		check(a.snap.Load())
+		check(a.r.Snapshot().Value)
 		start = time.Now()
 		conntrackList(b, ns)
 		cli += time.Since(start)
@@ -342,8 +343,8 @@ func benchScrapesUntil(b *testing.B, c Collector, done func(start int64) bool, m
 // how many times events were lost.
 func BenchmarkAttributionEvents(b *testing.B) {
 	ns := netns.New(b, "attr-evb")
-	a := NewAttribution(AttributionConfig{NetNS: ns.FD(), Interval: time.Hour, Mode: AttributionModeEvents},
-		Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: attributionIndex()})
+	a := in(must(NewAttribution(AttributionConfig{Interval: time.Hour, Mode: AttributionModeEvents},
+		Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: attributionIndex()}))(b), ns)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer stopAttribution(a, cancel)
 	if err := a.Start(ctx); err != nil {
@@ -355,9 +356,9 @@ func BenchmarkAttributionEvents(b *testing.B) {
 		if s == nil {
 			return -1
 		}
-		for _, c := range s.pods {
-			if c.name == "client-a" && c.protocol == "udp" {
-				return float64(c.entries)
+		for _, c := range s.Pods {
+			if c.Name == "client-a" && c.Protocol == "udp" {
+				return float64(c.Entries)
 			}
 		}
 		return 0
@@ -375,7 +376,7 @@ func BenchmarkAttributionEvents(b *testing.B) {
 	waitFor(0)
 	const n = 10000
 	spec := ctfill.Spec{Count: n, Src: ip("10.244.0.10"), Dst: ip("10.96.0.10"), DstPort: 53}
-	c, err := conntrack.Dial(&netlink.Config{NetNS: ns.FD()})
+	c, err := ticonntrack.Dial(&netlink.Config{NetNS: ns.FD()})
 	if err != nil {
 		b.Fatal(err)
 	}

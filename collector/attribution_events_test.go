@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,8 +21,8 @@ func newEventsAttribution(t *testing.T, ns *netns.NS) *Attribution {
 	t.Helper()
 	// An hour between passes: within the test, counts change only by events
 	// (or by the pass a lost event triggers).
-	a := NewAttribution(AttributionConfig{NetNS: ns.FD(), Interval: time.Hour, Mode: AttributionModeEvents},
-		Deps{Logger: zaptest.NewLogger(t), Paths: Paths{ProcFS: "/proc"}, Index: attributionIndex()})
+	a := in(must(NewAttribution(AttributionConfig{Interval: time.Hour, Mode: AttributionModeEvents},
+		Deps{Logger: zaptest.NewLogger(t), Paths: Paths{ProcFS: "/proc"}, Index: attributionIndex()}))(t), ns)
 	return a
 }
 
@@ -137,15 +138,16 @@ func TestAttributionEventsLostTriggerAPass(t *testing.T) {
 }
 
 func TestAttributionEventsWithoutConntrackIsNoData(t *testing.T) {
-	a := NewAttribution(AttributionConfig{Mode: AttributionModeEvents, Interval: time.Hour},
-		Deps{Logger: zaptest.NewLogger(t), Paths: Paths{ProcFS: t.TempDir()}})
+	a := must(NewAttribution(AttributionConfig{Mode: AttributionModeEvents, Interval: time.Hour},
+		Deps{Logger: zaptest.NewLogger(t), Paths: Paths{ProcFS: t.TempDir()}}))(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer stopAttribution(a, cancel)
 	if err := a.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(time.Minute)
-	for a.absent.Load() == nil {
+	absent := func() bool { s := a.r.Snapshot(); return s != nil && errors.Is(s.Err, ErrNoData) }
+	for !absent() {
 		if time.Now().After(deadline) {
 			t.Fatal("the absent table was not noticed within a minute")
 		}
@@ -159,9 +161,10 @@ func TestAttributionEventsWithoutConntrackIsNoData(t *testing.T) {
 	}
 }
 
-func TestAttributionUnknownModeFailsStart(t *testing.T) {
-	a := NewAttribution(AttributionConfig{Mode: "magic"}, Deps{Logger: zaptest.NewLogger(t)})
-	if err := a.Start(context.Background()); err == nil {
-		t.Error("Start with mode magic succeeded")
+// A bad mode is refused by the constructor, so the binary exits 2 with
+// usage at start-up instead of failing in Start.
+func TestAttributionUnknownModeFailsConstruction(t *testing.T) {
+	if _, err := NewAttribution(AttributionConfig{Mode: "magic"}, Deps{Logger: zaptest.NewLogger(t)}); err == nil || !strings.Contains(err.Error(), "magic") {
+		t.Errorf("NewAttribution with mode magic: %v, want an error naming it", err)
 	}
 }

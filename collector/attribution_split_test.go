@@ -58,8 +58,8 @@ netinspect_conntrack_attribution_last_dumps ` + n + "\n"
 	}
 	for pass := 2; pass <= 3; pass++ {
 		mustPass(t, a)
-		if a.lastSplitBit != 1<<2 {
-			t.Errorf("pass %d split on %#x, want IPS_ASSURED (0x4), the only bit that differs", pass, a.lastSplitBit)
+		if a.scanner.LastSplitBit() != 1<<2 {
+			t.Errorf("pass %d split on %#x, want IPS_ASSURED (0x4), the only bit that differs", pass, a.scanner.LastSplitBit())
 		}
 		if err := testutil.GatherAndCompare(reg, strings.NewReader(want+dumps("2")), names...); err != nil {
 			t.Errorf("pass %d, two dumps: %v", pass, err)
@@ -68,44 +68,11 @@ netinspect_conntrack_attribution_last_dumps ` + n + "\n"
 
 	// Splitting off, every pass is one dump again.
 	one := newNetnsAttribution(t, ns, attributionIndex(), 0)
-	one.cfg.NoSplit = true
+	one.scanner.NoSplit = true
 	mustPass(t, one)
 	mustPass(t, one)
 	if err := testutil.GatherAndCompare(attributionRegistry(t, one), strings.NewReader(want+dumps("1")), names...); err != nil {
 		t.Errorf("with NoSplit: %v", err)
-	}
-}
-
-// The plan follows the last pass's bit counts: no split below the size
-// where it pays, nor when the smaller part would be under a quarter of the
-// table, nor with one CPU; the most even bit otherwise.
-func TestAttributionSplitPlan(t *testing.T) {
-	a := NewAttribution(AttributionConfig{}, Deps{})
-	tl := func(scanned int, bits ...int) *tally {
-		t := &tally{scanned: scanned}
-		copy(t.bits[:], bits)
-		return t
-	}
-	for _, tc := range []struct {
-		name string
-		last *tally
-		want uint32
-	}{
-		{"first pass", nil, 0},
-		{"small table", tl(splitMinEntries-1, 0, 0, splitMinEntries/2, 0), 0},
-		{"no even bit", tl(100000, 1000, 0, 90000, 90000), 0},
-		{"assured half", tl(100000, 0, 0, 50000, 60000), 1 << 2},
-		{"dst nat most even", tl(100000, 40000, 0, 70000, 70000), 1 << 5},
-		{"a majority set is as even as a minority", tl(100000, 0, 80000, 0, 0), 0},
-		{"three quarters set", tl(100000, 0, 74000, 0, 0), 1 << 4},
-	} {
-		if got := a.planSplit(tc.last).bit; got != tc.want {
-			t.Errorf("%s: split on %#x, want %#x", tc.name, got, tc.want)
-		}
-	}
-	a.splitUnsupported = true
-	if got := a.planSplit(tl(100000, 0, 0, 50000, 50000)).bit; got != 0 {
-		t.Errorf("kernel without status filters: split on %#x", got)
 	}
 }
 
@@ -136,8 +103,8 @@ netinspect_conntrack_pod_entries{namespace="web",pod="backend-2",protocol="udp"}
 		if pass > 1 {
 			wantBit = 1 << 5 // IPS_DST_NAT
 		}
-		if a.lastSplitBit != wantBit {
-			t.Errorf("pass %d split on %#x, want %#x", pass, a.lastSplitBit, wantBit)
+		if a.scanner.LastSplitBit() != wantBit {
+			t.Errorf("pass %d split on %#x, want %#x", pass, a.scanner.LastSplitBit(), wantBit)
 		}
 		if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "netinspect_conntrack_pod_entries"); err != nil {
 			t.Errorf("pass %d: %v", pass, err)
@@ -166,7 +133,7 @@ func sendNATTraffic(t testing.TB, ns *netns.NS, half int) {
 	ns.MustRun("nft", "add table ip nat")
 	ns.MustRun("nft", "add chain ip nat out { type nat hook output priority -100 ; }")
 	ns.MustRun("nft", "add rule ip nat out ip daddr 10.96.0.10 udp dport 1-65535 dnat to 10.244.0.20")
-	err := inNetNS(ns.Path(), func() error {
+	err := ns.Do(func() error {
 		// A socket (a source port) per 65,535 destination ports.
 		conns := make([]*net.UDPConn, (half+65534)/65535)
 		for i := range conns {

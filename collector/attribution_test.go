@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/netinspect/netinspect/kube"
+	sourcens "github.com/netinspect/netinspect/source/netns"
 	"github.com/netinspect/netinspect/test/ctfill"
 	"github.com/netinspect/netinspect/test/netns"
 	"github.com/netinspect/netinspect/test/testenv"
@@ -108,8 +109,8 @@ func fillFlows(t testing.TB, ns *netns.NS, specs []ctfill.Spec) {
 }
 
 func newNetnsAttribution(t testing.TB, ns *netns.NS, ix *kube.Index, topK int) *Attribution {
-	return NewAttribution(AttributionConfig{NetNS: ns.FD(), TopServices: topK, Interval: time.Hour},
-		Deps{Logger: zaptest.NewLogger(t), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+	return in(must(NewAttribution(AttributionConfig{TopServices: topK, Interval: time.Hour},
+		Deps{Logger: zaptest.NewLogger(t), Paths: Paths{ProcFS: "/proc"}, Index: ix}))(t), ns)
 }
 
 func attributionRegistry(t testing.TB, c Collector) *prometheus.Registry {
@@ -238,8 +239,8 @@ netinspect_conntrack_attribution_entries_scanned 500
 func TestAttributionStartRunsPassesInTheBackground(t *testing.T) {
 	ns := netns.New(t, "attr-loop")
 	fillFlows(t, ns, attributionFlows[:1])
-	a := NewAttribution(AttributionConfig{NetNS: ns.FD(), Interval: 50 * time.Millisecond},
-		Deps{Logger: zaptest.NewLogger(t), Paths: Paths{ProcFS: "/proc"}, Index: attributionIndex()})
+	a := in(must(NewAttribution(AttributionConfig{Interval: 50 * time.Millisecond},
+		Deps{Logger: zaptest.NewLogger(t), Paths: Paths{ProcFS: "/proc"}, Index: attributionIndex()}))(t), ns)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer stopAttribution(a, cancel)
 	if err := a.Start(ctx); err != nil {
@@ -255,18 +256,18 @@ func TestAttributionStartRunsPassesInTheBackground(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if got := a.snap.Load().scanned; got != 300 {
+	if got := a.r.Snapshot().Value.Scanned; got != 300 {
 		t.Errorf("scanned = %d, want 300", got)
 	}
 }
 
 func TestAttributionWithoutConntrackIsNoData(t *testing.T) {
-	a := NewAttribution(AttributionConfig{}, Deps{Logger: zaptest.NewLogger(t), Paths: Paths{ProcFS: t.TempDir()}})
+	a := must(NewAttribution(AttributionConfig{}, Deps{Logger: zaptest.NewLogger(t), Paths: Paths{ProcFS: t.TempDir()}}))(t)
 	err := a.Pass(context.Background())
 	if !errors.Is(err, ErrNoData) {
 		t.Fatalf("pass without nf_conntrack_max = %v, want ErrNoData", err)
 	}
-	a.runPass(context.Background())
+	_ = a.Pass(context.Background())
 	if err := a.Update(context.Background(), make(chan prometheus.Metric, 10)); !errors.Is(err, ErrNoData) {
 		t.Errorf("Update without a table = %v, want ErrNoData", err)
 	}
@@ -279,11 +280,11 @@ func TestAttributionFailedPassKeepsServingTheLastResult(t *testing.T) {
 	ns := netns.New(t, "attr-fail")
 	fillFlows(t, ns, attributionFlows[:1])
 	a := newNetnsAttribution(t, ns, attributionIndex(), 0)
-	a.runPass(context.Background())
+	_ = a.Pass(context.Background())
 	if a.passes.Load() != 1 {
 		t.Fatalf("first pass did not succeed")
 	}
-	first := a.snap.Load()
+	first := a.r.Snapshot().Value
 
 	// A descriptor that is no network namespace: entering it fails, as it
 	// would if the namespace were gone.
@@ -292,10 +293,10 @@ func TestAttributionFailedPassKeepsServingTheLastResult(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	a.cfg.NetNS = int(f.Fd())
-	a.runPass(context.Background())
+	a.setTarget(sourcens.FromFD(int(f.Fd())))
+	_ = a.Pass(context.Background())
 
-	if a.snap.Load() != first {
+	if a.r.Snapshot().Value != first {
 		t.Error("a failed pass replaced the served result")
 	}
 	want := `
@@ -323,5 +324,5 @@ netinspect_scrape_collector_success{collector="under_test"} 1
 // stopped, so it cannot log after the test ended.
 func stopAttribution(a *Attribution, cancel context.CancelFunc) {
 	cancel()
-	<-a.stopped
+	a.Close()
 }

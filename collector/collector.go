@@ -4,6 +4,12 @@
 // Each collector implements Collector. The adapter (Set) runs the enabled
 // collectors in parallel on every scrape, bounded by the scrape's deadline, and
 // reports netinspect_scrape_collector_success and _duration_seconds for each.
+//
+// A collector only joins what the kernel readers under source/ return to the
+// Kubernetes index and emits it: it makes no syscalls and imports no netlink
+// library (layout_test.go at the top of the module keeps it so). Collectors
+// that read a slow source serve it from a snapshot that one background
+// goroutine refreshes (snapshot.go).
 package collector
 
 import (
@@ -16,6 +22,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/netinspect/netinspect/source"
 )
 
 // Namespace is the prefix of every metric netinspect exports.
@@ -31,6 +39,16 @@ var ErrNoData = errors.New("collector returned no data")
 // it is ErrNoData; a one-shot reader (netinspect inspect) waits it out,
 // whereas plain ErrNoData means the source is absent.
 var ErrNotReady = errors.New("first background pass not finished")
+
+// noData turns an error of a reader whose kernel feature is absent
+// (source.ErrAbsent) into one that also wraps ErrNoData, so the reason is
+// reported as no data rather than as a failure.
+func noData(err error) error {
+	if err != nil && errors.Is(err, source.ErrAbsent) && !errors.Is(err, ErrNoData) {
+		return fmt.Errorf("%w: %w", err, ErrNoData)
+	}
+	return err
+}
 
 // Collector reads one source of node state and emits metrics for it.
 type Collector interface {
@@ -60,18 +78,27 @@ type Set struct {
 
 type entry struct {
 	c Collector
-	// busy holds a token while an Update is in flight, so a collector that
-	// outlives its scrape's deadline is not started again on top of itself.
-	busy chan struct{}
 
-	mu         sync.Mutex
+	mu sync.Mutex
+	// inflight is the Update under way, if any. A scrape that finds one
+	// waits for its result instead of starting a second Update: concurrent
+	// scrapes (two Prometheus replicas, a storm) share one reading of the
+	// source, and a collector that outlives its scrape's deadline is not
+	// started again on top of itself.
+	inflight   *call
 	lastNoData string
+}
+
+// call is one Update, shared by every scrape that arrives while it runs.
+type call struct {
+	done chan struct{}
+	r    result
 }
 
 // NewSet returns a Set running the given collectors, keyed by name.
 func NewSet(logger *zap.Logger, collectors map[string]Collector) *Set {
 	s := &Set{
-		logger:     logger,
+		logger:     Deps{Logger: logger}.logger(),
 		collectors: make(map[string]*entry, len(collectors)),
 		success: prometheus.NewDesc(
 			prometheus.BuildFQName(Namespace, "scrape", "collector_success"),
@@ -83,7 +110,7 @@ func NewSet(logger *zap.Logger, collectors map[string]Collector) *Set {
 			[]string{"collector"}, nil),
 	}
 	for name, c := range collectors {
-		s.collectors[name] = &entry{c: c, busy: make(chan struct{}, 1)}
+		s.collectors[name] = &entry{c: c}
 		s.names = append(s.names, name)
 	}
 	sort.Strings(s.names)
@@ -153,40 +180,48 @@ func (s *Set) run(ctx context.Context, name string, ch chan<- prometheus.Metric)
 	ch <- prometheus.MustNewConstMetric(s.success, prometheus.GaugeValue, success, name)
 }
 
-// update runs one Update in its own goroutine, buffering its metrics, so that
-// a collector that ignores its deadline cannot hold the scrape or write to a
-// channel the registry has already closed.
+// update returns the metrics of the collector's Update under way, or of a
+// new one started for this scrape. The Update runs in its own goroutine,
+// buffering its metrics, so that a collector that ignores its deadline cannot
+// hold the scrape or write to a channel the registry has already closed. The
+// metrics are const metrics, so every scrape sharing a call may send them.
 func (s *Set) update(ctx context.Context, e *entry) ([]prometheus.Metric, error) {
-	select {
-	case e.busy <- struct{}{}:
-	default:
-		return nil, errors.New("previous update still running past its deadline; skipped")
+	e.mu.Lock()
+	c := e.inflight
+	if c == nil {
+		c = &call{done: make(chan struct{})}
+		e.inflight = c
+		go e.do(ctx, c)
 	}
-	done := make(chan result, 1)
-	go func() {
-		buf := make(chan prometheus.Metric, 64)
-		collected := make(chan []prometheus.Metric, 1)
-		go func() {
-			var ms []prometheus.Metric
-			for m := range buf {
-				ms = append(ms, m)
-			}
-			collected <- ms
-		}()
-		err := safeUpdate(ctx, e.c, buf)
-		close(buf)
-		r := result{metrics: <-collected, err: err}
-		// Free the collector before handing the result over, so the next
-		// scrape, which may start as soon as this one returns, finds it idle.
-		<-e.busy
-		done <- r
-	}()
+	e.mu.Unlock()
 	select {
-	case r := <-done:
-		return r.metrics, r.err
+	case <-c.done:
+		return c.r.metrics, c.r.err
 	case <-ctx.Done():
 		return nil, fmt.Errorf("deadline of the scrape reached: %w", ctx.Err())
 	}
+}
+
+// do runs one Update under the deadline of the scrape that started it.
+func (e *entry) do(ctx context.Context, c *call) {
+	buf := make(chan prometheus.Metric, 64)
+	collected := make(chan []prometheus.Metric, 1)
+	go func() {
+		var ms []prometheus.Metric
+		for m := range buf {
+			ms = append(ms, m)
+		}
+		collected <- ms
+	}()
+	err := safeUpdate(ctx, e.c, buf)
+	close(buf)
+	c.r = result{metrics: <-collected, err: err}
+	// Forget the call before waking its waiters, so the next scrape, which
+	// may start as soon as this one returns, starts a fresh Update.
+	e.mu.Lock()
+	e.inflight = nil
+	e.mu.Unlock()
+	close(c.done)
 }
 
 // safeUpdate turns a panic in a collector into an error, so one broken

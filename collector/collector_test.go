@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -119,5 +120,56 @@ netinspect_scrape_collector_success{collector="panics"} 0
 `
 	if err := testutil.CollectAndCompare(set.Scrape(ctx), strings.NewReader(want), "netinspect_scrape_collector_success"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestSetSharesUpdateAmongConcurrentScrapes(t *testing.T) {
+	release := make(chan struct{})
+	var started atomic.Int32
+	set := NewSet(zap.NewNop(), map[string]Collector{
+		"slow": fakeCollector(func(_ context.Context, ch chan<- prometheus.Metric) error {
+			started.Add(1)
+			<-release
+			ch <- prometheus.MustNewConstMetric(fakeDesc, prometheus.GaugeValue, 7)
+			return nil
+		}),
+	})
+	want := `
+# HELP netinspect_scrape_collector_success Whether the collector succeeded in this scrape (1) or failed, timed out or found its source absent (0).
+# TYPE netinspect_scrape_collector_success gauge
+netinspect_scrape_collector_success{collector="slow"} 1
+`
+	const scrapes = 5
+	errs := make(chan error, scrapes)
+	for range scrapes {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			errs <- testutil.CollectAndCompare(set.Scrape(ctx), strings.NewReader(want), "netinspect_scrape_collector_success")
+		}()
+	}
+	// Let every scrape arrive while the first Update is still running.
+	deadline := time.Now().Add(5 * time.Second)
+	for started.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	close(release)
+	for range scrapes {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if n := started.Load(); n != 1 {
+		t.Errorf("%d concurrent scrapes started %d Updates, want 1 shared", scrapes, n)
+	}
+	// Once it returned, the next scrape reads the source afresh.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := testutil.CollectAndCompare(set.Scrape(ctx), strings.NewReader(want), "netinspect_scrape_collector_success"); err != nil {
+		t.Fatal(err)
+	}
+	if n := started.Load(); n != 2 {
+		t.Errorf("Updates after a later scrape: %d, want 2", n)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/netinspect/netinspect/source/conntrack"
 	"github.com/netinspect/netinspect/test/ctfill"
 	"github.com/netinspect/netinspect/test/netns"
 	"github.com/netinspect/netinspect/test/testenv"
@@ -27,7 +28,7 @@ func BenchmarkConntrackScrape(b *testing.B) {
 	}
 
 	b.Run("netlink", func(b *testing.B) {
-		c := NewConntrack(ConntrackConfig{NetNS: ns.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
+		c := in(must(NewConntrack(ConntrackConfig{}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), ns)
 		benchScrape(b, c)
 	})
 	b.Run("procfs", func(b *testing.B) {
@@ -36,7 +37,7 @@ func BenchmarkConntrackScrape(b *testing.B) {
 		// compared here.
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := readConntrackProcfs("/proc"); err != nil {
+			if _, err := conntrack.ReadProcfs("/proc"); err != nil {
 				b.Fatal(err)
 			}
 		}

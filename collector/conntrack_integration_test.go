@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/netinspect/netinspect/source/conntrack"
 	"github.com/netinspect/netinspect/test/ctfill"
 	"github.com/netinspect/netinspect/test/netns"
 	"github.com/netinspect/netinspect/test/testenv"
@@ -84,7 +85,7 @@ func conntrackS(t *testing.T, ns *netns.NS) map[string]float64 {
 // equals the sum `conntrack -S` printed for it.
 func requireStatsMatch(t *testing.T, got, want map[string]float64) {
 	t.Helper()
-	for s := range numConntrackStats {
+	for s := range conntrack.NumStats {
 		name := "netinspect_conntrack_stat_" + s.String() + "_total"
 		v, ok := got[name]
 		if !ok {
@@ -98,8 +99,8 @@ func requireStatsMatch(t *testing.T, got, want map[string]float64) {
 }
 
 func newNetnsConntrack(t *testing.T, ns *netns.NS, perCPU bool) *Conntrack {
-	return NewConntrack(ConntrackConfig{NetNS: ns.FD(), PerCPU: perCPU},
-		Deps{Logger: zaptest.NewLogger(t), Paths: Paths{ProcFS: "/proc"}})
+	return in(must(NewConntrack(ConntrackConfig{PerCPU: perCPU},
+		Deps{Logger: zaptest.NewLogger(t), Paths: Paths{ProcFS: "/proc"}}))(t), ns)
 }
 
 func TestConntrackCountsEntriesOfItsNamespace(t *testing.T) {
@@ -148,7 +149,7 @@ func TestConntrackPerCPUStatisticsSumToTotals(t *testing.T) {
 
 	summed := gather(t, newNetnsConntrack(t, ns, false))
 	perCPU := gather(t, newNetnsConntrack(t, ns, true))
-	for s := range numConntrackStats {
+	for s := range conntrack.NumStats {
 		name := "netinspect_conntrack_stat_" + s.String() + "_total"
 		var sum float64
 		cpus := 0

@@ -1,6 +1,10 @@
 package collector
 
 import (
+	"fmt"
+	"slices"
+	"strings"
+
 	"go.uber.org/zap"
 
 	"github.com/netinspect/netinspect/kube"
@@ -21,4 +25,20 @@ type Deps struct {
 	// Index resolves IPs to pods and services. It is nil when Kubernetes
 	// enrichment is off; a nil Index finds nothing, so label values stay empty.
 	Index *kube.Index
+}
+
+// logger is the logger collectors use: a no-op one when none is given.
+func (d Deps) logger() *zap.Logger {
+	if d.Logger == nil {
+		return zap.NewNop()
+	}
+	return d.Logger
+}
+
+// oneOf returns an error unless value is one of allowed.
+func oneOf(what, value string, allowed []string) error {
+	if slices.Contains(allowed, value) {
+		return nil
+	}
+	return fmt.Errorf("unknown %s %q (known: %s)", what, value, strings.Join(allowed, ", "))
 }

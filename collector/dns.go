@@ -3,34 +3,22 @@ package collector
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/source/dnsprobe"
+	"github.com/netinspect/netinspect/source/netns"
 )
 
 // DNSName is the DNS probe collector's name in flags and metrics.
 const DNSName = "dns"
-
-// Defaults of the DNS probe collector.
-const (
-	DefaultDNSService  = "kube-system/kube-dns"
-	DefaultDNSName     = "kubernetes.default.svc.cluster.local"
-	DefaultDNSInterval = 15 * time.Second
-	DefaultDNSTimeout  = 2 * time.Second
-)
 
 // dnsMaxParallel bounds the probes in flight in one round, so a cluster DNS
 // with many replicas is not hit by every query at once.
@@ -51,10 +39,36 @@ type DNSConfig struct {
 	Interval time.Duration
 	// Timeout bounds one probe (dial, query and answer).
 	Timeout time.Duration
-	// NetNSPath, when set, is a network namespace (a bind mount or
-	// /proc/<pid>/ns/net) the probes are sent from, instead of the
-	// exporter's own. Tests use it to probe from a node namespace.
-	NetNSPath string
+}
+
+// DefaultDNSConfig is the DNS probe collector's configuration when no flag
+// says otherwise.
+func DefaultDNSConfig() DNSConfig {
+	return DNSConfig{
+		Service:  "kube-system/kube-dns",
+		Names:    []string{"kubernetes.default.svc.cluster.local"},
+		Interval: 15 * time.Second,
+		Timeout:  2 * time.Second,
+	}
+}
+
+// withDefaults fills the unset fields from DefaultDNSConfig.
+func (cfg DNSConfig) withDefaults() DNSConfig {
+	d := DefaultDNSConfig()
+	if cfg.Service == "" {
+		cfg.Service = d.Service
+	}
+	cfg.Names = slices.Clone(cfg.Names)
+	if len(cfg.Names) == 0 {
+		cfg.Names = d.Names
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = d.Interval
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = d.Timeout
+	}
+	return cfg
 }
 
 // DNS probes the cluster DNS from the node: it resolves the configured names
@@ -67,6 +81,7 @@ type DNS struct {
 	ns, svc          string
 	index            *kube.Index
 	logger           *zap.Logger
+	target           netns.Target
 	success, rcode   *prometheus.Desc
 	duration, match  *prometheus.Desc
 	serverInfo, last *prometheus.Desc
@@ -75,8 +90,7 @@ type DNS struct {
 	// refresher touches it.
 	hists map[dnsKey]*dnsHist
 
-	mu   sync.Mutex
-	snap *dnsSnapshot
+	r *refresher[*DNSResult]
 }
 
 // dnsKey identifies one probe series.
@@ -97,59 +111,45 @@ type dnsServer struct {
 	ports     map[string]uint16 // protocol -> port
 }
 
-// dnsResult is one probe's outcome.
-type dnsResult struct {
-	key      dnsKey
-	ok       bool
-	answered bool
-	rcode    string
-	match    int // 1 or 0; -1 when the name is not a Service known to the index
-	seconds  float64
-	err      error
+// DNSProbeResult is one probe's outcome.
+type DNSProbeResult struct {
+	Server, Name, Protocol string
+	OK                     bool
+	answered               bool
+	rcode                  string
+	match                  int // 1 or 0; -1 when the name is not a Service known to the index
+	seconds                float64
+	err                    error
 }
 
-// dnsSnapshot is an immutable probe round.
-type dnsSnapshot struct {
-	at      time.Time
+func (r *DNSProbeResult) key() dnsKey { return dnsKey{r.Server, r.Name, r.Protocol} }
+
+// DNSResult is an immutable probe round.
+type DNSResult struct {
 	err     error // the round could not run (Service not found)
 	servers []dnsServer
-	results []dnsResult
-	hists   map[dnsKey]dnsHist
+	// Probes are the round's probes.
+	Probes []DNSProbeResult
+	hists  map[dnsKey]dnsHist
 }
 
 // NewDNS returns the DNS probe collector. Start runs its probes.
 func NewDNS(cfg DNSConfig, deps Deps) (*DNS, error) {
-	if cfg.Service == "" {
-		cfg.Service = DefaultDNSService
-	}
+	cfg = cfg.withDefaults()
 	ns, svc, ok := strings.Cut(cfg.Service, "/")
 	if !ok || ns == "" || svc == "" || strings.Contains(svc, "/") {
-		return nil, fmt.Errorf("DNS service %q: want namespace/name, e.g. %s", cfg.Service, DefaultDNSService)
-	}
-	cfg.Names = slices.Clone(cfg.Names)
-	if len(cfg.Names) == 0 {
-		cfg.Names = []string{DefaultDNSName}
+		return nil, fmt.Errorf("DNS service %q: want namespace/name, e.g. %s", cfg.Service, DefaultDNSConfig().Service)
 	}
 	for i, n := range cfg.Names {
 		n = strings.TrimSpace(n)
-		if _, ok := dns.IsDomainName(n); !ok || n == "" {
+		if !dnsprobe.IsDomainName(n) {
 			return nil, fmt.Errorf("DNS probe name %q is not a domain name", n)
 		}
 		cfg.Names[i] = n
 	}
-	if cfg.Interval <= 0 {
-		cfg.Interval = DefaultDNSInterval
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultDNSTimeout
-	}
-	logger := deps.Logger
-	if logger == nil {
-		logger = zap.NewNop()
-	}
 	labels := []string{"server", "name", "protocol"}
 	d := &DNS{
-		cfg: cfg, ns: ns, svc: svc, index: deps.Index, logger: logger,
+		cfg: cfg, ns: ns, svc: svc, index: deps.Index, logger: deps.logger(),
 		hists: map[dnsKey]*dnsHist{},
 		success: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "dns", "probe_success"),
 			"Whether the last query for name to server over protocol got a NOERROR answer with at least one record (1) or not (0).", labels, nil),
@@ -159,49 +159,60 @@ func NewDNS(cfg DNSConfig, deps Deps) (*DNS, error) {
 			"Response code of the last answer for name from server over protocol (1 for the code it had); absent when no answer came.", append(labels, "rcode"), nil),
 		match: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "dns", "probe_answer_matches_service"),
 			"Whether the addresses of the last answer equal the ClusterIPs the API has for the Service the name names (<service>.<namespace>.svc.<domain>); absent when the name is not such a Service or no answer came.", labels, nil),
-		serverInfo: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "dns", "probe_server_info"),
-			"The servers probed: the DNS Service's ClusterIPs (kind service) and its endpoints (kind endpoint, with their pod from the index).", []string{"server", "kind", "namespace", "pod"}, nil),
+		serverInfo: identityDesc("dns", "probe_server_info",
+			"The servers probed: the DNS Service's ClusterIPs (kind service) and its endpoints (kind endpoint, with their pod from the index).", podIdentity, "server", "kind"),
 		last: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "dns", "probe_last_round_timestamp_seconds"),
 			"When the last round of DNS probes started.", nil, nil),
 	}
+	// A round is bounded by its probes' timeouts, not as a whole. A round
+	// that cannot run (no Service) is a failed read.
+	d.r = newRefresher(DNSName, cfg.Interval, 0, func(ctx context.Context) (*DNSResult, error) {
+		r := d.probeAll(ctx)
+		return r, r.err
+	})
 	return d, nil
 }
 
+// setTarget makes the collector send its probes from the network namespace
+// t (tests).
+func (d *DNS) setTarget(t netns.Target) { d.target = t }
+
 // Start runs a probe round now and then every interval until ctx is done.
-func (d *DNS) Start(ctx context.Context) error {
-	go func() {
-		t := time.NewTicker(d.cfg.Interval)
-		defer t.Stop()
-		for {
-			d.round(ctx)
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return nil
+func (d *DNS) Start(ctx context.Context) error { return d.r.Start(ctx) }
+
+// Close stops the probe rounds and waits for the one running.
+func (d *DNS) Close() { d.r.Close() }
+
+// Result is the last round.
+func (d *DNS) Result(context.Context) (*DNSResult, error) {
+	s := d.r.Snapshot()
+	if s == nil {
+		return nil, fmt.Errorf("DNS probes: %w: %w", ErrNotReady, ErrNoData)
+	}
+	if s.Err != nil {
+		return nil, s.Err
+	}
+	return s.Value, nil
 }
 
 // Update sends the last round's results; it never waits for a probe.
 func (d *DNS) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
-	d.mu.Lock()
-	s := d.snap
-	d.mu.Unlock()
-	if s == nil {
+	snap := d.r.Snapshot()
+	if snap == nil {
 		return fmt.Errorf("DNS probes: %w: %w", ErrNotReady, ErrNoData)
 	}
-	ch <- prometheus.MustNewConstMetric(d.last, prometheus.GaugeValue, float64(s.at.UnixNano())/1e9)
-	if s.err != nil {
-		return s.err
+	ch <- prometheus.MustNewConstMetric(d.last, prometheus.GaugeValue, unixSeconds(snap.Started))
+	d.r.emitAge(ch, snap)
+	if snap.Err != nil {
+		return snap.Err
 	}
+	s := snap.Value
 	for _, sv := range s.servers {
-		ch <- prometheus.MustNewConstMetric(d.serverInfo, prometheus.GaugeValue, 1, sv.addr.String(), sv.kind, sv.namespace, sv.pod)
+		ch <- prometheus.MustNewConstMetric(d.serverInfo, prometheus.GaugeValue, 1, podValues(kube.PodRef{Namespace: sv.namespace, Name: sv.pod}, sv.addr.String(), sv.kind)...)
 	}
-	for _, r := range s.results {
-		k := r.key
-		ch <- prometheus.MustNewConstMetric(d.success, prometheus.GaugeValue, b2f(r.ok), k.server, k.name, k.protocol)
+	for _, r := range s.Probes {
+		k := r.key()
+		ch <- prometheus.MustNewConstMetric(d.success, prometheus.GaugeValue, b2f(r.OK), k.server, k.name, k.protocol)
 		if r.answered {
 			ch <- prometheus.MustNewConstMetric(d.rcode, prometheus.GaugeValue, 1, k.server, k.name, k.protocol, r.rcode)
 			if r.match >= 0 {
@@ -225,14 +236,6 @@ func b2f(b bool) float64 {
 		return 1
 	}
 	return 0
-}
-
-// round runs one probe round and publishes its snapshot.
-func (d *DNS) round(ctx context.Context) {
-	snap := d.probeAll(ctx)
-	d.mu.Lock()
-	d.snap = snap
-	d.mu.Unlock()
 }
 
 // servers finds the DNS Service's ClusterIPs and endpoints in the index, and
@@ -302,8 +305,8 @@ func (d *DNS) servers() ([]dnsServer, map[[2]string][]netip.Addr, error) {
 
 // probeAll probes every server with every name over each protocol the
 // Service serves, dnsMaxParallel at a time.
-func (d *DNS) probeAll(ctx context.Context) *dnsSnapshot {
-	snap := &dnsSnapshot{at: time.Now()}
+func (d *DNS) probeAll(ctx context.Context) *DNSResult {
+	snap := &DNSResult{}
 	servers, known, err := d.servers()
 	if err != nil {
 		snap.err = err
@@ -325,7 +328,7 @@ func (d *DNS) probeAll(ctx context.Context) *dnsSnapshot {
 			}
 		}
 	}
-	results := make([]dnsResult, len(jobs))
+	results := make([]DNSProbeResult, len(jobs))
 	sem := make(chan struct{}, dnsMaxParallel)
 	var wg sync.WaitGroup
 	for i, j := range jobs {
@@ -341,11 +344,11 @@ func (d *DNS) probeAll(ctx context.Context) *dnsSnapshot {
 
 	live := make(map[dnsKey]bool, len(results))
 	for _, r := range results {
-		live[r.key] = true
-		h := d.hists[r.key]
+		live[r.key()] = true
+		h := d.hists[r.key()]
 		if h == nil {
 			h = &dnsHist{buckets: make([]uint64, len(dnsDurationBuckets))}
-			d.hists[r.key] = h
+			d.hists[r.key()] = h
 		}
 		h.count++
 		h.sum += r.seconds
@@ -355,9 +358,9 @@ func (d *DNS) probeAll(ctx context.Context) *dnsSnapshot {
 				break
 			}
 		}
-		if !r.ok {
-			d.logger.Debug("DNS probe failed", zap.String("server", r.key.server), zap.String("name", r.key.name),
-				zap.String("protocol", r.key.protocol), zap.String("rcode", r.rcode), zap.Error(r.err))
+		if !r.OK {
+			d.logger.Debug("DNS probe failed", zap.String("server", r.Server), zap.String("name", r.Name),
+				zap.String("protocol", r.Protocol), zap.String("rcode", r.rcode), zap.Error(r.err))
 		}
 	}
 	// Servers that are gone (a replica replaced) take their series along.
@@ -369,63 +372,22 @@ func (d *DNS) probeAll(ctx context.Context) *dnsSnapshot {
 		}
 		snap.hists[k] = dnsHist{count: h.count, sum: h.sum, buckets: slices.Clone(h.buckets)}
 	}
-	snap.results = results
+	snap.Probes = results
 	return snap
 }
 
 // probe sends one query for name to server over proto and reads the answer,
 // bounded by the configured timeout.
-func (d *DNS) probe(ctx context.Context, server netip.AddrPort, name, proto string, known map[[2]string][]netip.Addr) (r dnsResult) {
-	r = dnsResult{key: dnsKey{server: server.Addr().String(), name: name, protocol: proto}, match: -1}
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
-	defer cancel()
+func (d *DNS) probe(ctx context.Context, server netip.AddrPort, name, proto string, known map[[2]string][]netip.Addr) (r DNSProbeResult) {
+	r = DNSProbeResult{Server: server.Addr().String(), Name: name, Protocol: proto, match: -1}
 	start := time.Now()
-	defer func() { r.seconds = time.Since(start).Seconds() }()
-
-	conn, err := d.dial(ctx, proto, server.String())
-	if err != nil {
-		r.err = err
+	a, err := dnsprobe.Query(ctx, d.target, server, name, proto, d.cfg.Timeout)
+	r.seconds = time.Since(start).Seconds()
+	r.err = err
+	if a == nil {
 		return r
 	}
-	defer conn.Close()
-	// miekg/dns takes only the deadline from ctx; a cancelled ctx (the
-	// exporter stopping) must end the exchange too.
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
-	defer stop()
-	qtype := dns.TypeA
-	if server.Addr().Is6() {
-		qtype = dns.TypeAAAA
-	}
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), qtype)
-	c := &dns.Client{Net: proto, Timeout: d.cfg.Timeout}
-	resp, _, err := c.ExchangeWithConnContext(ctx, m, &dns.Conn{Conn: conn})
-	if err != nil {
-		r.err = err
-		return r
-	}
-	r.answered = true
-	r.rcode = dns.RcodeToString[resp.Rcode]
-	if r.rcode == "" {
-		r.rcode = strconv.Itoa(resp.Rcode)
-	}
-	var addrs []netip.Addr
-	for _, rr := range resp.Answer {
-		switch v := rr.(type) {
-		case *dns.A:
-			if a, ok := netip.AddrFromSlice(v.A.To4()); ok {
-				addrs = append(addrs, a)
-			}
-		case *dns.AAAA:
-			if a, ok := netip.AddrFromSlice(v.AAAA); ok {
-				addrs = append(addrs, a)
-			}
-		}
-	}
-	r.ok = resp.Rcode == dns.RcodeSuccess && len(resp.Answer) > 0
-	if !r.ok && r.err == nil {
-		r.err = fmt.Errorf("answer with rcode %s and %d records", r.rcode, len(resp.Answer))
-	}
+	r.answered, r.rcode, r.OK = true, a.Rcode, a.OK
 	if svcNS, svcName, ok := serviceOfName(name); ok {
 		if ips, ok := known[[2]string{svcNS, svcName}]; ok {
 			var want []netip.Addr
@@ -436,7 +398,7 @@ func (d *DNS) probe(ctx context.Context, server netip.AddrPort, name, proto stri
 			}
 			if len(want) > 0 {
 				r.match = 0
-				if sameAddrs(addrs, want) {
+				if sameAddrs(a.Addrs, want) {
 					r.match = 1
 				}
 			}
@@ -459,55 +421,4 @@ func sameAddrs(a, b []netip.Addr) bool {
 	slices.SortFunc(a, netip.Addr.Compare)
 	slices.SortFunc(b, netip.Addr.Compare)
 	return slices.Equal(slices.Compact(a), slices.Compact(b))
-}
-
-// dial connects to addr, from NetNSPath when it is set.
-func (d *DNS) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	var dl net.Dialer
-	if d.cfg.NetNSPath == "" {
-		return dl.DialContext(ctx, network, addr)
-	}
-	var conn net.Conn
-	err := inNetNS(d.cfg.NetNSPath, func() error {
-		var err error
-		conn, err = dl.DialContext(ctx, network, addr)
-		return err
-	})
-	return conn, err
-}
-
-// inNetNS runs fn on a goroutine whose OS thread has entered the network
-// namespace at path, so the sockets fn creates belong to it (a socket keeps
-// its namespace for life). The thread goes back to its own namespace after;
-// if it cannot, it stays locked and the Go runtime discards it.
-func inNetNS(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		own, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open own network namespace: %w", err)
-			return
-		}
-		defer own.Close()
-		target, err := os.Open(path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open network namespace %s: %w", path, err)
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace %s (needs CAP_SYS_ADMIN): %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(own.Fd()), unix.CLONE_NEWNET); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
 }

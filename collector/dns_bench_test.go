@@ -3,6 +3,7 @@ package collector
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -42,11 +43,11 @@ func dnsBenchSetup(b *testing.B, n int) (*netns.NS, *kube.Index) {
 // in the same run: sending as many prebuilt metrics, the floor of any scrape.
 func BenchmarkDNSScrape(b *testing.B) {
 	ns, ix := dnsBenchSetup(b, 10)
-	d, err := NewDNS(DNSConfig{Names: []string{dnsTestName, "missing.default.svc.cluster.local"}, Timeout: time.Second, NetNSPath: ns.Path()}, Deps{Index: ix})
+	d, err := inNS(NewDNS(DNSConfig{Names: []string{dnsTestName, "missing.default.svc.cluster.local"}, Timeout: time.Second}, Deps{Index: ix}))(ns)
 	if err != nil {
 		b.Fatal(err)
 	}
-	d.round(context.Background())
+	d.r.refresh(context.Background())
 	var prebuilt []prometheus.Metric
 	ch := make(chan prometheus.Metric, 1024)
 	if err := d.Update(context.Background(), ch); err != nil {
@@ -82,20 +83,25 @@ func BenchmarkDNSScrape(b *testing.B) {
 // and dial.
 func BenchmarkDNSProbe(b *testing.B) {
 	ns, ix := dnsBenchSetup(b, 1)
-	d, err := NewDNS(DNSConfig{Timeout: time.Second, NetNSPath: ns.Path()}, Deps{Index: ix})
+	d, err := inNS(NewDNS(DNSConfig{Timeout: time.Second}, Deps{Index: ix}))(ns)
 	if err != nil {
 		b.Fatal(err)
 	}
 	server := netip.MustParseAddrPort("10.96.0.10:53")
 	b.Run("probe", func(b *testing.B) {
 		for b.Loop() {
-			if r := d.probe(context.Background(), server, dnsTestName, "udp", nil); !r.ok {
+			if r := d.probe(context.Background(), server, dnsTestName, "udp", nil); !r.OK {
 				b.Fatal(r.err)
 			}
 		}
 	})
 	b.Run("baseline-exchange", func(b *testing.B) {
-		conn, err := d.dial(context.Background(), "udp", server.String())
+		var conn net.Conn
+		err := ns.Do(func() error {
+			var err error
+			conn, err = (&net.Dialer{}).DialContext(context.Background(), "udp", server.String())
+			return err
+		})
 		if err != nil {
 			b.Fatal(err)
 		}

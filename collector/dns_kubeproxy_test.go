@@ -90,7 +90,7 @@ func TestDNSProbeRealKubeProxy(t *testing.T) {
 
 	kp := cp.StartKubeProxy(t, tp.Node, cpl.KubeProxyOptions{NodeName: node, Mode: "iptables"})
 
-	d, err := NewDNS(DNSConfig{Timeout: time.Second, NetNSPath: tp.Node.Path()}, Deps{Logger: zaptest.NewLogger(t), Index: ix})
+	d, err := inNS(NewDNS(DNSConfig{Timeout: time.Second}, Deps{Logger: zaptest.NewLogger(t), Index: ix}))(tp.Node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestDNSProbeRealKubeProxy(t *testing.T) {
 	// Wait until kube-proxy programmed the ClusterIP: every probe succeeds.
 	allUp := dnsKPWant(clusterIP, replicas, "")
 	cpl.Eventually(t, time.Minute, func() error {
-		d.round(ctx)
+		d.r.refresh(ctx)
 		if err := testutil.CollectAndCompare(scrape, strings.NewReader(allUp), dnsCompared...); err != nil {
 			return fmt.Errorf("%v\nkube-proxy:\n%s", err, kp.Tail())
 		}
@@ -144,7 +144,7 @@ func TestDNSProbeRealKubeProxy(t *testing.T) {
 	// Several rounds, so the ClusterIP's probes would have met the dead
 	// replica had it still been behind the Service.
 	for range 5 {
-		d.round(ctx)
+		d.r.refresh(ctx)
 		if err := testutil.CollectAndCompare(scrape, strings.NewReader(dnsKPWant(clusterIP, replicas, "coredns-b")), dnsCompared...); err != nil {
 			t.Fatal(err)
 		}

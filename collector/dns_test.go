@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/netinspect/netinspect/kube"
+	sourcens "github.com/netinspect/netinspect/source/netns"
 	cpl "github.com/netinspect/netinspect/test/controlplane"
 	"github.com/netinspect/netinspect/test/netns"
 )
@@ -39,7 +40,7 @@ func startDNSTestServer(t testing.TB, nsPath, addr, mode string, answers map[str
 		pc net.PacketConn
 		l  net.Listener
 	)
-	if err := inNetNS(nsPath, func() error {
+	if err := sourcens.Do(nsPath, func() error {
 		var err error
 		if pc, err = net.ListenPacket("udp", addr); err != nil {
 			return err
@@ -152,19 +153,17 @@ func TestDNSProbeServers(t *testing.T) {
 	}
 	ix.SetEndpointSlice("kube-system", "kube-dns-abc", "kube-dns", eps)
 
-	d, err := NewDNS(DNSConfig{
-		Names:     []string{dnsTestName, "missing.default.svc.cluster.local"},
-		Timeout:   300 * time.Millisecond,
-		NetNSPath: ns.Path(),
-	}, Deps{Logger: zap.NewNop(), Index: ix})
+	d, err := inNS(NewDNS(DNSConfig{
+		Names:   []string{dnsTestName, "missing.default.svc.cluster.local"},
+		Timeout: 300 * time.Millisecond}, Deps{Logger: zap.NewNop(), Index: ix}))(ns)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := d.Update(context.Background(), make(chan prometheus.Metric, 10)); !errors.Is(err, ErrNoData) {
 		t.Fatalf("Update before the first round: %v, want ErrNoData", err)
 	}
-	d.round(context.Background())
-	d.round(context.Background())
+	d.r.refresh(context.Background())
+	d.r.refresh(context.Background())
 
 	want := `
 # HELP netinspect_dns_probe_answer_matches_service Whether the addresses of the last answer equal the ClusterIPs the API has for the Service the name names (<service>.<namespace>.svc.<domain>); absent when the name is not such a Service or no answer came.
@@ -238,17 +237,15 @@ netinspect_dns_probe_success{name="missing.default.svc.cluster.local",protocol="
 	if n := testutil.CollectAndCount(dnsTestScrape{d}, "netinspect_dns_probe_duration_seconds"); n != 24 {
 		t.Fatalf("%d duration series, want 24", n)
 	}
-	d.mu.Lock()
-	for k, h := range d.snap.hists {
+	for k, h := range d.r.Snapshot().Value.hists {
 		if h.count != 2 {
 			t.Errorf("histogram %v counts %d probes, want 2", k, h.count)
 		}
 	}
-	d.mu.Unlock()
 
 	// A replica that goes away takes its series along.
 	ix.SetEndpointSlice("kube-system", "kube-dns-abc", "kube-dns", eps[:1])
-	d.round(context.Background())
+	d.r.refresh(context.Background())
 	if n := testutil.CollectAndCount(dnsTestScrape{d}, "netinspect_dns_probe_duration_seconds"); n != 8 {
 		t.Fatalf("%d duration series after the slice shrank, want 8", n)
 	}
@@ -264,7 +261,7 @@ func TestDNSScrapeNeverWaits(t *testing.T) {
 	ix := kube.NewIndex("node-1")
 	ix.SetService(kube.ServiceInfo{Namespace: "kube-system", Name: "kube-dns", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
 		Ports: []kube.ServicePortInfo{{Name: "dns", Port: 53, Protocol: "udp"}}})
-	d, err := NewDNS(DNSConfig{Timeout: time.Hour, Interval: time.Hour, NetNSPath: ns.Path()}, Deps{Index: ix})
+	d, err := inNS(NewDNS(DNSConfig{Timeout: time.Hour, Interval: time.Hour}, Deps{Index: ix}))(ns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,7 +319,7 @@ func TestDNSNoService(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			d.round(context.Background())
+			d.r.refresh(context.Background())
 			ch := make(chan prometheus.Metric, 10)
 			if err := d.Update(context.Background(), ch); !errors.Is(err, ErrNoData) {
 				t.Fatalf("Update: %v, want ErrNoData", err)

@@ -5,8 +5,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -17,10 +15,11 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 
-	"github.com/netinspect/netinspect/collector/rules"
-	"github.com/netinspect/netinspect/collector/rules/fixture"
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/kubeproxy"
+	"github.com/netinspect/netinspect/source/iptables"
 	"github.com/netinspect/netinspect/test/netns"
+	"github.com/netinspect/netinspect/test/proxyrules"
 	"github.com/netinspect/netinspect/test/testenv"
 )
 
@@ -96,7 +95,7 @@ func rulesDiff(t *testing.T, what string, got, want map[string]float64) {
 
 // rulesWaitRefresh waits for a snapshot of a listing that started after
 // after and satisfies ok.
-func rulesWaitRefresh(t testing.TB, c *IPTables, after time.Time, ok func(*iptablesState) bool) *iptablesState {
+func rulesWaitRefresh(t testing.TB, c *IPTables, after time.Time, ok func(*IPTablesResult) bool) *IPTablesResult {
 	t.Helper()
 	_ = c.Start(t.Context())
 	deadline := time.Now().Add(time.Minute)
@@ -143,7 +142,7 @@ func rulesKernelCounts(t testing.TB, ns *netns.NS, backend, family, table string
 			continue
 		}
 		chain := f[1]
-		for _, p := range rules.HashedPrefixes {
+		for _, p := range kubeproxy.HashedPrefixes {
 			if strings.HasPrefix(chain, p) {
 				chain = p + "*"
 			}
@@ -166,7 +165,7 @@ type rulesSvcPort struct {
 	Port                                int
 }
 
-func rulesSvcPorts(svcs []fixture.Service) []rulesSvcPort {
+func rulesSvcPorts(svcs []proxyrules.Service) []rulesSvcPort {
 	var out []rulesSvcPort
 	for _, s := range svcs {
 		out = append(out, rulesSvcPort{s.Namespace, s.Name, s.PortName, s.Protocol, s.Port})
@@ -179,9 +178,9 @@ func rulesSvcPorts(svcs []fixture.Service) []rulesSvcPort {
 func rulesKernelEndpoints(t testing.TB, ns *netns.NS, backend, family string, s rulesSvcPort) int {
 	t.Helper()
 	bin := map[string]string{"ipv4": "iptables", "ipv6": "ip6tables"}[family] + "-" + backend
-	hash := rules.PortProtoHash(rules.ServicePortName(s.Namespace, s.Name, s.PortName), s.Protocol)
+	hash := kubeproxy.PortProtoHash(kubeproxy.ServicePortName(s.Namespace, s.Name, s.PortName), s.Protocol)
 	seen := map[string]bool{}
-	for _, prefix := range []string{rules.PrefixSVC, rules.PrefixSVL} {
+	for _, prefix := range []string{kubeproxy.PrefixSVC, kubeproxy.PrefixSVL} {
 		out, err := ns.Run(bin, "-w", "5", "-t", "nat", "-S", prefix+hash)
 		if err != nil {
 			continue // no chain: kube-proxy rejects the service
@@ -196,8 +195,8 @@ func rulesKernelEndpoints(t testing.TB, ns *netns.NS, backend, family string, s 
 // rulesTestServices are services of every shape kube-proxy writes rules
 // for: ClusterIP, session affinity, NodePort with external and
 // load-balancer IPs, an unnamed port without endpoints, UDP.
-func rulesTestServices(family int) []fixture.Service {
-	svcs := fixture.Generate("ns1", 4, 2, family)
+func rulesTestServices(family int) []proxyrules.Service {
+	svcs := proxyrules.Generate("ns1", 4, 2, family)
 	svcs[0].SessionAffinity = true
 	svcs[1].NodePort = 30080
 	if family == 4 {
@@ -225,7 +224,7 @@ func rulesExpectIPTables(t testing.TB, ns *netns.NS, backend string, svcs map[st
 				want[fmt.Sprintf(`netinspect_iptables_rules{chain=%q,family=%q,table=%q}`, chain, family, table)] = float64(n)
 			}
 		}
-		for _, p := range rules.HashedPrefixes {
+		for _, p := range kubeproxy.HashedPrefixes {
 			k := fmt.Sprintf(`netinspect_iptables_rules{chain=%q,family=%q,table="nat"}`, p+"*", family)
 			if _, ok := want[k]; !ok {
 				want[k] = 0
@@ -269,20 +268,20 @@ func TestIPTablesCollector(t *testing.T) {
 				testenv.RequireCommand(t, cmd)
 			}
 			ns := netns.New(t, "ipt"+backend)
-			svcs := map[string][]fixture.Service{"ipv4": rulesTestServices(4), "ipv6": rulesTestServices(6)}
+			svcs := map[string][]proxyrules.Service{"ipv4": rulesTestServices(4), "ipv6": rulesTestServices(6)}
 			ports := func() map[string][]rulesSvcPort {
 				return map[string][]rulesSvcPort{"ipv4": rulesSvcPorts(svcs["ipv4"]), "ipv6": rulesSvcPorts(svcs["ipv6"])}
 			}
-			rulesRestore(t, ns, backend, 4, fixture.IPTablesRestore(svcs["ipv4"], 4))
-			rulesRestore(t, ns, backend, 6, fixture.IPTablesRestore(svcs["ipv6"], 6))
+			rulesRestore(t, ns, backend, 4, proxyrules.IPTablesRestore(svcs["ipv4"], 4))
+			rulesRestore(t, ns, backend, 6, proxyrules.IPTablesRestore(svcs["ipv6"], 6))
 			before := rulesSnapshotText(t, ns)
 
-			c := NewIPTables(IPTablesConfig{RefreshInterval: 50 * time.Millisecond, NetNSPath: ns.Path(), NetNS: ns.FD()},
-				Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
+			c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: 50 * time.Millisecond},
+				Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t), ns)
 			t.Cleanup(c.Close)
 			st := rulesWaitRefresh(t, c, time.Time{}, nil)
-			if st.backend != backend {
-				t.Errorf("detected backend %q, want %q", st.backend, backend)
+			if st.Backend != backend {
+				t.Errorf("detected backend %q, want %q", st.Backend, backend)
 			}
 
 			got := rulesGather(t, c)
@@ -309,7 +308,7 @@ func TestIPTablesCollector(t *testing.T) {
 			// endpoints; the next refresh shows it.
 			svcs["ipv4"][0].Endpoints = append(svcs["ipv4"][0].Endpoints, netip.MustParseAddrPort("10.180.9.9:8080"))
 			svcs["ipv4"][1].Endpoints = nil
-			rulesRestore(t, ns, backend, 4, fixture.IPTablesRestore(svcs["ipv4"], 4))
+			rulesRestore(t, ns, backend, 4, proxyrules.IPTablesRestore(svcs["ipv4"], 4))
 			rulesWaitRefresh(t, c, time.Now(), nil)
 			before = rulesSnapshotText(t, ns)
 			got = rulesGather(t, c)
@@ -336,14 +335,14 @@ func TestIPTablesModeDetection(t *testing.T) {
 	testenv.RequireCommand(t, "nft")
 	ns := netns.New(t, "iptmode")
 	newC := func() *IPTables {
-		c := NewIPTables(IPTablesConfig{RefreshInterval: time.Hour, NetNSPath: ns.Path(), NetNS: ns.FD()},
-			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
+		c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour},
+			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t), ns)
 		t.Cleanup(c.Close)
 		return c
 	}
 	before := rulesSnapshotText(t, ns)
-	if st := rulesWaitRefresh(t, newC(), time.Time{}, nil); st.mode != ModeNone {
-		t.Errorf("empty netns: mode %q, want none", st.mode)
+	if st := rulesWaitRefresh(t, newC(), time.Time{}, nil); st.Mode != kubeproxy.ModeNone {
+		t.Errorf("empty netns: mode %q, want none", st.Mode)
 	}
 	// Listing an empty namespace creates no table in either backend.
 	if after := rulesSnapshotText(t, ns); after != before {
@@ -351,16 +350,16 @@ func TestIPTablesModeDetection(t *testing.T) {
 	}
 
 	// nftables mode: kube-proxy's own table.
-	rulesNFTLoad(t, ns, fixture.NFTables(rulesTestServices(4), 4))
-	if st := rulesWaitRefresh(t, newC(), time.Time{}, nil); st.mode != ModeNFTables {
-		t.Errorf("with table ip kube-proxy: mode %q, want nftables", st.mode)
+	rulesNFTLoad(t, ns, proxyrules.NFTables(rulesTestServices(4), 4))
+	if st := rulesWaitRefresh(t, newC(), time.Time{}, nil); st.Mode != kubeproxy.ModeNFTables {
+		t.Errorf("with table ip kube-proxy: mode %q, want nftables", st.Mode)
 	}
 	ns.MustRun("nft", "delete", "table", "ip", "kube-proxy")
 
 	// ipvs mode: kube-proxy's ipvs filter chain and ipset matches.
 	rulesRestore(t, ns, "nft", 4, []byte("*filter\n:KUBE-IPVS-FILTER - [0:0]\nCOMMIT\n*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n"))
-	if st := rulesWaitRefresh(t, newC(), time.Time{}, nil); st.mode != ModeIPVS {
-		t.Errorf("with KUBE-IPVS-FILTER: mode %q, want ipvs", st.mode)
+	if st := rulesWaitRefresh(t, newC(), time.Time{}, nil); st.Mode != kubeproxy.ModeIPVS {
+		t.Errorf("with KUBE-IPVS-FILTER: mode %q, want ipvs", st.Mode)
 	}
 }
 
@@ -370,12 +369,12 @@ func TestIPTablesModeDetection(t *testing.T) {
 // clusters, so this path is fed rules with every comment removed.
 func TestIPTablesAttributionByHash(t *testing.T) {
 	svcs := rulesTestServices(4)
-	text := fixture.IPTablesRestore(svcs, 4)
+	text := proxyrules.IPTablesRestore(svcs, 4)
 	text = regexp.MustCompile(` -m comment --comment ("[^"]*"|\S+)`).ReplaceAll(text, nil)
 	if bytes.Contains(text, []byte("--comment")) {
 		t.Fatal("comments left")
 	}
-	rs, err := rules.ParseIPTablesSave(text)
+	rs, err := iptables.ParseSave(text)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -388,20 +387,20 @@ func TestIPTablesAttributionByHash(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		index *kube.Index
-		want  []serviceEndpoints
+		want  []ServicePortCount
 	}{
-		{"with index", ix, []serviceEndpoints{
-			{"ns1", "svc-0", "http", 2}, {"ns1", "svc-1", "http", 2}, {"ns1", "svc-3", "dns", 1},
+		{"with index", ix, []ServicePortCount{
+			{kube.ServicePortRef{Namespace: "ns1", Service: "svc-0", Port: "http"}, 2}, {kube.ServicePortRef{Namespace: "ns1", Service: "svc-1", Port: "http"}, 2}, {kube.ServicePortRef{Namespace: "ns1", Service: "svc-3", Port: "dns"}, 1},
 		}},
 		// Without the index the endpoints are still counted, under empty
 		// labels (never guessed).
-		{"without index", nil, []serviceEndpoints{{"", "", "", 5}}},
+		{"without index", nil, []ServicePortCount{{kube.ServicePortRef{Namespace: "", Service: "", Port: ""}, 5}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := NewIPTables(IPTablesConfig{}, Deps{Logger: zap.NewNop(), Index: tc.index})
+			c := must(NewIPTables(IPTablesConfig{}, Deps{Logger: zap.NewNop(), Index: tc.index}))(t)
 			f := c.aggregate("ipv4", rs)
-			if fmt.Sprint(f.endpoints) != fmt.Sprint(tc.want) {
-				t.Errorf("endpoints %v, want %v", f.endpoints, tc.want)
+			if fmt.Sprint(f.Endpoints) != fmt.Sprint(tc.want) {
+				t.Errorf("endpoints %v, want %v", f.Endpoints, tc.want)
 			}
 		})
 	}
@@ -409,7 +408,7 @@ func TestIPTablesAttributionByHash(t *testing.T) {
 
 func TestIPTablesNoIPTablesSave(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
-	c := NewIPTables(IPTablesConfig{RefreshInterval: time.Hour}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
+	c := must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t)
 	defer c.Close()
 	_ = c.Start(t.Context())
 	deadline := time.Now().Add(time.Minute)
@@ -421,30 +420,3 @@ func TestIPTablesNoIPTablesSave(t *testing.T) {
 		t.Fatalf("Update without iptables-save: %v, want ErrNoData", err)
 	}
 }
-
-func TestNFTablesLoaded(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		modules *string // nil: no modules file (kernel without modules)
-		want    bool
-	}{
-		{"no module support", nil, true},
-		{"loaded first", rulesStrPtr("nf_tables 360448 500 nft_chain_nat, Live 0x0\nx_tables 1 2 - Live 0x0\n"), true},
-		{"loaded later", rulesStrPtr("x_tables 1 2 - Live 0x0\nnf_tables 360448 500 - Live 0x0\n"), true},
-		{"not loaded", rulesStrPtr("ip_tables 1 2 - Live 0x0\nnf_tables_set_x 1 0 - Live 0x0\n"), false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			if tc.modules != nil {
-				if err := os.WriteFile(filepath.Join(dir, "modules"), []byte(*tc.modules), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if got := nfTablesLoaded(dir); got != tc.want {
-				t.Errorf("nfTablesLoaded = %v, want %v", got, tc.want)
-			}
-		})
-	}
-}
-
-func rulesStrPtr(s string) *string { return &s }

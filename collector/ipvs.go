@@ -1,25 +1,20 @@
 package collector
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 
-	"github.com/mdlayher/netlink"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/source/ipvs"
+	"github.com/netinspect/netinspect/source/links"
+	"github.com/netinspect/netinspect/source/netns"
 )
 
 // IPVSName is the ipvs collector's name in flags and metrics.
@@ -41,19 +36,28 @@ type IPVSConfig struct {
 	// of IPVSBackendLabels; backends that differ only in dropped labels are
 	// summed into one series. Nil keeps them all.
 	BackendLabels []string
-	// NetNS, when not 0, is an open file descriptor of the network namespace
-	// to read instead of the exporter's own. Tests use it.
-	NetNS int
+}
+
+// DefaultIPVSConfig is the ipvs collector's configuration when no flag says
+// otherwise.
+func DefaultIPVSConfig() IPVSConfig {
+	return IPVSConfig{Backends: true, BackendLabels: slices.Clone(IPVSBackendLabels)}
 }
 
 // IPVS reports every IPVS virtual server of the exporter's network
 // namespace with its counters, and its backends, joined to the Kubernetes
 // Service and backend pod.
+//
+// Labels: the identity of a virtual server is its protocol, address and
+// port; the Service port it belongs to is namespace, service and port_name
+// (port_name is the Service port's name, or its number when unnamed: the
+// port label of the other families). This is the one family whose port is
+// not the Service port's.
 type IPVS struct {
 	cfg    IPVSConfig
 	procfs string
-	logger *zap.Logger
 	index  *kube.Index
+	target netns.Target
 
 	// keep[i] is the position in the kept label values of
 	// IPVSBackendLabels[i], or -1 when the label is dropped.
@@ -69,10 +73,7 @@ type IPVS struct {
 // NewIPVS returns the ipvs collector, or an error for an unknown label in
 // cfg.BackendLabels.
 func NewIPVS(cfg IPVSConfig, deps Deps) (*IPVS, error) {
-	c := &IPVS{cfg: cfg, procfs: deps.Paths.ProcFS, logger: deps.Logger, index: deps.Index}
-	if c.logger == nil {
-		c.logger = zap.NewNop()
-	}
+	c := &IPVS{cfg: cfg, procfs: deps.Paths.ProcFS, index: deps.Index}
 	kept := cfg.BackendLabels
 	if kept == nil {
 		kept = IPVSBackendLabels
@@ -124,28 +125,87 @@ func NewIPVS(cfg IPVSConfig, deps Deps) (*IPVS, error) {
 	return c, nil
 }
 
-// ipvsServiceLabels are the identity and Kubernetes labels of a virtual
-// server, computed once per scrape.
-type ipvsServiceLabels struct {
-	protocol, address, port string
-	ref                     kube.ServicePortRef
+// setTarget makes the collector read the network namespace t (tests).
+func (c *IPVS) setTarget(t netns.Target) { c.target = t }
+
+// IPVSVirtualServer is one virtual server with its labels and backends.
+type IPVSVirtualServer struct {
+	// Protocol, Address and Port identify it as its series do (protocol
+	// fwmark: Port is the mark, Address the family's unspecified address).
+	Protocol, Address, Port string
+	// Service is the Service port it belongs to, from the index; empty
+	// when unknown.
+	Service kube.ServicePortRef
+	// Kernel is what the kernel has: scheduler, flags, counters.
+	Kernel ipvs.Service
+	// Backends are its backends (with IPVSConfig.Backends).
+	Backends []IPVSBackend
+}
+
+// IPVSBackend is one backend with the pod it is.
+type IPVSBackend struct {
+	Kernel ipvs.Dest
+	// Pod is the pod of the EndpointSlice endpoint with the backend's
+	// address, from the index.
+	Pod kube.PodRef
+}
+
+// IPVSResult is one reading of every virtual server.
+type IPVSResult struct {
+	VirtualServers []IPVSVirtualServer
 }
 
 // Update implements Collector.
 func (c *IPVS) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
-	// Without the ip_vs module there is no /proc/net/ip_vs. Checking it first
-	// keeps the scrape from asking generic netlink for the family, which on a
-	// modular kernel may make the kernel try to load a module.
-	path := filepath.Join(c.procfs, "net/ip_vs")
-	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%s absent, ip_vs is not loaded: %w", path, ErrNoData)
+	pairs := labelPairCache{}
+	var agg map[string]*ipvsBackendSum
+	if !c.allKept {
+		agg = map[string]*ipvsBackendSum{}
 	}
-	r, err := dialIPVS(ctx, c.cfg.NetNS)
-	if errors.Is(err, errIPVSAbsent) {
-		return fmt.Errorf("%w: %w", err, ErrNoData)
-	}
+	err := c.read(ctx, func(vs *IPVSVirtualServer) {
+		c.emitService(ch, pairs, vs)
+		for i := range vs.Backends {
+			c.emitBackend(ch, agg, pairs, vs, &vs.Backends[i])
+		}
+	})
 	if err != nil {
 		return err
+	}
+	for _, b := range agg {
+		ch <- prometheus.MustNewConstMetric(c.beActive, prometheus.GaugeValue, float64(b.active), b.labels...)
+		ch <- prometheus.MustNewConstMetric(c.beInactive, prometheus.GaugeValue, float64(b.inactive), b.labels...)
+		ch <- prometheus.MustNewConstMetric(c.beWeight, prometheus.GaugeValue, float64(b.weight), b.labels...)
+		if c.cfg.BackendStats {
+			c.emitBackendStats(ch, prometheus.MakeLabelPairs(c.beConns, b.labels), &b.stats)
+		}
+	}
+	return nil
+}
+
+// Result reads every virtual server once, as Update does.
+func (c *IPVS) Result(ctx context.Context) (*IPVSResult, error) {
+	r := &IPVSResult{}
+	err := c.read(ctx, func(vs *IPVSVirtualServer) {
+		v := *vs
+		v.Backends = slices.Clone(vs.Backends)
+		r.VirtualServers = append(r.VirtualServers, v)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// read reads the virtual servers and their backends and calls visit for
+// each, joined to the index; vs and its Backends are reused by the next
+// call.
+func (c *IPVS) read(ctx context.Context, visit func(vs *IPVSVirtualServer)) error {
+	if err := ipvs.CheckLoaded(c.procfs); err != nil {
+		return noData(err)
+	}
+	r, err := ipvs.Dial(ctx, c.target)
+	if err != nil {
+		return noData(err)
 	}
 	defer r.Close()
 
@@ -159,95 +219,110 @@ func (c *IPVS) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
 	// at 5,000 services. Backends of a virtual server the file does not
 	// show (created after it was read, or a fwmark service, which the file
 	// does not tell apart by family) are still asked over netlink.
-	var fromProc map[ipvsProcKey]*IPVSProcService
+	var fromProc map[ipvs.ProcKey]*ipvs.ProcService
 	if c.cfg.Backends && !c.cfg.BackendStats {
 		if fromProc, err = c.procBackends(); err != nil {
 			return err
 		}
 	}
 
-	pairs := labelPairCache{}
-	var local map[netip.Addr]bool // node addresses, listed only if a NodePort lookup needs them
-	var dests []ipvsDest
-	var agg map[string]*ipvsBackendSum
-	if !c.allKept {
-		agg = map[string]*ipvsBackendSum{}
-	}
+	j := ipvsJoin{c: c, ctx: ctx}
+	var dests []ipvs.Dest
+	vs := &IPVSVirtualServer{}
 	for i := range svcs {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		s := &svcs[i]
-		l := ipvsServiceLabels{
-			protocol: ipProtocolName(s.Protocol),
-			address:  s.Addr.String(),
-			port:     strconv.Itoa(int(s.Port)),
+		*vs = IPVSVirtualServer{
+			Protocol: protocolNames[uint8(s.Protocol)],
+			Address:  s.Addr.String(),
+			Port:     strconv.Itoa(int(s.Port)),
+			Kernel:   *s,
+			Backends: vs.Backends[:0],
 		}
 		if s.FWMark != 0 {
 			// A fwmark service has no address or port: the mark goes in port,
 			// and the address is the family's unspecified address, so IPv4 and
 			// IPv6 services on one mark stay distinct series.
-			l.protocol, l.port = "fwmark", strconv.FormatUint(uint64(s.FWMark), 10)
-			if s.Family == unix.AF_INET6 {
-				l.address = "::"
+			vs.Protocol, vs.Port = "fwmark", strconv.FormatUint(uint64(s.FWMark), 10)
+			if s.Family == ipvs.FamilyIPv6 {
+				vs.Address = "::"
 			} else {
-				l.address = "0.0.0.0"
+				vs.Address = "0.0.0.0"
 			}
-		} else if c.index != nil {
-			ref, ok := c.index.ServiceByAddrPort(l.protocol, s.Addr, s.Port)
-			if !ok {
-				if local == nil {
-					if local, err = localAddrs(ctx, c.cfg.NetNS); err != nil {
-						return err
-					}
-				}
-				// kube-proxy makes a virtual server per node address for a
-				// NodePort; a ClusterIP unknown to the index must not be
-				// mistaken for one, hence the local address check.
-				if local[s.Addr.Unmap()] {
-					ref, _ = c.index.ServiceByNodePort(l.protocol, s.Port)
-				}
-			}
-			l.ref = ref
-		}
-		sv := prometheus.MakeLabelPairs(c.svcConns, []string{l.protocol, l.address, l.port, s.Sched, l.ref.Namespace, l.ref.Service, l.ref.Port})
-		ch <- sharedLabelsMetric{c.svcConns, sv, false, float64(s.Stats.Conns)}
-		ch <- sharedLabelsMetric{c.svcInPkts, sv, false, float64(s.Stats.InPkts)}
-		ch <- sharedLabelsMetric{c.svcOutPkts, sv, false, float64(s.Stats.OutPkts)}
-		ch <- sharedLabelsMetric{c.svcInBytes, sv, false, float64(s.Stats.InBytes)}
-		ch <- sharedLabelsMetric{c.svcOutBytes, sv, false, float64(s.Stats.OutBytes)}
-		ch <- sharedLabelsMetric{c.svcInfo, withLabelPair(sv, pairs.get("flags", ipvsServiceFlags(s.Flags, s.Sched))), true, 1}
-		if s.Flags&ipvsSvcFlagPersistent != 0 {
-			ch <- sharedLabelsMetric{c.svcPersistence, sv, true, float64(s.Timeout)}
-		}
-
-		if !c.cfg.Backends {
-			continue
-		}
-		if ps, ok := fromProc[procKeyOf(s)]; ok && s.FWMark == 0 {
-			dests = dests[:0]
-			for _, b := range ps.Backends {
-				dests = append(dests, ipvsDest{Addr: b.Addr, Port: b.Port, FwdMethod: ipvsForwardingFlags(b.Forward), Weight: b.Weight, Active: b.Active, Inactive: b.Inactive})
-			}
-		} else if dests, err = r.Dests(s, dests[:0]); err != nil {
+		} else if vs.Service, err = j.service(vs.Protocol, s); err != nil {
 			return err
 		}
-		for j := range dests {
-			c.emitBackend(ch, agg, pairs, &l, &dests[j])
+
+		if c.cfg.Backends {
+			if ps, ok := fromProc[ipvs.ProcKeyOf(s)]; ok && s.FWMark == 0 {
+				dests = dests[:0]
+				for _, b := range ps.Backends {
+					dests = append(dests, ipvs.Dest{Addr: b.Addr, Port: b.Port, FwdMethod: ipvs.ForwardingFromProc(b.Forward), Weight: b.Weight, Active: b.Active, Inactive: b.Inactive})
+				}
+			} else if dests, err = r.Dests(s, dests[:0]); err != nil {
+				return err
+			}
+			for _, d := range dests {
+				pod, _ := c.index.EndpointPodByIP(d.Addr)
+				vs.Backends = append(vs.Backends, IPVSBackend{Kernel: d, Pod: pod})
+			}
 		}
-	}
-	for _, b := range agg {
-		ch <- prometheus.MustNewConstMetric(c.beActive, prometheus.GaugeValue, float64(b.active), b.labels...)
-		ch <- prometheus.MustNewConstMetric(c.beInactive, prometheus.GaugeValue, float64(b.inactive), b.labels...)
-		ch <- prometheus.MustNewConstMetric(c.beWeight, prometheus.GaugeValue, float64(b.weight), b.labels...)
-		if c.cfg.BackendStats {
-			c.emitBackendStats(ch, prometheus.MakeLabelPairs(c.beConns, b.labels), &b.stats)
-		}
+		visit(vs)
 	}
 	return nil
 }
 
-func (c *IPVS) emitBackendStats(ch chan<- prometheus.Metric, lp []*dto.LabelPair, st *ipvsStats) {
+// ipvsJoin finds the Service port of virtual servers during one read.
+type ipvsJoin struct {
+	c     *IPVS
+	ctx   context.Context
+	local map[netip.Addr]bool // node addresses, listed only if a NodePort lookup needs them
+}
+
+// service is the Service port the virtual server s (of protocol) belongs
+// to: by ClusterIP, external or load-balancer IP and port, else, on an
+// address of the node, by NodePort; empty when unknown.
+func (j *ipvsJoin) service(protocol string, s *ipvs.Service) (kube.ServicePortRef, error) {
+	ix := j.c.index
+	if ix == nil {
+		return kube.ServicePortRef{}, nil
+	}
+	if ref, ok := ix.ServiceByAddrPort(protocol, s.Addr, s.Port); ok {
+		return ref, nil
+	}
+	if j.local == nil {
+		var err error
+		if j.local, err = links.LocalAddrs(j.ctx, j.c.target); err != nil {
+			return kube.ServicePortRef{}, err
+		}
+	}
+	// kube-proxy makes a virtual server per node address for a NodePort; a
+	// ClusterIP unknown to the index must not be mistaken for one, hence
+	// the local address check.
+	var ref kube.ServicePortRef
+	if j.local[s.Addr.Unmap()] {
+		ref, _ = ix.ServiceByNodePort(protocol, s.Port)
+	}
+	return ref, nil
+}
+
+func (c *IPVS) emitService(ch chan<- prometheus.Metric, pairs labelPairCache, vs *IPVSVirtualServer) {
+	s := &vs.Kernel
+	sv := prometheus.MakeLabelPairs(c.svcConns, []string{vs.Protocol, vs.Address, vs.Port, s.Sched, vs.Service.Namespace, vs.Service.Service, vs.Service.Port})
+	ch <- sharedLabelsMetric{c.svcConns, sv, false, float64(s.Stats.Conns)}
+	ch <- sharedLabelsMetric{c.svcInPkts, sv, false, float64(s.Stats.InPkts)}
+	ch <- sharedLabelsMetric{c.svcOutPkts, sv, false, float64(s.Stats.OutPkts)}
+	ch <- sharedLabelsMetric{c.svcInBytes, sv, false, float64(s.Stats.InBytes)}
+	ch <- sharedLabelsMetric{c.svcOutBytes, sv, false, float64(s.Stats.OutBytes)}
+	ch <- sharedLabelsMetric{c.svcInfo, withLabelPair(sv, pairs.get("flags", ipvs.FlagNames(s.Flags, s.Sched))), true, 1}
+	if s.Flags&ipvs.FlagPersistent != 0 {
+		ch <- sharedLabelsMetric{c.svcPersistence, sv, true, float64(s.Timeout)}
+	}
+}
+
+func (c *IPVS) emitBackendStats(ch chan<- prometheus.Metric, lp []*dto.LabelPair, st *ipvs.Stats) {
 	ch <- sharedLabelsMetric{c.beConns, lp, false, float64(st.Conns)}
 	ch <- sharedLabelsMetric{c.beInPkts, lp, false, float64(st.InPkts)}
 	ch <- sharedLabelsMetric{c.beOutPkts, lp, false, float64(st.OutPkts)}
@@ -257,24 +332,24 @@ func (c *IPVS) emitBackendStats(ch chan<- prometheus.Metric, lp []*dto.LabelPair
 
 // ipvsBackendSum adds up backends that share their kept label values.
 type ipvsBackendSum struct {
-	stats                    ipvsStats
+	stats                    ipvs.Stats
 	labels                   []string
 	active, inactive, weight uint64
 }
 
-func (c *IPVS) emitBackend(ch chan<- prometheus.Metric, agg map[string]*ipvsBackendSum, pairs labelPairCache, l *ipvsServiceLabels, d *ipvsDest) {
-	pod, _ := c.index.EndpointPodByIP(d.Addr)
-	namespace := l.ref.Namespace
+func (c *IPVS) emitBackend(ch chan<- prometheus.Metric, agg map[string]*ipvsBackendSum, pairs labelPairCache, vs *IPVSVirtualServer, b *IPVSBackend) {
+	d := &b.Kernel
+	namespace := vs.Service.Namespace
 	if namespace == "" {
-		namespace = pod.Namespace
+		namespace = b.Pod.Namespace
 	}
-	all := [8]string{l.protocol, l.address, l.port, d.Addr.String(), strconv.Itoa(int(d.Port)), namespace, l.ref.Service, pod.Name}
+	all := [8]string{vs.Protocol, vs.Address, vs.Port, d.Addr.String(), strconv.Itoa(int(d.Port)), namespace, vs.Service.Service, b.Pod.Name}
 	if c.allKept {
 		lp := prometheus.MakeLabelPairs(c.beActive, all[:])
 		ch <- sharedLabelsMetric{c.beActive, lp, true, float64(d.Active)}
 		ch <- sharedLabelsMetric{c.beInactive, lp, true, float64(d.Inactive)}
 		ch <- sharedLabelsMetric{c.beWeight, lp, true, float64(d.Weight)}
-		ch <- sharedLabelsMetric{c.beInfo, withLabelPair(lp, pairs.get("forwarding_method", ipvsForwardingMethod(d.FwdMethod))), true, 1}
+		ch <- sharedLabelsMetric{c.beInfo, withLabelPair(lp, pairs.get("forwarding_method", ipvs.ForwardingMethodName(d.FwdMethod))), true, 1}
 		if c.cfg.BackendStats {
 			c.emitBackendStats(ch, lp, &d.Stats)
 		}
@@ -289,141 +364,36 @@ func (c *IPVS) emitBackend(ch chan<- prometheus.Metric, agg map[string]*ipvsBack
 		}
 	}
 	key := strings.Join(kept[:n], "\xff")
-	b := agg[key]
-	if b == nil {
-		b = &ipvsBackendSum{labels: append([]string(nil), kept[:n]...)}
-		agg[key] = b
+	sum := agg[key]
+	if sum == nil {
+		sum = &ipvsBackendSum{labels: append([]string(nil), kept[:n]...)}
+		agg[key] = sum
 	}
-	b.active += uint64(d.Active)
-	b.inactive += uint64(d.Inactive)
-	b.weight += uint64(d.Weight)
-	b.stats.Conns += d.Stats.Conns
-	b.stats.InPkts += d.Stats.InPkts
-	b.stats.OutPkts += d.Stats.OutPkts
-	b.stats.InBytes += d.Stats.InBytes
-	b.stats.OutBytes += d.Stats.OutBytes
-}
-
-// Virtual server flags (IP_VS_SVC_F_* in include/uapi/linux/ip_vs.h).
-const (
-	ipvsSvcFlagPersistent = 0x1
-	ipvsSvcFlagOnePacket  = 0x4
-	ipvsSvcFlagSched1     = 0x8
-	ipvsSvcFlagSched2     = 0x10
-	ipvsSvcFlagSched3     = 0x20
-)
-
-// ipvsServiceFlags names a virtual server's flags as ipvsadm -Ln prints
-// them, comma separated; the scheduler flags are named after the sh and mh
-// schedulers that define them. IP_VS_SVC_F_HASHED is left out: every
-// virtual server in the table has it.
-func ipvsServiceFlags(flags uint32, sched string) string {
-	var names []string
-	if flags&ipvsSvcFlagPersistent != 0 {
-		names = append(names, "persistent")
-	}
-	if flags&ipvsSvcFlagOnePacket != 0 {
-		names = append(names, "ops")
-	}
-	schedNames := [3]string{"flag-1", "flag-2", "flag-3"}
-	switch sched {
-	case "sh":
-		schedNames[0], schedNames[1] = "sh-fallback", "sh-port"
-	case "mh":
-		schedNames[0], schedNames[1] = "mh-fallback", "mh-port"
-	}
-	for i, f := range []uint32{ipvsSvcFlagSched1, ipvsSvcFlagSched2, ipvsSvcFlagSched3} {
-		if flags&f != 0 {
-			names = append(names, schedNames[i])
-		}
-	}
-	return strings.Join(names, ",")
-}
-
-// ipvsProcKey identifies a virtual server in /proc/net/ip_vs.
-type ipvsProcKey struct {
-	protocol string // as the file prints it: TCP, UDP, SCTP
-	addr     netip.Addr
-	port     uint16
-}
-
-// procKeyOf is the key of a virtual server read over netlink.
-func procKeyOf(s *ipvsService) ipvsProcKey {
-	var p string
-	switch s.Protocol {
-	case unix.IPPROTO_TCP:
-		p = "TCP"
-	case unix.IPPROTO_UDP:
-		p = "UDP"
-	case unix.IPPROTO_SCTP:
-		p = "SCTP"
-	}
-	return ipvsProcKey{protocol: p, addr: s.Addr, port: s.Port}
+	sum.active += uint64(d.Active)
+	sum.inactive += uint64(d.Inactive)
+	sum.weight += uint64(d.Weight)
+	sum.stats.Conns += d.Stats.Conns
+	sum.stats.InPkts += d.Stats.InPkts
+	sum.stats.OutPkts += d.Stats.OutPkts
+	sum.stats.InBytes += d.Stats.InBytes
+	sum.stats.OutBytes += d.Stats.OutBytes
 }
 
 // procBackends reads /proc/net/ip_vs of the collector's network namespace
-// (its own, through <procfs>/net, or NetNS's, entered on a locked thread)
 // and returns the virtual servers by key.
-func (c *IPVS) procBackends() (map[ipvsProcKey]*IPVSProcService, error) {
-	var data []byte
-	read := func(path string) error {
-		var err error
-		data, err = os.ReadFile(path)
-		return err
-	}
-	var err error
-	if c.cfg.NetNS != 0 {
-		err = inNetNS(fmt.Sprintf("/proc/self/fd/%d", c.cfg.NetNS), func() error { return read("/proc/thread-self/net/ip_vs") })
-	} else {
-		err = read(filepath.Join(c.procfs, "net/ip_vs"))
-	}
+func (c *IPVS) procBackends() (map[ipvs.ProcKey]*ipvs.ProcService, error) {
+	svcs, err := ipvs.ReadProc(c.target, c.procfs)
 	if err != nil {
-		return nil, fmt.Errorf("read IPVS backends: %w", err)
+		return nil, err
 	}
-	svcs, err := ParseProcIPVS(bytes.NewReader(data))
-	if err != nil {
-		return nil, fmt.Errorf("parse /proc/net/ip_vs: %w", err)
-	}
-	out := make(map[ipvsProcKey]*IPVSProcService, len(svcs))
+	out := make(map[ipvs.ProcKey]*ipvs.ProcService, len(svcs))
 	for i := range svcs {
 		s := &svcs[i]
 		if s.Protocol != "FWM" {
-			out[ipvsProcKey{protocol: s.Protocol, addr: s.Addr, port: s.Port}] = s
+			out[s.Key()] = s
 		}
 	}
 	return out, nil
-}
-
-// ipvsForwardingFlags is the forwarding method of a backend as
-// /proc/net/ip_vs names it (ip_vs_fwd_name), in connection flags.
-func ipvsForwardingFlags(name string) uint32 {
-	switch name {
-	case "Local":
-		return 1
-	case "Tunnel":
-		return 2
-	case "Route":
-		return 3
-	}
-	return 0 // Masq (the file names bypass Masq too)
-}
-
-// ipvsForwardingMethod names a backend's forwarding method
-// (IP_VS_CONN_F_FWD_MASK bits of its connection flags).
-func ipvsForwardingMethod(fwd uint32) string {
-	switch fwd & 0x7 {
-	case 0:
-		return "masq"
-	case 1:
-		return "local"
-	case 2:
-		return "tunnel"
-	case 3:
-		return "route"
-	case 4:
-		return "bypass"
-	}
-	return strconv.FormatUint(uint64(fwd&0x7), 10)
 }
 
 // labelPairCache holds, for one scrape, one label pair per name and value of
@@ -477,42 +447,4 @@ func (m sharedLabelsMetric) Write(out *dto.Metric) error {
 		out.Counter = &dto.Counter{Value: &v}
 	}
 	return nil
-}
-
-// localAddrs lists the addresses assigned to interfaces of netns (0: the
-// caller's), through rtnetlink.
-func localAddrs(ctx context.Context, netns int) (map[netip.Addr]bool, error) {
-	conn, err := netlink.Dial(unix.NETLINK_ROUTE, &netlink.Config{NetNS: netns})
-	if err != nil {
-		return nil, fmt.Errorf("dial rtnetlink: %w", err)
-	}
-	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		if err := conn.SetDeadline(dl); err != nil {
-			return nil, fmt.Errorf("set netlink deadline: %w", err)
-		}
-	}
-	msgs, err := conn.Execute(netlink.Message{
-		Header: netlink.Header{Type: unix.RTM_GETADDR, Flags: netlink.Request | netlink.Dump},
-		Data:   make([]byte, unix.SizeofIfAddrmsg),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list interface addresses: %w", err)
-	}
-	out := map[netip.Addr]bool{}
-	for _, m := range msgs {
-		if len(m.Data) < unix.SizeofIfAddrmsg {
-			continue
-		}
-		family := uint16(m.Data[0])
-		_ = walkAttrs(m.Data[unix.SizeofIfAddrmsg:], func(typ uint16, b []byte) error {
-			if typ == unix.IFA_ADDRESS || typ == unix.IFA_LOCAL {
-				if a := decodeInetAddr(family, b); a.IsValid() {
-					out[a] = true
-				}
-			}
-			return nil
-		})
-	}
-	return out, nil
 }

@@ -11,12 +11,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moby/ipvs"
+	mobyipvs "github.com/moby/ipvs"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/source/ipvs"
+	sourcens "github.com/netinspect/netinspect/source/netns"
 	"github.com/netinspect/netinspect/test/vm"
 )
 
@@ -73,7 +75,7 @@ const (
 // method, reading and parsing /proc/net/ip_vs.
 func BenchmarkIPVSGuestScale(b *testing.B) {
 	vm.RequireGuest(b)
-	h, err := ipvs.New("")
+	h, err := mobyipvs.New("")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -82,7 +84,7 @@ func BenchmarkIPVSGuestScale(b *testing.B) {
 	start := time.Now()
 	for i := range benchServices {
 		vip := netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})
-		svc := &ipvs.Service{Address: net.IP(vip.AsSlice()), Protocol: unix.IPPROTO_TCP, Port: 80,
+		svc := &mobyipvs.Service{Address: net.IP(vip.AsSlice()), Protocol: unix.IPPROTO_TCP, Port: 80,
 			SchedName: "rr", AddressFamily: unix.AF_INET, Netmask: 0xffffffff}
 		if err := h.NewService(svc); err != nil {
 			b.Fatalf("service %d: %v", i, err)
@@ -94,7 +96,7 @@ func BenchmarkIPVSGuestScale(b *testing.B) {
 		for j := range benchBackends {
 			n := i*benchBackends + j
 			be := netip.AddrFrom4([4]byte{10, 244, byte(n >> 8), byte(n)})
-			if err := h.NewDestination(svc, &ipvs.Destination{Address: net.IP(be.AsSlice()), Port: 8080, Weight: 1, AddressFamily: unix.AF_INET}); err != nil {
+			if err := h.NewDestination(svc, &mobyipvs.Destination{Address: net.IP(be.AsSlice()), Port: 8080, Weight: 1, AddressFamily: unix.AF_INET}); err != nil {
 				b.Fatalf("backend %d/%d: %v", i, j, err)
 			}
 			eps = append(eps, kube.EndpointInfo{IP: be, Ready: true, Pod: kube.PodRef{Namespace: "bench", Name: fmt.Sprintf("%s-%d", name, j)}})
@@ -148,7 +150,7 @@ func BenchmarkIPVSGuestScale(b *testing.B) {
 	b.Run("netlink-read", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			r, err := dialIPVS(context.Background(), 0)
+			r, err := ipvs.Dial(context.Background(), sourcens.Target{})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -156,7 +158,7 @@ func BenchmarkIPVSGuestScale(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			var dests []ipvsDest
+			var dests []ipvs.Dest
 			total := 0
 			for i := range svcs {
 				if dests, err = r.Dests(&svcs[i], dests[:0]); err != nil {
@@ -177,7 +179,7 @@ func BenchmarkIPVSGuestScale(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			svcs, err := ParseProcIPVS(f)
+			svcs, err := ipvs.ParseProc(f)
 			f.Close()
 			if err != nil {
 				b.Fatal(err)

@@ -27,6 +27,10 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/kubeproxy"
+	"github.com/netinspect/netinspect/source/ipvs"
+	"github.com/netinspect/netinspect/source/links"
+	sourcens "github.com/netinspect/netinspect/source/netns"
 	"github.com/netinspect/netinspect/test/controlplane"
 	"github.com/netinspect/netinspect/test/netns"
 	"github.com/netinspect/netinspect/test/testenv"
@@ -181,7 +185,7 @@ func TestIPVSKubeProxyGuest(t *testing.T) {
 		fmt.Sprintf("TCP %s:%d", vm.GuestIP, kpNodePort): {be(kpWeb2)},
 		"TCP " + net.JoinHostPort(kpKubeSvcIP, "443"):    {apiServer},
 	}
-	var procSvcs []IPVSProcService
+	var procSvcs []ipvs.ProcService
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		kp.checkRunning(t)
@@ -362,10 +366,10 @@ func TestIPVSKubeProxyGuest(t *testing.T) {
 
 	// The iptables collector tells kube-proxy's mode from the rules the
 	// real kube-proxy wrote in IPVS mode.
-	ipt := NewIPTables(IPTablesConfig{RefreshInterval: time.Hour}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+	ipt := must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix}))(t)
 	t.Cleanup(ipt.Close)
-	if st := rulesWaitRefresh(t, ipt, time.Time{}, nil); st.mode != ModeIPVS {
-		t.Errorf("iptables collector: kube-proxy mode %q from the real kube-proxy's IPVS-mode rules, want ipvs", st.mode)
+	if st := rulesWaitRefresh(t, ipt, time.Time{}, nil); st.Mode != kubeproxy.ModeIPVS {
+		t.Errorf("iptables collector: kube-proxy mode %q from the real kube-proxy's IPVS-mode rules, want ipvs", st.Mode)
 	}
 }
 
@@ -430,7 +434,7 @@ func kpCheckCounts(samples []ipvsSample, wantConns, wantActive map[string]float6
 
 // kpMissingVS lists the wanted virtual servers /proc/net/ip_vs does not
 // show with exactly the wanted backends.
-func kpMissingVS(svcs []IPVSProcService, want map[string][]string) []string {
+func kpMissingVS(svcs []ipvs.ProcService, want map[string][]string) []string {
 	got := map[string][]string{}
 	for _, s := range svcs {
 		key := fmt.Sprintf("%s %s", s.Protocol, netip.AddrPortFrom(s.Addr, s.Port))
@@ -485,14 +489,14 @@ func readFileString(path string) string {
 	return string(b)
 }
 
-func guestProcIPVS(t *testing.T) []IPVSProcService {
+func guestProcIPVS(t *testing.T) []ipvs.ProcService {
 	t.Helper()
 	f, err := os.Open("/proc/net/ip_vs")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	svcs, err := ParseProcIPVS(f)
+	svcs, err := ipvs.ParseProc(f)
 	if err != nil {
 		t.Fatalf("parse /proc/net/ip_vs: %v", err)
 	}
@@ -501,7 +505,7 @@ func guestProcIPVS(t *testing.T) []IPVSProcService {
 
 func guestLocalAddrs(t *testing.T) map[netip.Addr]bool {
 	t.Helper()
-	m, err := localAddrs(context.Background(), 0)
+	m, err := links.LocalAddrs(context.Background(), sourcens.Target{})
 	if err != nil {
 		t.Fatal(err)
 	}

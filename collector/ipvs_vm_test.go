@@ -8,14 +8,12 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/moby/ipvs"
+	mobyipvs "github.com/moby/ipvs"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
@@ -23,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/source/ipvs"
 	"github.com/netinspect/netinspect/test/netns"
 	"github.com/netinspect/netinspect/test/vm"
 )
@@ -49,7 +48,7 @@ func TestVMIPVS(t *testing.T) {
 // The node holds the virtual IPs on a dummy kube-ipvs0 and forwards.
 type ipvsTopology struct {
 	node, client, backends *netns.NS
-	h                      *ipvs.Handle
+	h                      *mobyipvs.Handle
 }
 
 func newIPVSTopology(t *testing.T) *ipvsTopology {
@@ -80,7 +79,7 @@ func newIPVSTopology(t *testing.T) *ipvsTopology {
 	b.MustRun("ip", "link", "set", "b1", "up")
 	b.MustRun("ip", "route", "add", "default", "via", "10.0.2.1")
 
-	h, err := ipvs.New(n.Path())
+	h, err := mobyipvs.New(n.Path())
 	if err != nil {
 		t.Fatalf("ipvs handle in %s: %v", n.Name, err)
 	}
@@ -91,7 +90,7 @@ func newIPVSTopology(t *testing.T) *ipvsTopology {
 
 // addService creates a virtual server and its backends through netlink as
 // kube-proxy does (moby/ipvs, NAT forwarding).
-func (tp *ipvsTopology) addService(t *testing.T, svc *ipvs.Service, weights map[string]int) {
+func (tp *ipvsTopology) addService(t *testing.T, svc *mobyipvs.Service, weights map[string]int) {
 	t.Helper()
 	svc.AddressFamily, svc.Netmask = unix.AF_INET, 0xffffffff
 	if svc.Address != nil && svc.Address.To4() == nil {
@@ -106,35 +105,11 @@ func (tp *ipvsTopology) addService(t *testing.T, svc *ipvs.Service, weights map[
 		if ap.Addr().Is6() {
 			af = unix.AF_INET6
 		}
-		d := &ipvs.Destination{Address: net.IP(ap.Addr().AsSlice()), Port: ap.Port(), Weight: w, AddressFamily: af}
+		d := &mobyipvs.Destination{Address: net.IP(ap.Addr().AsSlice()), Port: ap.Port(), Weight: w, AddressFamily: af}
 		if err := tp.h.NewDestination(svc, d); err != nil {
 			t.Fatalf("add backend %s: %v", addr, err)
 		}
 	}
-}
-
-// ipvsInNetNS runs fn on a thread moved into ns; sockets created by fn stay in
-// ns after the thread returns.
-func ipvsInNetNS(t *testing.T, ns *netns.NS, fn func() error) error {
-	t.Helper()
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := unix.Setns(ns.FD(), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("setns %s: %w", ns.Name, err)
-	}
-	ferr := fn()
-	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-		// Leave the thread locked: it dies with this goroutine.
-		return fmt.Errorf("setns back: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
 }
 
 // ipvsEchoServers listens on addr:8080 in the backends namespace for each
@@ -151,7 +126,7 @@ func ipvsEchoServers(t *testing.T, ns *netns.NS, addrs ...string) {
 	})
 	for _, a := range addrs {
 		var ln net.Listener
-		if err := ipvsInNetNS(t, ns, func() (err error) {
+		if err := ns.Do(func() (err error) {
 			ln, err = net.Listen("tcp", a)
 			return err
 		}); err != nil {
@@ -180,7 +155,7 @@ func ipvsEchoServers(t *testing.T, ns *netns.NS, addrs ...string) {
 func ipvsDialEcho(t *testing.T, ns *netns.NS, addr string) net.Conn {
 	t.Helper()
 	var c net.Conn
-	if err := ipvsInNetNS(t, ns, func() (err error) {
+	if err := ns.Do(func() (err error) {
 		c, err = net.DialTimeout("tcp", addr, 10*time.Second)
 		return err
 	}); err != nil {
@@ -221,13 +196,13 @@ func ipvsTestIndex() *kube.Index {
 }
 
 // procIPVS reads /proc/net/ip_vs and /proc/net/ip_vs_stats as seen in ns.
-func procIPVS(t *testing.T, ns *netns.NS) ([]IPVSProcService, IPVSProcStats) {
+func procIPVS(t *testing.T, ns *netns.NS) ([]ipvs.ProcService, ipvs.ProcStats) {
 	t.Helper()
-	svcs, err := ParseProcIPVS(strings.NewReader(ns.MustRun("cat", "/proc/net/ip_vs")))
+	svcs, err := ipvs.ParseProc(strings.NewReader(ns.MustRun("cat", "/proc/net/ip_vs")))
 	if err != nil {
 		t.Fatalf("parse /proc/net/ip_vs: %v", err)
 	}
-	st, err := ParseProcIPVSStats(strings.NewReader(ns.MustRun("cat", "/proc/net/ip_vs_stats")))
+	st, err := ipvs.ParseProcStats(strings.NewReader(ns.MustRun("cat", "/proc/net/ip_vs_stats")))
 	if err != nil {
 		t.Fatalf("parse /proc/net/ip_vs_stats: %v", err)
 	}
@@ -275,8 +250,8 @@ func (u ipvsUpdateCollector) Collect(ch chan<- prometheus.Metric) {
 
 // ipvsTotals sums the counters the collector exported per virtual server
 // (kind "service") or per backend (kind "backend").
-func ipvsTotals(samples map[string]float64, kind string) IPVSProcStats {
-	var st IPVSProcStats
+func ipvsTotals(samples map[string]float64, kind string) ipvs.ProcStats {
+	var st ipvs.ProcStats
 	for k, v := range samples {
 		name, _, _ := strings.Cut(k, "{")
 		switch name {
@@ -299,10 +274,10 @@ func ipvsTotals(samples map[string]float64, kind string) IPVSProcStats {
 // and stop changing between two readings. The kernel folds its per-CPU
 // counters into the figures both interfaces show on the estimator's 2 s
 // tick (ip_vs_est.c, kernel 6.1), so a reading right after traffic may lag.
-func ipvsWaitStable(t *testing.T, tp *ipvsTopology, c *IPVS, want func(IPVSProcStats) bool) (map[string]float64, []IPVSProcService, IPVSProcStats) {
+func ipvsWaitStable(t *testing.T, tp *ipvsTopology, c *IPVS, want func(ipvs.ProcStats) bool) (map[string]float64, []ipvs.ProcService, ipvs.ProcStats) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
-	var last IPVSProcStats
+	var last ipvs.ProcStats
 	for {
 		samples := gatherIPVS(t, c)
 		procSvcs, procStats := procIPVS(t, tp.node)
@@ -320,7 +295,7 @@ func ipvsWaitStable(t *testing.T, tp *ipvsTopology, c *IPVS, want func(IPVSProcS
 
 // ipvsCheckBackends asserts each backend series equals the
 // /proc/net/ip_vs line of the same virtual server and backend.
-func ipvsCheckBackends(t *testing.T, samples map[string]float64, procSvcs []IPVSProcService, ix *kube.Index) {
+func ipvsCheckBackends(t *testing.T, samples map[string]float64, procSvcs []ipvs.ProcService, ix *kube.Index) {
 	t.Helper()
 	n := 0
 	for _, s := range procSvcs {
@@ -377,27 +352,27 @@ func TestIPVSGuestCollector(t *testing.T) {
 	tp := newIPVSTopology(t)
 	ipvsEchoServers(t, tp.backends, "10.0.2.11:8080", "10.0.2.12:8080", "10.0.2.13:8080")
 
-	web := &ipvs.Service{Address: net.IPv4(10, 96, 0, 10), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "rr"}
+	web := &mobyipvs.Service{Address: net.IPv4(10, 96, 0, 10), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "rr"}
 	tp.addService(t, web, map[string]int{"10.0.2.11:8080": 1, "10.0.2.12:8080": 1, "10.0.2.13:8080": 1})
-	api := &ipvs.Service{Address: net.IPv4(10, 96, 0, 11), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "wrr"}
+	api := &mobyipvs.Service{Address: net.IPv4(10, 96, 0, 11), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "wrr"}
 	tp.addService(t, api, map[string]int{"10.0.2.11:8080": 2, "10.0.2.12:8080": 1})
-	nodePort := &ipvs.Service{Address: net.IPv4(10, 0, 1, 1), Protocol: unix.IPPROTO_TCP, Port: 30080, SchedName: "rr"}
+	nodePort := &mobyipvs.Service{Address: net.IPv4(10, 0, 1, 1), Protocol: unix.IPPROTO_TCP, Port: 30080, SchedName: "rr"}
 	tp.addService(t, nodePort, map[string]int{"10.0.2.13:8080": 1})
-	mark := &ipvs.Service{FWMark: 100, SchedName: "rr"}
+	mark := &mobyipvs.Service{FWMark: 100, SchedName: "rr"}
 	tp.addService(t, mark, map[string]int{"10.0.2.13:8080": 1})
 	// A service whose backends were all removed: kube-proxy keeps the
 	// virtual server of a Service with no ready endpoints.
-	dns := &ipvs.Service{Address: net.IPv4(10, 96, 0, 12), Protocol: unix.IPPROTO_UDP, Port: 53, SchedName: "rr"}
+	dns := &mobyipvs.Service{Address: net.IPv4(10, 96, 0, 12), Protocol: unix.IPPROTO_UDP, Port: 53, SchedName: "rr"}
 	tp.addService(t, dns, map[string]int{"10.0.2.11:53": 1})
-	if err := tp.h.DelDestination(dns, &ipvs.Destination{Address: net.IPv4(10, 0, 2, 11), Port: 53, AddressFamily: unix.AF_INET}); err != nil {
+	if err := tp.h.DelDestination(dns, &mobyipvs.Destination{Address: net.IPv4(10, 0, 2, 11), Port: 53, AddressFamily: unix.AF_INET}); err != nil {
 		t.Fatalf("remove backend: %v", err)
 	}
 	// An IPv6 virtual server (dual-stack ClusterIP), no traffic.
-	v6 := &ipvs.Service{Address: net.ParseIP("fd00::a"), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "rr"}
+	v6 := &mobyipvs.Service{Address: net.ParseIP("fd00::a"), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "rr"}
 	tp.addService(t, v6, map[string]int{"[fd00::2:b]:8080": 1, "[fd00::2:c]:8080": 1})
 
 	ix := ipvsTestIndex()
-	c, err := NewIPVS(IPVSConfig{Backends: true, BackendStats: true, NetNS: tp.node.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+	c, err := inNS(NewIPVS(IPVSConfig{Backends: true, BackendStats: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix}))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -412,7 +387,7 @@ func TestIPVSGuestCollector(t *testing.T) {
 		conns = append(conns, ipvsDialEcho(t, tp.client, "10.96.0.11:80"))
 	}
 	conns = append(conns, ipvsDialEcho(t, tp.client, "10.0.1.1:30080"))
-	samples, procSvcs, procStats := ipvsWaitStable(t, tp, c, func(s IPVSProcStats) bool { return s.Conns == 10 })
+	samples, procSvcs, procStats := ipvsWaitStable(t, tp, c, func(s ipvs.ProcStats) bool { return s.Conns == 10 })
 	t.Logf("/proc/net/ip_vs_stats totals: %+v", procStats)
 	// Each backend's own counters add up to the totals too (no backend was
 	// removed while it had traffic).
@@ -503,11 +478,11 @@ netinspect_ipvs_service_connections_total{address="fd00::a",namespace="shop",por
 func TestIPVSGuestBackendLabels(t *testing.T) {
 	vm.RequireGuest(t)
 	tp := newIPVSTopology(t)
-	web := &ipvs.Service{Address: net.IPv4(10, 96, 0, 10), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "wrr"}
+	web := &mobyipvs.Service{Address: net.IPv4(10, 96, 0, 10), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "wrr"}
 	tp.addService(t, web, map[string]int{"10.0.2.11:8080": 3, "10.0.2.12:8080": 2, "10.0.2.13:8080": 1})
 	deps := Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}
 
-	c, err := NewIPVS(IPVSConfig{Backends: true, BackendStats: true, BackendLabels: []string{"namespace", "service"}, NetNS: tp.node.FD()}, deps)
+	c, err := inNS(NewIPVS(IPVSConfig{Backends: true, BackendStats: true, BackendLabels: []string{"namespace", "service"}}, deps))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -522,7 +497,7 @@ netinspect_ipvs_backend_connections_total{namespace="shop",service="web"} 0
 		t.Error(err)
 	}
 
-	c, err = NewIPVS(IPVSConfig{Backends: false, NetNS: tp.node.FD()}, deps)
+	c, err = inNS(NewIPVS(IPVSConfig{Backends: false}, deps))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -540,23 +515,23 @@ func TestIPVSGuestInfo(t *testing.T) {
 	tp := newIPVSTopology(t)
 	// sessionAffinity: ClientIP makes kube-proxy create a persistent
 	// virtual server with the affinity timeout (10800 s by default).
-	sticky := &ipvs.Service{Address: net.IPv4(10, 96, 0, 10), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "rr",
-		Flags: ipvsSvcFlagPersistent, Timeout: 10800}
+	sticky := &mobyipvs.Service{Address: net.IPv4(10, 96, 0, 10), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "rr",
+		Flags: ipvs.FlagPersistent, Timeout: 10800}
 	tp.addService(t, sticky, nil)
-	hashed := &ipvs.Service{Address: net.IPv4(10, 96, 0, 11), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "sh",
-		Flags: ipvsSvcFlagSched1 | ipvsSvcFlagSched2}
+	hashed := &mobyipvs.Service{Address: net.IPv4(10, 96, 0, 11), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "sh",
+		Flags: ipvs.FlagSched1 | ipvs.FlagSched2}
 	tp.addService(t, hashed, nil)
 	for addr, fwd := range map[string]uint32{
-		"10.0.2.11": ipvs.ConnectionFlagMasq,
-		"10.0.2.12": ipvs.ConnectionFlagDirectRoute,
-		"10.0.2.13": ipvs.ConnectionFlagTunnel,
+		"10.0.2.11": mobyipvs.ConnectionFlagMasq,
+		"10.0.2.12": mobyipvs.ConnectionFlagDirectRoute,
+		"10.0.2.13": mobyipvs.ConnectionFlagTunnel,
 	} {
-		d := &ipvs.Destination{Address: net.ParseIP(addr), Port: 8080, Weight: 1, AddressFamily: unix.AF_INET, ConnectionFlags: fwd}
+		d := &mobyipvs.Destination{Address: net.ParseIP(addr), Port: 8080, Weight: 1, AddressFamily: unix.AF_INET, ConnectionFlags: fwd}
 		if err := tp.h.NewDestination(sticky, d); err != nil {
 			t.Fatalf("add backend %s: %v", addr, err)
 		}
 	}
-	c, err := NewIPVS(IPVSConfig{Backends: true, NetNS: tp.node.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()})
+	c, err := inNS(NewIPVS(IPVSConfig{Backends: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -590,7 +565,7 @@ netinspect_ipvs_backend_info{address="10.96.0.10",backend_address="10.0.2.13",ba
 			t.Errorf("/proc/net/ip_vs shows the sh service as persistent: %q", line)
 		}
 	}
-	svcs, err := ParseProcIPVS(strings.NewReader(proc))
+	svcs, err := ipvs.ParseProc(strings.NewReader(proc))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -611,7 +586,7 @@ netinspect_ipvs_backend_info{address="10.96.0.10",backend_address="10.0.2.13",ba
 	}
 
 	// Backend info is per backend: with labels dropped it is not exported.
-	c, err = NewIPVS(IPVSConfig{Backends: true, BackendLabels: []string{"namespace", "service"}, NetNS: tp.node.FD()}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()})
+	c, err = inNS(NewIPVS(IPVSConfig{Backends: true, BackendLabels: []string{"namespace", "service"}}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -640,27 +615,6 @@ func TestIPVSAbsent(t *testing.T) {
 	}
 }
 
-// TestIPVSAbsentNetlink runs where the kernel has no IPVS (the host kernel
-// has none built in): generic netlink has no IPVS family, which is
-// ErrNoData, without any module being loaded.
-func TestIPVSAbsentNetlink(t *testing.T) {
-	if _, err := os.Stat("/proc/net/ip_vs"); err == nil {
-		t.Skip("this kernel has IPVS")
-	}
-	modulesBefore, _ := os.ReadFile("/proc/modules")
-	_, err := dialIPVS(context.Background(), 0)
-	if err != errIPVSAbsent {
-		t.Fatalf("dialIPVS = %v, want errIPVSAbsent", err)
-	}
-	modulesAfter, _ := os.ReadFile("/proc/modules")
-	if !bytes.Equal(modulesBefore, modulesAfter) {
-		t.Errorf("kernel modules changed during the IPVS lookup")
-	}
-	if _, err := os.Stat("/proc/net/ip_vs"); err == nil {
-		t.Errorf("IPVS appeared after the lookup: a module was loaded")
-	}
-}
-
 // TestIPVSGuestBackendSourcesAgree runs inside the VM: without per-backend
 // counters the backends come from one read of /proc/net/ip_vs, with them
 // from a netlink request per virtual server; both give the same backend
@@ -669,20 +623,20 @@ func TestIPVSGuestBackendSourcesAgree(t *testing.T) {
 	vm.RequireGuest(t)
 	tp := newIPVSTopology(t)
 	ipvsEchoServers(t, tp.backends, "10.0.2.11:8080", "10.0.2.12:8080", "10.0.2.13:8080")
-	web := &ipvs.Service{Address: net.IPv4(10, 96, 0, 10), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "wrr"}
+	web := &mobyipvs.Service{Address: net.IPv4(10, 96, 0, 10), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "wrr"}
 	tp.addService(t, web, map[string]int{"10.0.2.11:8080": 3, "10.0.2.12:8080": 2, "10.0.2.13:8080": 1})
-	tp.addService(t, &ipvs.Service{Address: net.ParseIP("fd00::a"), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "rr"},
+	tp.addService(t, &mobyipvs.Service{Address: net.ParseIP("fd00::a"), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "rr"},
 		map[string]int{"[fd00::2:b]:8080": 1, "[fd00::2:c]:8080": 1})
-	tp.addService(t, &ipvs.Service{FWMark: 100, SchedName: "rr"}, map[string]int{"10.0.2.13:8080": 1})
+	tp.addService(t, &mobyipvs.Service{FWMark: 100, SchedName: "rr"}, map[string]int{"10.0.2.13:8080": 1})
 	for range 4 {
 		defer ipvsDialEcho(t, tp.client, "10.96.0.10:80").Close()
 	}
 	deps := Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}
-	fromProc, err := NewIPVS(IPVSConfig{Backends: true, NetNS: tp.node.FD()}, deps)
+	fromProc, err := inNS(NewIPVS(IPVSConfig{Backends: true}, deps))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fromNetlink, err := NewIPVS(IPVSConfig{Backends: true, BackendStats: true, NetNS: tp.node.FD()}, deps)
+	fromNetlink, err := inNS(NewIPVS(IPVSConfig{Backends: true, BackendStats: true}, deps))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}

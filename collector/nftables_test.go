@@ -2,7 +2,6 @@ package collector
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,13 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mdlayher/netlink"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
-	"github.com/netinspect/netinspect/collector/rules/fixture"
 	"github.com/netinspect/netinspect/test/netns"
+	"github.com/netinspect/netinspect/test/proxyrules"
 	"github.com/netinspect/netinspect/test/testenv"
 )
 
@@ -114,7 +111,7 @@ func rulesNFTExpect(t testing.TB, ns *netns.NS, unnamed map[string]string) map[s
 	return want
 }
 
-func rulesNFTWait(t testing.TB, c *NFTables, after time.Time) *nftState {
+func rulesNFTWait(t testing.TB, c *NFTables, after time.Time) *NFTablesResult {
 	t.Helper()
 	_ = c.Start(t.Context())
 	deadline := time.Now().Add(time.Minute)
@@ -136,12 +133,12 @@ func TestNFTablesCollector(t *testing.T) {
 	testenv.RequireCommand(t, "nft")
 	ns := netns.New(t, "nft")
 	v4, v6 := rulesTestServices(4), rulesTestServices(6)
-	rulesNFTLoad(t, ns, fixture.NFTables(v4, 4))
-	rulesNFTLoad(t, ns, fixture.NFTables(v6, 6))
+	rulesNFTLoad(t, ns, proxyrules.NFTables(v4, 4))
+	rulesNFTLoad(t, ns, proxyrules.NFTables(v6, 6))
 	before := rulesSnapshotText(t, ns)
 
-	c := NewNFTables(NFTablesConfig{RefreshInterval: 50 * time.Millisecond, NetNS: ns.FD()},
-		Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
+	c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: 50 * time.Millisecond},
+		Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t), ns)
 	t.Cleanup(c.Close)
 	rulesNFTWait(t, c, time.Time{})
 
@@ -168,7 +165,7 @@ func TestNFTablesCollector(t *testing.T) {
 	// content; here the table is rebuilt).
 	v4[0].Endpoints = append(v4[0].Endpoints, netip.MustParseAddrPort("10.180.9.9:8080"))
 	ns.MustRun("nft", "delete", "table", "ip", "kube-proxy")
-	rulesNFTLoad(t, ns, fixture.NFTables(v4, 4))
+	rulesNFTLoad(t, ns, proxyrules.NFTables(v4, 4))
 	before = rulesSnapshotText(t, ns)
 	rulesNFTWait(t, c, time.Now())
 	got = rulesGather(t, c)
@@ -188,8 +185,8 @@ func TestNFTablesCollector(t *testing.T) {
 
 func TestNFTablesAbsent(t *testing.T) {
 	ns := netns.New(t, "nftnone")
-	c := NewNFTables(NFTablesConfig{RefreshInterval: time.Hour, NetNS: ns.FD()},
-		Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
+	c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: time.Hour},
+		Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t), ns)
 	t.Cleanup(c.Close)
 	rulesNFTWait(t, c, time.Time{})
 	err := c.Update(context.Background(), make(chan prometheus.Metric, 100))
@@ -198,63 +195,32 @@ func TestNFTablesAbsent(t *testing.T) {
 	}
 }
 
-// rulesNFTRuleMsg builds the attributes of an NFT_MSG_NEWRULE message as
-// the kernel sends them: chain name and expressions (numgen, nat).
-func rulesNFTRuleMsg(t testing.TB, chain string, modulus uint32, nat bool) []byte {
-	t.Helper()
-	expr := func(name string, data []byte) netlink.Attribute {
-		b, err := netlink.MarshalAttributes([]netlink.Attribute{
-			{Type: unix.NFTA_EXPR_NAME, Data: []byte(name + "\x00")},
-			{Type: unix.NFTA_EXPR_DATA | unix.NLA_F_NESTED, Data: data},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return netlink.Attribute{Type: unix.NFTA_LIST_ELEM | unix.NLA_F_NESTED, Data: b}
+// With KubeProxyMode (the binary sets it when the iptables collector is
+// off) the nftables collector reports kube_proxy_mode_info: nftables from
+// its own table, else from the iptables rules; without it, nothing, so the
+// series is never reported twice.
+func TestNFTablesReportsKubeProxyMode(t *testing.T) {
+	testenv.RequireCommand(t, "nft")
+	testenv.RequireCommand(t, "nsenter")
+	const mode = "netinspect_kube_proxy_mode_info"
+	newC := func(ns *netns.NS, report bool) *NFTables {
+		c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: time.Hour, KubeProxyMode: report},
+			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t), ns)
+		t.Cleanup(c.Close)
+		rulesNFTWait(t, c, time.Time{})
+		return c
 	}
-	var exprs []netlink.Attribute
-	if modulus > 0 {
-		ng, _ := netlink.MarshalAttributes([]netlink.Attribute{
-			{Type: unix.NFTA_NG_DREG, Data: binary.BigEndian.AppendUint32(nil, 1)},
-			{Type: unix.NFTA_NG_MODULUS, Data: binary.BigEndian.AppendUint32(nil, modulus)},
-		})
-		exprs = append(exprs, expr("numgen", ng))
-	}
-	if nat {
-		exprs = append(exprs, expr("nat", nil))
-	}
-	list, err := netlink.MarshalAttributes(exprs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: unix.NFTA_RULE_TABLE, Data: []byte("kube-proxy\x00")},
-		{Type: unix.NFTA_RULE_CHAIN, Data: []byte(chain + "\x00")},
-		{Type: unix.NFTA_RULE_EXPRESSIONS | unix.NLA_F_NESTED, Data: list},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
 
-func TestDecodeNFTRule(t *testing.T) {
-	for _, tc := range []struct {
-		modulus   uint32
-		nat       bool
-		endpoints int
-	}{{3, true, 3}, {0, true, 1}, {0, false, 0}, {2, false, 2}} {
-		chain, st, err := decodeNFTRule(rulesNFTRuleMsg(t, "service-X-a/b/tcp/p", tc.modulus, tc.nat))
-		if err != nil || chain != "service-X-a/b/tcp/p" || st.endpoints() != tc.endpoints {
-			t.Errorf("modulus %d nat %v: chain %q endpoints %d err %v, want %d", tc.modulus, tc.nat, chain, st.endpoints(), err, tc.endpoints)
-		}
-	}
-}
+	nft := netns.New(t, "nftmode")
+	rulesNFTLoad(t, nft, proxyrules.NFTables(rulesTestServices(4), 4))
+	rulesDiff(t, "nftables mode", rulesSelect(rulesGather(t, newC(nft, true)), mode), map[string]float64{mode + `{mode="nftables"}`: 1})
+	rulesDiff(t, "without KubeProxyMode", rulesSelect(rulesGather(t, newC(nft, false)), mode), map[string]float64{})
 
-func FuzzDecodeNFTRule(f *testing.F) {
-	f.Add(rulesNFTRuleMsg(f, "service-X-a/b/tcp/p", 2, true))
-	f.Add(rulesNFTRuleMsg(f, "endpoint-X-a/b/tcp/p__10.0.0.1/80", 0, true))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _, _ = decodeNFTRule(b) // must not panic
-	})
+	ipt := netns.New(t, "nftmodeipt")
+	rulesRestore(t, ipt, "nft", 4, proxyrules.IPTablesRestore(rulesTestServices(4), 4))
+	c := newC(ipt, true)
+	rulesDiff(t, "iptables mode", rulesSelect(rulesGather(t, c), mode), map[string]float64{mode + `{mode="iptables"}`: 1})
+	if err := c.Update(context.Background(), make(chan prometheus.Metric, 100)); !errorsIsNoData(err) {
+		t.Errorf("Update without a kube-proxy table: %v, want ErrNoData (the mode is reported all the same)", err)
+	}
 }

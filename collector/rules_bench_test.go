@@ -17,9 +17,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/netinspect/netinspect/collector/rules/fixture"
 	cpl "github.com/netinspect/netinspect/test/controlplane"
 	"github.com/netinspect/netinspect/test/netns"
+	"github.com/netinspect/netinspect/test/proxyrules"
 	"github.com/netinspect/netinspect/test/testenv"
 )
 
@@ -45,8 +45,8 @@ func BenchmarkIPTablesRefresh(b *testing.B) {
 	testenv.RequireCommand(b, "iptables-nft-restore")
 	testenv.RequireCommand(b, "nsenter")
 	ns := rulesBenchNS(b)
-	rulesRestore(b, ns, "nft", 4, fixture.IPTablesRestore(fixture.Generate("bench", rulesBenchServices, rulesBenchEndpoints, 4), 4))
-	rulesRestore(b, ns, "nft", 6, fixture.IPTablesRestore(fixture.Generate("bench", 10, 2, 6), 6))
+	rulesRestore(b, ns, "nft", 4, proxyrules.IPTablesRestore(proxyrules.Generate("bench", rulesBenchServices, rulesBenchEndpoints, 4), 4))
+	rulesRestore(b, ns, "nft", 6, proxyrules.IPTablesRestore(proxyrules.Generate("bench", 10, 2, 6), 6))
 
 	b.Run("baseline=iptables-save", func(b *testing.B) {
 		for b.Loop() {
@@ -55,15 +55,15 @@ func BenchmarkIPTablesRefresh(b *testing.B) {
 		}
 	})
 	b.Run("collector-refresh", func(b *testing.B) {
-		c := NewIPTables(IPTablesConfig{RefreshInterval: time.Hour, NetNSPath: ns.Path(), NetNS: ns.FD()},
-			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
+		c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour},
+			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), ns)
 		b.Cleanup(c.Close)
 		rulesWaitRefresh(b, c, time.Time{}, nil)
 		rulesBenchRefresh(b, func(ctx context.Context) error { _, err := c.list(ctx); return err })
 	})
 	b.Run("scrape-during-refresh", func(b *testing.B) {
-		c := NewIPTables(IPTablesConfig{RefreshInterval: time.Hour, NetNSPath: ns.Path(), NetNS: ns.FD()},
-			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
+		c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour},
+			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), ns)
 		b.Cleanup(c.Close)
 		rulesWaitRefresh(b, c, time.Time{}, nil)
 		rulesBenchScrape(b, c, func(ctx context.Context) error { _, err := c.list(ctx); return err })
@@ -73,7 +73,7 @@ func BenchmarkIPTablesRefresh(b *testing.B) {
 func BenchmarkNFTablesRefresh(b *testing.B) {
 	testenv.RequireCommand(b, "nft")
 	ns := rulesBenchNS(b)
-	rulesNFTLoad(b, ns, fixture.NFTables(fixture.Generate("bench", rulesBenchServices, rulesBenchEndpoints, 4), 4))
+	rulesNFTLoad(b, ns, proxyrules.NFTables(proxyrules.Generate("bench", rulesBenchServices, rulesBenchEndpoints, 4), 4))
 
 	b.Run("baseline=nft-list-ruleset", func(b *testing.B) {
 		for b.Loop() {
@@ -81,15 +81,15 @@ func BenchmarkNFTablesRefresh(b *testing.B) {
 		}
 	})
 	b.Run("collector-refresh", func(b *testing.B) {
-		c := NewNFTables(NFTablesConfig{RefreshInterval: time.Hour, NetNS: ns.FD()},
-			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
+		c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: time.Hour},
+			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), ns)
 		b.Cleanup(c.Close)
 		rulesNFTWait(b, c, time.Time{})
 		rulesBenchRefresh(b, func(ctx context.Context) error { _, err := c.list(ctx); return err })
 	})
 	b.Run("scrape-during-refresh", func(b *testing.B) {
-		c := NewNFTables(NFTablesConfig{RefreshInterval: time.Hour, NetNS: ns.FD()},
-			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
+		c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: time.Hour},
+			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), ns)
 		b.Cleanup(c.Close)
 		rulesNFTWait(b, c, time.Time{})
 		rulesBenchScrape(b, c, func(ctx context.Context) error { _, err := c.list(ctx); return err })
@@ -174,8 +174,8 @@ func BenchmarkRealKubeProxyScale(b *testing.B) {
 		node.MustRun("ip", "addr", "add", "10.99.1.2/32", "dev", "lo")
 		kp := cp.StartKubeProxy(b, node, cpl.KubeProxyOptions{NodeName: "node-1", Mode: "iptables"})
 		defer kp.Stop()
-		c := NewIPTables(IPTablesConfig{RefreshInterval: time.Hour, NetNSPath: node.Path(), NetNS: node.FD()},
-			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
+		c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour},
+			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), node)
 		b.Cleanup(c.Close)
 		rulesWaitScale(b, func() ([]int, error) {
 			st, err := c.list(context.Background())
@@ -183,10 +183,10 @@ func BenchmarkRealKubeProxyScale(b *testing.B) {
 				return nil, err
 			}
 			var counts []int
-			for _, f := range st.families {
-				for _, e := range f.endpoints {
-					if e.namespace == "scale" {
-						counts = append(counts, e.n)
+			for _, f := range st.Families {
+				for _, e := range f.Endpoints {
+					if e.Namespace == "scale" {
+						counts = append(counts, e.N)
 					}
 				}
 			}
@@ -214,8 +214,8 @@ func BenchmarkRealKubeProxyScale(b *testing.B) {
 		node.MustRun("ip", "addr", "add", "10.99.1.2/32", "dev", "lo")
 		kp := cp.StartKubeProxy(b, node, cpl.KubeProxyOptions{NodeName: "node-1", Mode: "nftables"})
 		defer kp.Stop()
-		c := NewNFTables(NFTablesConfig{RefreshInterval: time.Hour, NetNS: node.FD()},
-			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
+		c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: time.Hour},
+			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), node)
 		b.Cleanup(c.Close)
 		rulesWaitScale(b, func() ([]int, error) {
 			st, err := c.list(context.Background())
@@ -223,10 +223,10 @@ func BenchmarkRealKubeProxyScale(b *testing.B) {
 				return nil, err
 			}
 			var counts []int
-			for _, f := range st.families {
-				for _, e := range f.endpoints {
-					if e.namespace == "scale" {
-						counts = append(counts, e.n)
+			for _, f := range st.Families {
+				for _, e := range f.Endpoints {
+					if e.Namespace == "scale" {
+						counts = append(counts, e.N)
 					}
 				}
 			}

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/netinspect/netinspect/kubeproxy"
 	cpl "github.com/netinspect/netinspect/test/controlplane"
 	"github.com/netinspect/netinspect/test/netns"
 	"github.com/netinspect/netinspect/test/testenv"
@@ -141,8 +142,8 @@ func TestIPTablesRealKubeProxy(t *testing.T) {
 			node := rulesKPNode(t, cp, "kp"+backend)
 			kp := cp.StartKubeProxy(t, node, cpl.KubeProxyOptions{NodeName: "node-1", Mode: "iptables"})
 
-			c := NewIPTables(IPTablesConfig{RefreshInterval: 100 * time.Millisecond, NetNSPath: node.Path(), NetNS: node.FD()},
-				Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
+			c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: 100 * time.Millisecond},
+				Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t), node)
 			t.Cleanup(c.Close)
 
 			// Wait until kube-proxy programmed every service, as the
@@ -165,11 +166,11 @@ func TestIPTablesRealKubeProxy(t *testing.T) {
 				return nil
 			})
 			st := rulesWaitRefresh(t, c, time.Now(), nil)
-			if st.backend != backend {
-				t.Errorf("detected backend %q, want %q", st.backend, backend)
+			if st.Backend != backend {
+				t.Errorf("detected backend %q, want %q", st.Backend, backend)
 			}
-			if st.mode != ModeIPTables {
-				t.Errorf("mode %q, want iptables", st.mode)
+			if st.Mode != kubeproxy.ModeIPTables {
+				t.Errorf("mode %q, want iptables", st.Mode)
 			}
 			rulesKPCheck(t, c, node, backend, svcs, ports)
 
@@ -255,11 +256,11 @@ func TestNFTablesRealKubeProxy(t *testing.T) {
 	node := rulesKPNode(t, cp, "kpnft")
 	kp := cp.StartKubeProxy(t, node, cpl.KubeProxyOptions{NodeName: "node-1", Mode: "nftables"})
 
-	c := NewNFTables(NFTablesConfig{RefreshInterval: 100 * time.Millisecond, NetNS: node.FD()},
-		Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
+	c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: 100 * time.Millisecond},
+		Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t), node)
 	t.Cleanup(c.Close)
-	ipt := NewIPTables(IPTablesConfig{RefreshInterval: time.Hour, NetNSPath: node.Path(), NetNS: node.FD()},
-		Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}})
+	ipt := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour},
+		Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t), node)
 	t.Cleanup(ipt.Close)
 
 	// kube-proxy programmed everything once every service has its chain
@@ -283,8 +284,8 @@ func TestNFTablesRealKubeProxy(t *testing.T) {
 		}
 		return nil
 	})
-	if st := rulesWaitRefresh(t, ipt, time.Time{}, nil); st.mode != ModeNFTables {
-		t.Errorf("mode %q, want nftables", st.mode)
+	if st := rulesWaitRefresh(t, ipt, time.Time{}, nil); st.Mode != kubeproxy.ModeNFTables {
+		t.Errorf("mode %q, want nftables", st.Mode)
 	}
 
 	names := []string{"netinspect_nftables_map_elements", "netinspect_nftables_chains", "netinspect_nftables_rules", "netinspect_nftables_service_endpoints"}

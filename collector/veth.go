@@ -2,23 +2,20 @@ package collector
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/source/links"
+	"github.com/netinspect/netinspect/source/netns"
 )
 
 // VethName is the veth collector's name in flags and metrics.
@@ -50,21 +47,35 @@ func VethMethods() []string { return slices.Clone(vethMethods) }
 
 // VethConfig configures the veth collector.
 type VethConfig struct {
-	// NetNS, when not 0, is an open file descriptor of the node's network
-	// namespace, read instead of the exporter's own. Tests use it.
-	NetNS int
 	// Methods are the mapping methods to use; empty means all of them.
 	Methods []string
 	// RescanInterval bounds how long a mapping is reused while the node's
-	// veths stay the same (0: one minute). The node's link list, read on
-	// every scrape, triggers a rescan as soon as a veth appears, goes or
-	// moves.
+	// veths stay the same. The node's link list, read on every scrape,
+	// triggers a rescan as soon as a veth appears, goes or moves.
 	RescanInterval time.Duration
-	// RetryInterval is how soon a scan is repeated when some veth's pod end
-	// had no address yet, as while a CNI plugin is still setting it up
-	// (0: five seconds).
-	RetryInterval time.Duration
 }
+
+// DefaultVethConfig is the veth collector's configuration when no flag says
+// otherwise.
+func DefaultVethConfig() VethConfig {
+	return VethConfig{Methods: VethMethods(), RescanInterval: time.Minute}
+}
+
+// withDefaults fills the unset fields from DefaultVethConfig.
+func (cfg VethConfig) withDefaults() VethConfig {
+	d := DefaultVethConfig()
+	if len(cfg.Methods) == 0 {
+		cfg.Methods = d.Methods
+	}
+	if cfg.RescanInterval <= 0 {
+		cfg.RescanInterval = d.RescanInterval
+	}
+	return cfg
+}
+
+// vethRetryInterval is how soon a scan is repeated when some veth's pod end
+// had no address yet, as while a CNI plugin is still setting it up.
+const vethRetryInterval = 5 * time.Second
 
 // Veth maps the node's veth interfaces to the pods at their other end and
 // reports each pod interface's traffic, from the pod's point of view.
@@ -81,6 +92,9 @@ type Veth struct {
 	netnsDir string
 	logger   *zap.Logger
 	index    *kube.Index
+	target   netns.Target
+	// retryInterval is vethRetryInterval; tests shorten it.
+	retryInterval time.Duration
 
 	info, unmapped, age *prometheus.Desc
 	traffic             [numVethCounters]*prometheus.Desc
@@ -97,10 +111,6 @@ type Veth struct {
 	// lastUnmapped is the unmapped set last logged at debug level.
 	lastUnmapped string
 	netnsErrOnce sync.Once
-
-	// podNetns is, from the latest scrape, the network namespace path each
-	// pod (namespace/name) was found through; see PodNetworkNamespaces.
-	podNetns atomic.Pointer[map[string]string]
 }
 
 type vethCounter int
@@ -117,40 +127,29 @@ const (
 	numVethCounters
 )
 
-// NewVeth returns the veth collector.
+// NewVeth returns the veth collector, or an error for an unknown mapping
+// method.
 func NewVeth(cfg VethConfig, deps Deps) (*Veth, error) {
-	if cfg.RescanInterval <= 0 {
-		cfg.RescanInterval = time.Minute
-	}
-	if cfg.RetryInterval <= 0 {
-		cfg.RetryInterval = 5 * time.Second
-	}
+	cfg = cfg.withDefaults()
 	methods := map[string]bool{}
-	if len(cfg.Methods) == 0 {
-		cfg.Methods = vethMethods
-	}
 	for _, m := range cfg.Methods {
-		if !slices.Contains(vethMethods, m) {
-			return nil, fmt.Errorf("unknown veth mapping method %q (known: %s)", m, strings.Join(vethMethods, ", "))
+		if err := oneOf("veth mapping method", m, vethMethods); err != nil {
+			return nil, err
 		}
 		methods[m] = true
 	}
-	logger := deps.Logger
-	if logger == nil {
-		logger = zap.NewNop()
-	}
-	podLabels := []string{"namespace", "pod", "interface"}
 	c := &Veth{
-		cfg:       cfg,
-		methods:   methods,
-		procfs:    deps.Paths.ProcFS,
-		netnsDir:  deps.Paths.NetNS,
-		logger:    logger,
-		index:     deps.Index,
-		disagreed: map[string]struct{}{},
-		info: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "pod", "interface_info"),
+		cfg:           cfg,
+		methods:       methods,
+		procfs:        deps.Paths.ProcFS,
+		netnsDir:      deps.Paths.NetNS,
+		logger:        deps.logger(),
+		index:         deps.Index,
+		retryInterval: vethRetryInterval,
+		disagreed:     map[string]struct{}{},
+		info: identityDesc("pod", "interface_info",
 			"A pod interface whose host end (a veth) is on this node, and how it was mapped: netns, route or fdb.",
-			[]string{"namespace", "pod", "interface", "host_interface", "method"}, nil),
+			podIdentity, "interface", "host_interface", "method"),
 		unmapped: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "veth", "unmapped"),
 			"Host veth interfaces whose peer is in another network namespace but belongs to no known pod.", nil, nil),
 		age: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "veth", "mapping_age_seconds"),
@@ -167,23 +166,18 @@ func NewVeth(cfg VethConfig, deps Deps) (*Veth, error) {
 		txDropped: {"transmit_dropped_total", "Packets from the pod that its host veth end dropped on receive."},
 	}
 	for i, h := range help {
-		c.traffic[i] = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "pod", "network_"+h.name), h.help, podLabels, nil)
+		c.traffic[i] = identityDesc("pod", "network_"+h.name, h.help, podIdentity, "interface")
 	}
 	return c, nil
 }
 
-// hostVeth is a veth of the node whose peer is in another namespace, as the
-// node's link dump shows it.
-type hostVeth struct {
-	index, peerIndex, nsid, master int
-	name                           string
-	stats                          netlink.LinkStatistics
-}
+// setTarget makes the collector read the node namespace t (tests).
+func (c *Veth) setTarget(t netns.Target) { c.target = t }
 
-// key is what identifies the veth for the mapping; a change in any field
-// calls for a rescan.
-func (v hostVeth) key() vethKey {
-	return vethKey{index: v.index, peerIndex: v.peerIndex, nsid: v.nsid, master: v.master, name: v.name}
+// vethKeyOf is what identifies a veth for the mapping; a change in any
+// field calls for a rescan.
+func vethKeyOf(v links.Veth) vethKey {
+	return vethKey{index: v.Index, peerIndex: v.PeerIndex, nsid: v.NSID, master: v.Master, name: v.Name}
 }
 
 type vethKey struct {
@@ -220,115 +214,106 @@ type vethScan struct {
 	interrupted bool
 }
 
+// VethResult is one reading of the node's veths joined to pods.
+type VethResult struct {
+	// Interfaces are the pod interfaces whose host end is on this node, in
+	// the order of the host veths' ifindex.
+	Interfaces []PodInterface
+	// Traffic are the counters per pod interface, from the pod's point of
+	// view; interfaces mapped without a name share one entry per pod.
+	Traffic []PodTraffic
+	// Unmapped are the host veths whose pod is unknown.
+	Unmapped []string
+	// Age is how old the mapping is.
+	Age time.Duration
+}
+
+// PodInterface is a pod interface and its host veth.
+type PodInterface struct {
+	Pod kube.PodRef
+	// Interface is the pod-side name; known only with method netns.
+	Interface, HostInterface, Method string
+	// NetNS is the path the pod's network namespace was entered through
+	// (method netns), else "". Not a metric: paths are no stable identity.
+	NetNS string
+}
+
+// PodTraffic are the counters of one pod interface, by vethCounter.
+type PodTraffic struct {
+	Pod       kube.PodRef
+	Interface string
+	Counters  [numVethCounters]uint64
+}
+
 // Update implements Collector.
 func (c *Veth) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
-	h, err := c.nodeHandle(ctx)
+	r, err := c.Result(ctx)
 	if err != nil {
 		return err
 	}
-	defer h.Close()
+	for _, p := range r.Interfaces {
+		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, podValues(p.Pod, p.Interface, p.HostInterface, p.Method)...)
+	}
+	for _, t := range r.Traffic {
+		for i, v := range t.Counters {
+			ch <- prometheus.MustNewConstMetric(c.traffic[i], prometheus.CounterValue, float64(v), podValues(t.Pod, t.Interface)...)
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(c.unmapped, prometheus.GaugeValue, float64(len(r.Unmapped)))
+	ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, r.Age.Seconds())
+	return nil
+}
 
-	links, err := h.LinkList()
-	c.roundTrips.Add(1)
-	if errors.Is(err, netlink.ErrDumpInterrupted) {
-		// The link list changed during the dump (NLM_F_DUMP_INTR), so it
-		// may miss a veth: read it once more.
-		links, err = h.LinkList()
-		c.roundTrips.Add(1)
+// Result reads the node's links (one netlink dump, which carries the
+// counters), rebuilds the mapping when needed, and joins it to pods.
+func (c *Veth) Result(ctx context.Context) (*VethResult, error) {
+	r, err := links.Open(ctx, c.target)
+	if err != nil {
+		return nil, fmt.Errorf("node's network namespace: %w", err)
 	}
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return fmt.Errorf("list the node's links: %w", err)
+	defer func() {
+		c.roundTrips.Add(r.RoundTrips())
+		r.Close()
+	}()
+	veths, err := r.Veths()
+	if err != nil {
+		return nil, err
 	}
-	veths := hostVeths(links)
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := time.Now()
 	if c.needScan(veths, now) {
-		s, err := c.rescan(ctx, h, veths, now)
+		s, err := c.rescan(ctx, r, veths, now)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		c.scan = s
 	}
-	c.emit(ch, veths, c.scan, now)
-	return nil
+	return c.join(veths, c.scan, now), nil
 }
 
-// nodeHandle opens a netlink route socket in the node's namespace, with the
-// scrape's deadline as its timeout.
-func (c *Veth) nodeHandle(ctx context.Context) (*netlink.Handle, error) {
-	var (
-		h   *netlink.Handle
-		err error
-	)
-	if c.cfg.NetNS != 0 {
-		h, err = netlink.NewHandleAt(netns.NsHandle(c.cfg.NetNS), unix.NETLINK_ROUTE)
-	} else {
-		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open netlink route socket in the node's network namespace: %w", err)
-	}
-	if err := setHandleDeadline(ctx, h); err != nil {
-		h.Close()
-		return nil, err
-	}
-	return h, nil
-}
-
-func setHandleDeadline(ctx context.Context, h *netlink.Handle) error {
-	d := 10 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		d = max(time.Until(dl), time.Millisecond)
-	}
-	if err := h.SetSocketTimeout(d); err != nil {
-		return fmt.Errorf("set netlink socket timeout: %w", err)
-	}
-	return nil
-}
-
-// hostVeths keeps the veths whose peer is in another namespace: a veth with
-// both ends in the node's namespace (Cilium's cilium_host/cilium_net) has no
-// IFLA_LINK_NETNSID and is no pod's.
-func hostVeths(links []netlink.Link) []hostVeth {
-	var out []hostVeth
-	for _, l := range links {
-		a := l.Attrs()
-		if l.Type() != "veth" || a.NetNsID < 0 || a.ParentIndex == 0 {
-			continue
-		}
-		v := hostVeth{index: a.Index, peerIndex: a.ParentIndex, nsid: a.NetNsID, master: a.MasterIndex, name: a.Name}
-		if a.Statistics != nil {
-			v.stats = *a.Statistics
-		}
-		out = append(out, v)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].index < out[j].index })
-	return out
-}
-
-func (c *Veth) needScan(veths []hostVeth, now time.Time) bool {
+func (c *Veth) needScan(veths []links.Veth, now time.Time) bool {
 	s := c.scan
 	if s == nil || len(s.keys) != len(veths) {
 		return true
 	}
 	for i, v := range veths {
-		if s.keys[i] != v.key() {
+		if s.keys[i] != vethKeyOf(v) {
 			return true
 		}
 	}
 	age := now.Sub(s.at)
-	return s.interrupted || age >= c.cfg.RescanInterval || (s.retry && age >= c.cfg.RetryInterval)
+	return s.interrupted || age >= c.cfg.RescanInterval || (s.retry && age >= c.retryInterval)
 }
 
 // rescan builds a new mapping with every enabled method.
-func (c *Veth) rescan(ctx context.Context, h *netlink.Handle, veths []hostVeth, now time.Time) (*vethScan, error) {
+func (c *Veth) rescan(ctx context.Context, r *links.Reader, veths []links.Veth, now time.Time) (*vethScan, error) {
 	s := &vethScan{at: now, found: make(map[int]map[string]podEnd, len(veths))}
-	byIndex := make(map[int]*hostVeth, len(veths))
-	for i := range veths {
-		s.keys = append(s.keys, veths[i].key())
-		byIndex[veths[i].index] = &veths[i]
+	isVeth := make(map[int]bool, len(veths))
+	for _, v := range veths {
+		s.keys = append(s.keys, vethKeyOf(v))
+		isVeth[v.Index] = true
 	}
 	record := func(hostIndex int, method string, end podEnd) {
 		m := s.found[hostIndex]
@@ -355,132 +340,61 @@ func (c *Veth) rescan(ctx context.Context, h *netlink.Handle, veths []hostVeth, 
 	}
 	if len(veths) > 0 {
 		if c.methods[VethMethodRoute] {
-			if err := c.scanRoutes(s, h, byIndex, record); err != nil {
+			found, interrupted, err := r.HostRoutes(isVeth)
+			if err != nil {
 				return nil, err
+			}
+			s.interrupted = s.interrupted || interrupted
+			for _, f := range found {
+				record(f.LinkIndex, VethMethodRoute, podEnd{ips: []netip.Addr{f.Addr}})
 			}
 		}
 		if c.methods[VethMethodFDB] {
-			if err := c.scanFDB(s, h, veths, byIndex, record); err != nil {
+			found, interrupted, err := r.BridgeStations(veths)
+			if err != nil {
 				return nil, err
+			}
+			s.interrupted = s.interrupted || interrupted
+			for _, f := range found {
+				record(f.LinkIndex, VethMethodFDB, podEnd{ips: []netip.Addr{f.Addr}})
 			}
 		}
 		if c.methods[VethMethodNetNS] {
-			if err := c.scanNetNS(ctx, h, veths, record); err != nil {
+			ends, warn, err := r.PeerEnds(ctx, veths, links.Namespaces{Dir: c.netnsDir, ProcFS: c.procfs})
+			if warn != nil {
+				c.netnsErrOnce.Do(func() {
+					c.logger.Warn("cannot open a netlink socket in a pod network namespace; mapping by routes and bridge tables only (grant CAP_SYS_ADMIN and hostPID, or mount the runtime's netns directory)",
+						zap.Error(warn))
+				})
+			}
+			if err != nil {
 				return nil, err
+			}
+			for _, e := range ends {
+				record(e.HostIndex, VethMethodNetNS, podEnd{iface: e.Name, ips: e.IPs, nsIPs: e.NSIPs, netns: e.NetNS})
 			}
 		}
 	}
 	s.noAddr = map[vethKey]int{}
 	for _, v := range veths {
 		hasAddr := false
-		for _, end := range s.found[v.index] {
+		for _, end := range s.found[v.Index] {
 			hasAddr = hasAddr || len(end.ips) > 0
 		}
 		if hasAddr {
 			continue
 		}
+		k := vethKeyOf(v)
 		n := 1
 		if c.scan != nil {
-			n += c.scan.noAddr[v.key()]
+			n += c.scan.noAddr[k]
 		}
-		s.noAddr[v.key()] = n
+		s.noAddr[k] = n
 		if n <= vethMaxRetries {
 			s.retry = true
 		}
 	}
 	return s, nil
-}
-
-// scanRoutes finds the host routes of single addresses (/32, /128) that go
-// straight out of a veth, with no gateway: point-to-point plugins install one
-// per pod address.
-func (c *Veth) scanRoutes(s *vethScan, h *netlink.Handle, byIndex map[int]*hostVeth, record func(int, string, podEnd)) error {
-	routes, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-	c.roundTrips.Add(1)
-	s.interrupted = s.interrupted || errors.Is(err, netlink.ErrDumpInterrupted)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return fmt.Errorf("list the node's routes: %w", err)
-	}
-	for _, r := range routes {
-		if byIndex[r.LinkIndex] == nil || r.Dst == nil || r.Gw != nil || len(r.MultiPath) > 0 {
-			continue
-		}
-		if r.Type != unix.RTN_UNICAST {
-			continue
-		}
-		ones, bits := r.Dst.Mask.Size()
-		if ones != bits || bits == 0 {
-			continue
-		}
-		ip, ok := netip.AddrFromSlice(r.Dst.IP)
-		if !ok {
-			continue
-		}
-		record(r.LinkIndex, VethMethodRoute, podEnd{ips: []netip.Addr{ip.Unmap()}})
-	}
-	return nil
-}
-
-// scanFDB joins the neighbour tables of bridges with veth ports (IP -> MAC)
-// to the bridges' forwarding databases (MAC -> port). Both only hold what
-// traffic taught them and age out (neighbours within minutes, learned FDB
-// entries after the bridge's ageing time, 300 s by default), so this is the
-// fallback.
-func (c *Veth) scanFDB(s *vethScan, h *netlink.Handle, veths []hostVeth, byIndex map[int]*hostVeth, record func(int, string, podEnd)) error {
-	bridges := map[int]bool{}
-	for _, v := range veths {
-		if v.master != 0 {
-			bridges[v.master] = true
-		}
-	}
-	if len(bridges) == 0 {
-		return nil
-	}
-	fdb, err := h.NeighList(0, unix.AF_BRIDGE)
-	c.roundTrips.Add(1)
-	s.interrupted = s.interrupted || errors.Is(err, netlink.ErrDumpInterrupted)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return fmt.Errorf("list the bridge forwarding database: %w", err)
-	}
-	type macKey struct {
-		bridge int
-		mac    string
-	}
-	port := map[macKey]int{}
-	for _, n := range fdb {
-		v := byIndex[n.LinkIndex]
-		// Permanent entries are the ports' own (local) addresses; learned
-		// ones are the stations behind the port.
-		if v == nil || v.master == 0 || n.State&unix.NUD_PERMANENT != 0 || len(n.HardwareAddr) == 0 {
-			continue
-		}
-		port[macKey{v.master, string(n.HardwareAddr)}] = n.LinkIndex
-	}
-	if len(port) == 0 {
-		return nil
-	}
-	neighs, err := h.NeighList(0, netlink.FAMILY_ALL)
-	c.roundTrips.Add(1)
-	s.interrupted = s.interrupted || errors.Is(err, netlink.ErrDumpInterrupted)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return fmt.Errorf("list the node's neighbours: %w", err)
-	}
-	for _, n := range neighs {
-		if !bridges[n.LinkIndex] || len(n.HardwareAddr) == 0 ||
-			n.State&(unix.NUD_FAILED|unix.NUD_INCOMPLETE|unix.NUD_NOARP) != 0 {
-			continue
-		}
-		p, ok := port[macKey{n.LinkIndex, string(n.HardwareAddr)}]
-		if !ok {
-			continue
-		}
-		ip, ok := netip.AddrFromSlice(n.IP)
-		if !ok || ip.IsLinkLocalUnicast() {
-			continue
-		}
-		record(p, VethMethodFDB, podEnd{ips: []netip.Addr{ip.Unmap()}})
-	}
-	return nil
 }
 
 // resolved is a host veth's pod, as the winning method found it.
@@ -494,7 +408,7 @@ type resolved struct {
 // resolve joins what the methods found to pods through the index. The
 // first method in precedence order that names a pod wins; when two methods
 // name different pods the disagreement is logged once.
-func (c *Veth) resolve(v hostVeth, found map[string]podEnd, seen map[string]struct{}) (resolved, bool) {
+func (c *Veth) resolve(v links.Veth, found map[string]podEnd, seen map[string]struct{}) (resolved, bool) {
 	var (
 		win   resolved
 		ok    bool
@@ -521,28 +435,17 @@ func (c *Veth) resolve(v hostVeth, found map[string]podEnd, seen map[string]stru
 		}
 	}
 	if len(other) > 0 {
-		key := v.name + "|" + win.method + "=" + win.pod.Namespace + "/" + win.pod.Name + "|" + strings.Join(other, ",")
+		key := v.Name + "|" + win.method + "=" + win.pod.Namespace + "/" + win.pod.Name + "|" + strings.Join(other, ",")
 		seen[key] = struct{}{}
 		if _, logged := c.disagreed[key]; !logged {
 			c.disagreed[key] = struct{}{}
 			c.logger.Warn("veth mapping methods disagree; using the first",
-				zap.String("host_interface", v.name),
+				zap.String("host_interface", v.Name),
 				zap.String("method", win.method), zap.String("pod", win.pod.Namespace+"/"+win.pod.Name),
 				zap.Strings("others", other))
 		}
 	}
 	return win, ok
-}
-
-// PodNetworkNamespaces returns, as of the latest scrape, the path of the
-// network namespace each pod ("namespace/name") was found in by the netns
-// method. netinspect inspect shows it; it is not a metric, since paths are
-// not stable identities.
-func (c *Veth) PodNetworkNamespaces() map[string]string {
-	if m := c.podNetns.Load(); m != nil {
-		return *m
-	}
-	return nil
 }
 
 // podOf finds the pod that owns any of ips. Addresses of one interface all
@@ -558,35 +461,30 @@ func (c *Veth) podOf(ips []netip.Addr) (kube.PodRef, bool) {
 
 type trafficKey struct{ namespace, pod, iface string }
 
-func (c *Veth) emit(ch chan<- prometheus.Metric, veths []hostVeth, s *vethScan, now time.Time) {
+// join resolves every veth of the mapping s to its pod.
+func (c *Veth) join(veths []links.Veth, s *vethScan, now time.Time) *VethResult {
+	r := &VethResult{Age: now.Sub(s.at)}
 	seen := map[string]struct{}{}
-	traffic := map[trafficKey]*[numVethCounters]uint64{}
-	var order []trafficKey
-	var unmapped []string
-	podNetns := map[string]string{}
+	traffic := map[trafficKey]int{} // position in r.Traffic
 	for _, v := range veths {
-		r, ok := c.resolve(v, s.found[v.index], seen)
+		res, ok := c.resolve(v, s.found[v.Index], seen)
 		if !ok {
-			unmapped = append(unmapped, v.name)
+			r.Unmapped = append(r.Unmapped, v.Name)
 			continue
 		}
-		if r.netns != "" {
-			podNetns[r.pod.Namespace+"/"+r.pod.Name] = r.netns
-		}
-		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1,
-			r.pod.Namespace, r.pod.Name, r.iface, v.name, r.method)
+		r.Interfaces = append(r.Interfaces, PodInterface{Pod: res.pod, Interface: res.iface, HostInterface: v.Name, Method: res.method, NetNS: res.netns})
 		// Without the namespace the pod-side name is unknown (""), so two
 		// interfaces of one pod mapped by route or fdb share their series:
 		// their counters are summed.
-		k := trafficKey{r.pod.Namespace, r.pod.Name, r.iface}
-		t := traffic[k]
-		if t == nil {
-			t = new([numVethCounters]uint64)
-			traffic[k] = t
-			order = append(order, k)
+		k := trafficKey{res.pod.Namespace, res.pod.Name, res.iface}
+		i, have := traffic[k]
+		if !have {
+			i = len(r.Traffic)
+			traffic[k] = i
+			r.Traffic = append(r.Traffic, PodTraffic{Pod: kube.PodRef{Namespace: res.pod.Namespace, Name: res.pod.Name}, Interface: res.iface})
 		}
 		// The host end's transmit is the pod's receive and vice versa.
-		st := v.stats
+		t, st := &r.Traffic[i].Counters, v.Stats
 		t[rxBytes] += st.TxBytes
 		t[txBytes] += st.RxBytes
 		t[rxPackets] += st.TxPackets
@@ -596,24 +494,17 @@ func (c *Veth) emit(ch chan<- prometheus.Metric, veths []hostVeth, s *vethScan, 
 		t[rxDropped] += st.TxDropped
 		t[txDropped] += st.RxDropped
 	}
-	for _, k := range order {
-		for i, v := range traffic[k] {
-			ch <- prometheus.MustNewConstMetric(c.traffic[i], prometheus.CounterValue, float64(v), k.namespace, k.pod, k.iface)
-		}
-	}
-	c.podNetns.Store(&podNetns)
-	ch <- prometheus.MustNewConstMetric(c.unmapped, prometheus.GaugeValue, float64(len(unmapped)))
-	ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, now.Sub(s.at).Seconds())
 
 	for k := range c.disagreed {
 		if _, ok := seen[k]; !ok {
 			delete(c.disagreed, k)
 		}
 	}
-	if names := strings.Join(unmapped, ","); names != c.lastUnmapped {
+	if names := strings.Join(r.Unmapped, ","); names != c.lastUnmapped {
 		c.lastUnmapped = names
 		if names != "" {
-			c.logger.Debug("host veths with no pod", zap.Strings("host_interfaces", unmapped))
+			c.logger.Debug("host veths with no pod", zap.Strings("host_interfaces", r.Unmapped))
 		}
 	}
+	return r
 }

@@ -45,7 +45,7 @@ func BenchmarkVethScrape(b *testing.B) {
 		ix.SetPod(kube.PodInfo{Namespace: testNamespace, Name: name, Node: testNode, IPs: tp.Pod(name).IPs()})
 	}
 	newC := func(methods ...string) *Veth {
-		c, err := NewVeth(VethConfig{NetNS: tp.Node.FD(), Methods: methods}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc", NetNS: tp.NetNSDir}, Index: ix})
+		c, err := inNS(NewVeth(VethConfig{Methods: methods}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc", NetNS: tp.NetNSDir}, Index: ix}))(tp.Node)
 		if err != nil {
 			b.Fatal(err)
 		}

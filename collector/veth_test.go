@@ -69,12 +69,11 @@ func (e *vethEnv) addPodObject(t testing.TB, name string) {
 
 func (e *vethEnv) collector(t testing.TB, logger *zap.Logger, cfg VethConfig) *Veth {
 	t.Helper()
-	cfg.NetNS = e.topo.Node.FD()
 	c, err := NewVeth(cfg, Deps{Logger: logger, Paths: Paths{ProcFS: "/proc", NetNS: e.topo.NetNSDir}, Index: e.index})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c
+	return in(c, e.topo.Node)
 }
 
 // vethRegistry registers the collector through the Set adapter, as the
@@ -164,7 +163,7 @@ func TestVethMapping(t *testing.T) {
 		// The dual-stack pod is found by its /128 alone.
 		ix := kube.NewIndex(testNode)
 		ix.SetPod(kube.PodInfo{Namespace: testNamespace, Name: dual, Node: testNode, IPs: []netip.Addr{netip.MustParseAddr("fd00:10:245::6")}})
-		c, err := NewVeth(VethConfig{NetNS: e.topo.Node.FD(), Methods: []string{VethMethodRoute}}, Deps{Index: ix})
+		c, err := inNS(NewVeth(VethConfig{Methods: []string{VethMethodRoute}}, Deps{Index: ix}))(e.topo.Node)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -231,7 +230,7 @@ func TestVethMapping(t *testing.T) {
 
 	t.Run("no-index", func(t *testing.T) {
 		// Enrichment off: every veth is unmapped, nothing is invented.
-		c, err := NewVeth(VethConfig{NetNS: e.topo.Node.FD()}, Deps{Paths: Paths{ProcFS: "/proc", NetNS: e.topo.NetNSDir}})
+		c, err := inNS(NewVeth(VethConfig{}, Deps{Paths: Paths{ProcFS: "/proc", NetNS: e.topo.NetNSDir}}))(e.topo.Node)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -395,7 +394,8 @@ func countFDs(t testing.TB) int {
 // goroutine was left behind.
 func TestVethChurn(t *testing.T) {
 	e := newVethEnv(t, newAPIPods(t))
-	c := e.collector(t, zap.NewNop(), VethConfig{RetryInterval: time.Millisecond})
+	c := e.collector(t, zap.NewNop(), VethConfig{})
+	c.retryInterval = time.Millisecond
 	reg := vethRegistry(t, c)
 	infoSeries := func(s map[string]float64) []string {
 		var out []string

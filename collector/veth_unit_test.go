@@ -4,11 +4,11 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/source/links"
 )
 
 func TestNewVethMethods(t *testing.T) {
@@ -26,28 +26,6 @@ func TestNewVethMethods(t *testing.T) {
 		if (err != nil) != tc.wantErr {
 			t.Errorf("NewVeth(methods %q): err = %v, want error %v", tc.methods, err, tc.wantErr)
 		}
-	}
-}
-
-// TestHostVeths checks which links are pod ends: veths whose peer is in
-// another namespace.
-func TestHostVeths(t *testing.T) {
-	veth := func(name string, index, parent, nsid int) netlink.Link {
-		a := netlink.NewLinkAttrs()
-		a.Name, a.Index, a.ParentIndex, a.NetNsID = name, index, parent, nsid
-		return &netlink.Veth{LinkAttrs: a}
-	}
-	bridge := netlink.NewLinkAttrs()
-	bridge.Name, bridge.Index = "cni0", 2
-	links := []netlink.Link{
-		veth("cali1", 7, 2, 0),
-		&netlink.Bridge{LinkAttrs: bridge},
-		veth("cilium_host", 4, 5, -1), // peer in the same namespace
-		veth("veth2", 5, 3, 1),
-	}
-	got := hostVeths(links)
-	if len(got) != 2 || got[0].name != "veth2" || got[1].name != "cali1" {
-		t.Fatalf("hostVeths = %+v, want veth2 then cali1", got)
 	}
 }
 
@@ -90,7 +68,7 @@ func TestVethResolve(t *testing.T) {
 		{"namespace addresses (Multus)", map[string]podEnd{"netns": {iface: "net1", ips: []netip.Addr{ip("192.168.5.5")}, nsIPs: []netip.Addr{ip("192.168.5.5"), ip("10.0.0.2")}}}, "p2", "netns", "net1", 1},
 	} {
 		seen := map[string]struct{}{}
-		r, ok := c.resolve(hostVeth{name: "veth0"}, tc.found, seen)
+		r, ok := c.resolve(links.Veth{Name: "veth0"}, tc.found, seen)
 		if ok != (tc.wantPod != "") || r.pod.Name != tc.wantPod || r.method != tc.wantMethod || r.iface != tc.wantIface {
 			t.Errorf("%s: resolve = %+v, %v; want pod %q method %q iface %q", tc.name, r, ok, tc.wantPod, tc.wantMethod, tc.wantIface)
 		}

@@ -158,7 +158,7 @@ func TestKustomizeBase(t *testing.T) {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
-	want := []string{"ClusterRole/netinspect", "ClusterRoleBinding/netinspect", "DaemonSet/netinspect",
+	want := []string{"ClusterRole/netinspect", "ClusterRoleBinding/netinspect", "ClusterRoleBinding/netinspect-auth-delegator", "DaemonSet/netinspect",
 		"Namespace/netinspect", "PriorityClass/netinspect-node", "Service/netinspect", "ServiceAccount/netinspect"}
 	if !slices.Equal(keys, want) {
 		t.Fatalf("objects %v, want %v", keys, want)
@@ -167,6 +167,11 @@ func TestKustomizeBase(t *testing.T) {
 	strict(t, docs["ServiceAccount/netinspect"], &corev1.ServiceAccount{})
 	strict(t, docs["ClusterRole/netinspect"], &rbacv1.ClusterRole{})
 	strict(t, docs["ClusterRoleBinding/netinspect"], &rbacv1.ClusterRoleBinding{})
+	var delegator rbacv1.ClusterRoleBinding
+	strict(t, docs["ClusterRoleBinding/netinspect-auth-delegator"], &delegator)
+	if delegator.RoleRef.Name != "system:auth-delegator" || len(delegator.Subjects) != 1 || delegator.Subjects[0].Name != "netinspect" {
+		t.Errorf("auth-delegator binding %+v: want system:auth-delegator for the netinspect ServiceAccount only", delegator)
+	}
 	strict(t, docs["PriorityClass/netinspect-node"], &schedulingv1.PriorityClass{})
 
 	var svc corev1.Service
@@ -209,11 +214,11 @@ func TestKustomizeBase(t *testing.T) {
 	if len(c.Ports) != 1 || c.Ports[0].ContainerPort != defaultPort || c.Ports[0].Name != "metrics" {
 		t.Errorf("ports %+v, want metrics %d", c.Ports, defaultPort)
 	}
-	if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" {
-		t.Error("liveness probe is not GET /healthz")
+	if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" || c.LivenessProbe.HTTPGet.Scheme != corev1.URISchemeHTTPS {
+		t.Error("liveness probe is not GET https /healthz")
 	}
-	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
-		t.Error("readiness probe is not GET /readyz")
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.ReadinessProbe.HTTPGet.Scheme != corev1.URISchemeHTTPS {
+		t.Error("readiness probe is not GET https /readyz")
 	}
 	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
 		t.Errorf("resources %+v: want cpu and memory requests and a memory limit", c.Resources)
@@ -225,7 +230,7 @@ func TestKustomizeBase(t *testing.T) {
 	if !nodeName {
 		t.Error("NODE_NAME is not set from spec.nodeName")
 	}
-	for _, a := range []string{"--path.procfs=/host/proc", "--path.netns=/host/run/netns"} {
+	for _, a := range []string{"--path.procfs=/host/proc", "--path.netns=/host/run/netns", "--web.tls.self-signed", "--web.kubernetes-auth"} {
 		if !slices.Contains(c.Args, a) {
 			t.Errorf("args %v lack %s", c.Args, a)
 		}
@@ -257,6 +262,52 @@ func TestKustomizeBase(t *testing.T) {
 	}
 }
 
+// The base runs the chart's release of the image (deploy/image's tests keep
+// the two equal), and an overlay of the user's own, as
+// `kustomize edit set image ghcr.io/netinspect/netinspect=REGISTRY/netinspect:TAG`
+// writes it, points the DaemonSet at another registry.
+func TestKustomizeImage(t *testing.T) {
+	chart, err := os.ReadFile("helm/netinspect/Chart.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta struct {
+		AppVersion string `json:"appVersion"`
+	}
+	if err := sigsyaml.Unmarshal(chart, &meta); err != nil {
+		t.Fatal(err)
+	}
+	image := func(docs map[string][]byte) string {
+		t.Helper()
+		var ds appsv1.DaemonSet
+		strict(t, docs["DaemonSet/netinspect"], &ds)
+		return ds.Spec.Template.Spec.Containers[0].Image
+	}
+	_, base := kustomize(t, ".")
+	if got, want := image(base), "ghcr.io/netinspect/netinspect:"+meta.AppVersion; got != want {
+		t.Errorf("kustomize deploy/: image %s, want %s", got, want)
+	}
+
+	overlay := t.TempDir()
+	here, err := filepath.Abs(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(overlay, here) // kustomize takes relative bases only
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - " + rel + "\n" +
+		"images:\n  - name: ghcr.io/netinspect/netinspect\n    newName: registry.example.com/team/netinspect\n    newTag: v1.2.3-4-gabc1234\n"
+	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, docs := kustomize(t, overlay)
+	if got := image(docs); got != "registry.example.com/team/netinspect:v1.2.3-4-gabc1234" {
+		t.Errorf("overlay: image %s", got)
+	}
+}
+
 func TestKustomizeMonitoring(t *testing.T) {
 	_, docs := kustomize(t, "monitoring")
 	if len(docs) != 2 || docs["ServiceMonitor/netinspect"] == nil || docs["PrometheusRule/netinspect"] == nil {
@@ -266,7 +317,12 @@ func TestKustomizeMonitoring(t *testing.T) {
 		Spec struct {
 			JobLabel  string `json:"jobLabel"`
 			Endpoints []struct {
-				Port        string `json:"port"`
+				Port            string `json:"port"`
+				Scheme          string `json:"scheme"`
+				BearerTokenFile string `json:"bearerTokenFile"`
+				TLSConfig       struct {
+					InsecureSkipVerify bool `json:"insecureSkipVerify"`
+				} `json:"tlsConfig"`
 				Relabelings []struct {
 					SourceLabels []string `json:"sourceLabels"`
 					TargetLabel  string   `json:"targetLabel"`
@@ -279,6 +335,11 @@ func TestKustomizeMonitoring(t *testing.T) {
 	}
 	if sm.Spec.JobLabel != "app.kubernetes.io/name" || len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != "metrics" {
 		t.Errorf("ServiceMonitor %+v: want job from app.kubernetes.io/name (job=\"netinspect\", as NetinspectDown selects) and the metrics port", sm.Spec)
+	}
+	// deploy/ serves TLS with a self-signed certificate and reviews
+	// Prometheus's ServiceAccount token.
+	if ep := sm.Spec.Endpoints[0]; ep.Scheme != "https" || ep.BearerTokenFile != "/var/run/secrets/kubernetes.io/serviceaccount/token" || !ep.TLSConfig.InsecureSkipVerify {
+		t.Errorf("ServiceMonitor endpoint %+v: want https, Prometheus's token file, insecureSkipVerify for the self-signed certificate", ep)
 	}
 }
 
@@ -326,7 +387,7 @@ func TestServerSideDryRun(t *testing.T) {
 
 	t.Run("helm", func(t *testing.T) {
 		raw, docs := helmTemplate(t, "serviceMonitor.enabled=true", "prometheusRule.enabled=true",
-			"web.configSecret=netinspect-web", "web.tls=true", "collectors.dns=true")
+			"web.configSecret=netinspect-web", "web.tls.secretName=netinspect-tls", "collectors.dns=true")
 		path := filepath.Join(t.TempDir(), "chart.yaml")
 		if err := os.WriteFile(path, raw, 0o644); err != nil {
 			t.Fatal(err)

@@ -138,8 +138,10 @@ func TestHelmMonitorsMatchKustomize(t *testing.T) {
 func TestHelmValues(t *testing.T) {
 	_, docs := helmTemplate(t,
 		"collectors.ipvs=false", "collectors.dns=true", "kube.podLabels=app\\,team",
-		"web.configSecret=netinspect-web", "web.tls=true", "serviceMonitor.enabled=true",
-		"image.tag=v1.2.3", "namespace.create=false", "priorityClass.create=false")
+		"web.configSecret=netinspect-web", "web.tls.secretName=netinspect-tls", "serviceMonitor.enabled=true",
+		"web.kubernetesAuth.allowedTTL=1m", "web.kubernetesAuth.deniedTTL=5s", "web.maxRequests=8",
+		"image.repository=registry.example.com/team/netinspect", "image.tag=v1.2.3",
+		"namespace.create=false", "priorityClass.create=false")
 	if _, ok := docs["Namespace/netinspect"]; ok {
 		t.Error("namespace.create=false still renders the Namespace")
 	}
@@ -169,26 +171,55 @@ func TestHelmValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := ds.Spec.Template.Spec.Containers[0]
-	if c.Image != "ghcr.io/netinspect/netinspect:v1.2.3" {
+	if c.Image != "registry.example.com/team/netinspect:v1.2.3" {
 		t.Errorf("image %s", c.Image)
 	}
-	for _, a := range []string{"--no-collector.ipvs", "--collector.dns", "--kube.pod-labels=app,team", "--web.config.file=/etc/netinspect/web-config.yml"} {
+	for _, a := range []string{"--no-collector.ipvs", "--collector.dns", "--kube.pod-labels=app,team", "--web.config.file=/etc/netinspect/web/web-config.yml",
+		"--web.tls.cert-file=/etc/netinspect/tls/tls.crt", "--web.tls.key-file=/etc/netinspect/tls/tls.key",
+		"--web.kubernetes-auth", "--web.kubernetes-auth.allowed-ttl=1m", "--web.kubernetes-auth.denied-ttl=5s", "--web.max-requests=8"} {
 		if !slices.Contains(c.Args, a) {
 			t.Errorf("args %v lack %s", c.Args, a)
 		}
 	}
+	if slices.Contains(c.Args, "--web.tls.self-signed") {
+		t.Error("web.tls.secretName set, and still --web.tls.self-signed")
+	}
+	mounts := map[string]string{}
+	for _, m := range c.VolumeMounts {
+		mounts[m.Name] = m.MountPath
+	}
+	if mounts["tls"] != "/etc/netinspect/tls" || mounts["web-config"] != "/etc/netinspect/web" {
+		t.Errorf("mounts %v: want the TLS Secret at /etc/netinspect/tls and the web config at /etc/netinspect/web", mounts)
+	}
 	if c.LivenessProbe.HTTPGet.Scheme != "HTTPS" || c.ReadinessProbe.HTTPGet.Scheme != "HTTPS" {
 		t.Errorf("web.tls=true: probes not HTTPS: %+v %+v", c.LivenessProbe, c.ReadinessProbe)
 	}
-	secret := false
+	secrets := map[string]string{}
 	for _, v := range ds.Spec.Template.Spec.Volumes {
-		secret = secret || v.Secret != nil && v.Secret.SecretName == "netinspect-web"
+		if v.Secret != nil {
+			secrets[v.Name] = v.Secret.SecretName
+		}
 	}
-	if !secret {
-		t.Error("web.configSecret not mounted")
+	if secrets["web-config"] != "netinspect-web" || secrets["tls"] != "netinspect-tls" {
+		t.Errorf("secret volumes %v: want web-config from netinspect-web, tls from netinspect-tls", secrets)
 	}
 	if !strings.Contains(string(docs["ServiceMonitor/netinspect"]), "scheme: https") {
-		t.Error("web.tls=true: ServiceMonitor does not scrape https")
+		t.Error("web.tls on: ServiceMonitor does not scrape https")
+	}
+
+	// Without TLS and auth: plain HTTP, no token, no delegation.
+	_, docs = helmTemplate(t, "web.tls.enabled=false", "web.kubernetesAuth.enabled=false", "serviceMonitor.enabled=true")
+	dsDoc := string(docs["DaemonSet/netinspect"])
+	for _, a := range []string{"--web.tls", "--web.kubernetes-auth", "scheme: HTTPS"} {
+		if strings.Contains(dsDoc, a) {
+			t.Errorf("TLS and auth off, DaemonSet still has %q", a)
+		}
+	}
+	if _, ok := docs["ClusterRoleBinding/netinspect-auth-delegator"]; ok {
+		t.Error("auth off, still bound to system:auth-delegator")
+	}
+	if sm := string(docs["ServiceMonitor/netinspect"]); strings.Contains(sm, "https") || strings.Contains(sm, "tlsConfig") {
+		t.Errorf("TLS off, ServiceMonitor:\n%s", sm)
 	}
 
 	_, docs = helmTemplate(t, "web.basicAuth=true")

@@ -1,7 +1,9 @@
 // Package inspect builds the one-shot report of `netinspect inspect`: it runs
-// the same collectors as the exporter once, and turns their metrics and the
-// Kubernetes index into what an engineer on the node would otherwise piece
-// together from kubectl, nsenter, conntrack, iptables, nft and ipvsadm.
+// the same collectors as the exporter once, and turns their typed results
+// and the Kubernetes index into what an engineer on the node would otherwise
+// piece together from kubectl, nsenter, conntrack, iptables, nft and
+// ipvsadm. It reads no metric by name: a collector's result is a Go value,
+// so renaming a metric cannot silently blank a part of the report.
 package inspect
 
 import (
@@ -12,7 +14,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/netinspect/netinspect/collector"
 )
@@ -32,15 +33,31 @@ type Problem struct {
 	Reason string `json:"reason"`
 }
 
-// Families are gathered metric families by name.
-type Families map[string]*dto.MetricFamily
+// Results are the collectors' typed results the report is built from; nil
+// where a collector did not run or had nothing.
+type Results struct {
+	Conntrack   *collector.ConntrackResult
+	Veth        *collector.VethResult
+	IPTables    *collector.IPTablesResult
+	NFTables    *collector.NFTablesResult
+	IPVS        *collector.IPVSResult
+	Attribution *collector.AttributionResult
+	DNS         *collector.DNSResult
+}
 
-// Gather runs every source once and returns all their metrics and the
-// sources that failed. A source that works in the background (a
-// collector.Starter) is started first and given until ctx's deadline to
-// produce its first snapshot.
-func Gather(ctx context.Context, sources []Source) (Families, []Problem) {
-	fams := Families{}
+// resulter is a collector whose latest result the report reads: every
+// collector of package collector has a Result method of its own result
+// type.
+type resulter[T any] interface {
+	Result(context.Context) (T, error)
+}
+
+// Gather reads every source once and returns their results and the sources
+// that failed. A source that works in the background (a collector.Starter)
+// is started first and given until ctx's deadline to produce its first
+// snapshot.
+func Gather(ctx context.Context, sources []Source) (Results, []Problem) {
+	var r Results
 	var problems []Problem
 	// Start every background source first, so their first passes overlap.
 	started := make([]Source, 0, len(sources))
@@ -54,98 +71,61 @@ func Gather(ctx context.Context, sources []Source) (Families, []Problem) {
 		started = append(started, s)
 	}
 	for _, s := range started {
-		got, err := gatherOne(ctx, s)
-		for name, f := range got {
-			fams[name] = f
-		}
-		if err != nil {
+		if err := gatherOne(ctx, s.Collector, &r); err != nil {
 			problems = append(problems, Problem{Source: s.Name, Absent: errors.Is(err, collector.ErrNoData), Reason: err.Error()})
 		}
 	}
 	sort.Slice(problems, func(i, j int) bool { return problems[i].Source < problems[j].Source })
-	return fams, problems
+	return r, problems
 }
 
-// gatherOne collects one source, retrying while a background source has no
-// snapshot yet (collector.ErrNotReady) until ctx is done.
-func gatherOne(ctx context.Context, s Source) (Families, error) {
+// gatherOne reads the result of c into its field of r.
+func gatherOne(ctx context.Context, c collector.Collector, r *Results) error {
+	switch c := c.(type) {
+	case resulter[*collector.ConntrackResult]:
+		return read(ctx, c, &r.Conntrack)
+	case resulter[*collector.VethResult]:
+		return read(ctx, c, &r.Veth)
+	case resulter[*collector.IPTablesResult]:
+		return read(ctx, c, &r.IPTables)
+	case resulter[*collector.NFTablesResult]:
+		return read(ctx, c, &r.NFTables)
+	case resulter[*collector.IPVSResult]:
+		return read(ctx, c, &r.IPVS)
+	case resulter[*collector.AttributionResult]:
+		return read(ctx, c, &r.Attribution)
+	case resulter[*collector.DNSResult]:
+		return read(ctx, c, &r.DNS)
+	}
+	// A collector the report has no part for: run it once for its errors.
+	ch := make(chan prometheus.Metric)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range ch {
+		}
+	}()
+	err := c.Update(ctx, ch)
+	close(ch)
+	<-done
+	return err
+}
+
+// read reads src into dst, retrying while a background source has no
+// snapshot yet (collector.ErrNotReady) until ctx is done. A result that
+// comes with an error (a listing that failed after an earlier success) is
+// kept.
+func read[T any](ctx context.Context, src resulter[*T], dst **T) error {
 	for {
-		fams, err := collectOnce(ctx, s.Collector)
+		v, err := src.Result(ctx)
 		if !errors.Is(err, collector.ErrNotReady) {
-			return fams, err
+			*dst = v
+			return err
 		}
 		select {
 		case <-ctx.Done():
-			return fams, err
+			return err
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-// collectOnce runs one Update through a registry, which turns the const
-// metrics into named families.
-func collectOnce(ctx context.Context, c collector.Collector) (Families, error) {
-	a := &adapter{ctx: ctx, c: c}
-	reg := prometheus.NewRegistry()
-	if err := reg.Register(a); err != nil {
-		return nil, err
-	}
-	mfs, gerr := reg.Gather()
-	fams := Families{}
-	for _, mf := range mfs {
-		fams[mf.GetName()] = mf
-	}
-	if a.err != nil {
-		return fams, a.err
-	}
-	return fams, gerr
-}
-
-type adapter struct {
-	ctx context.Context
-	c   collector.Collector
-	err error
-}
-
-func (*adapter) Describe(chan<- *prometheus.Desc) {}
-
-func (a *adapter) Collect(ch chan<- prometheus.Metric) { a.err = a.c.Update(a.ctx, ch) }
-
-// series are the samples of one family, each with its labels as a map.
-type series struct {
-	labels map[string]string
-	value  float64
-}
-
-func (f Families) series(name string) []series {
-	mf, ok := f[name]
-	if !ok {
-		return nil
-	}
-	out := make([]series, 0, len(mf.GetMetric()))
-	for _, m := range mf.GetMetric() {
-		s := series{labels: map[string]string{}}
-		for _, l := range m.GetLabel() {
-			s.labels[l.GetName()] = l.GetValue()
-		}
-		switch {
-		case m.Gauge != nil:
-			s.value = m.GetGauge().GetValue()
-		case m.Counter != nil:
-			s.value = m.GetCounter().GetValue()
-		case m.Untyped != nil:
-			s.value = m.GetUntyped().GetValue()
-		}
-		out = append(out, s)
-	}
-	return out
-}
-
-// value returns the single unlabelled sample of name.
-func (f Families) value(name string) (float64, bool) {
-	s := f.series(name)
-	if len(s) != 1 {
-		return 0, false
-	}
-	return s[0].value, true
 }

@@ -5,9 +5,19 @@ import (
 	"slices"
 	"strconv"
 
-	"github.com/netinspect/netinspect/collector/rules"
+	"github.com/netinspect/netinspect/collector"
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/kubeproxy"
+	"github.com/netinspect/netinspect/source/conntrack"
 )
+
+// statNames are the conntrack statistics' names as the report prints them.
+var statNames = func() (names [conntrack.NumStats]string) {
+	for s := range conntrack.NumStats {
+		names[s] = s.String()
+	}
+	return names
+}()
 
 // Filter narrows the pods and services of a report. Empty fields match all.
 type Filter struct {
@@ -115,28 +125,9 @@ type DNSProbe struct {
 	Success bool   `json:"success"`
 }
 
-// NetnsReporter is implemented by the veth collector: the network namespace
-// path of each pod ("namespace/name") it entered.
-type NetnsReporter interface {
-	PodNetworkNamespaces() map[string]string
-}
-
-// PodNetns collects the pods' namespace paths from the sources that know them.
-func PodNetns(sources []Source) map[string]string {
-	out := map[string]string{}
-	for _, s := range sources {
-		if r, ok := s.Collector.(NetnsReporter); ok {
-			for k, v := range r.PodNetworkNamespaces() {
-				out[k] = v
-			}
-		}
-	}
-	return out
-}
-
-// Build assembles the report from the gathered metrics, the index (nil when
-// Kubernetes enrichment is off) and the pods' namespace paths (may be nil).
-func Build(node, kubeState string, index *kube.Index, fams Families, problems []Problem, netns map[string]string, f Filter) Report {
+// Build assembles the report from the collectors' results, the index (nil
+// when Kubernetes enrichment is off) and the problems Gather found.
+func Build(node, kubeState string, index *kube.Index, res Results, problems []Problem, f Filter) Report {
 	r := Report{
 		Node:       node,
 		Kubernetes: kubeState,
@@ -148,19 +139,19 @@ func Build(node, kubeState string, index *kube.Index, fams Families, problems []
 	if r.Problems == nil {
 		r.Problems = []Problem{}
 	}
-	for _, s := range fams.series("netinspect_kube_proxy_mode_info") {
-		if s.value == 1 {
-			r.KubeProxyMode = s.labels["mode"]
+	switch {
+	case res.IPTables != nil && res.IPTables.Mode != "":
+		r.KubeProxyMode = res.IPTables.Mode
+	case res.NFTables != nil:
+		r.KubeProxyMode = res.NFTables.Mode
+	}
+	r.Conntrack = conntrackUsage(res, f)
+	r.Pods = pods(index, res, f)
+	r.Services = services(index, res, f, r.KubeProxyMode)
+	if res.DNS != nil {
+		for _, p := range res.DNS.Probes {
+			r.DNS = append(r.DNS, DNSProbe{Server: p.Server, Name: p.Name, Success: p.OK})
 		}
-	}
-	r.Conntrack = conntrackUsage(fams, f)
-	r.Pods = pods(index, fams, f)
-	for i := range r.Pods {
-		r.Pods[i].Netns = netns[r.Pods[i].Namespace+"/"+r.Pods[i].Name]
-	}
-	r.Services = services(index, fams, f, r.KubeProxyMode)
-	for _, s := range fams.series("netinspect_dns_probe_success") {
-		r.DNS = append(r.DNS, DNSProbe{Server: s.labels["server"], Name: s.labels["name"], Success: s.value == 1})
 	}
 	slices.SortFunc(r.DNS, func(a, b DNSProbe) int { return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.Server, b.Server)) })
 	return r
@@ -169,49 +160,38 @@ func Build(node, kubeState string, index *kube.Index, fams Families, problems []
 // topN is how many pods and services the conntrack section lists.
 const topN = 5
 
-func conntrackUsage(fams Families, f Filter) *ConntrackUsage {
-	entries, ok := fams.value("netinspect_conntrack_entries")
-	if !ok {
+func conntrackUsage(res Results, f Filter) *ConntrackUsage {
+	ct := res.Conntrack
+	if ct == nil {
 		return nil
 	}
-	c := &ConntrackUsage{Entries: entries, Stats: map[string]float64{}, TopPods: []Entries{}, TopServices: []Entries{}}
-	c.Limit, _ = fams.value("netinspect_conntrack_entries_limit")
+	c := &ConntrackUsage{Entries: float64(ct.Entries), Limit: float64(ct.Limit), Source: ct.Source,
+		Stats: map[string]float64{}, TopPods: []Entries{}, TopServices: []Entries{}}
 	if c.Limit > 0 {
-		c.UsageRatio = entries / c.Limit
+		c.UsageRatio = c.Entries / c.Limit
 	}
-	for _, s := range fams.series("netinspect_conntrack_source_info") {
-		c.Source = s.labels["source"]
-	}
-	for name, mf := range fams {
-		stat, ok := statName(name)
-		if !ok {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			c.Stats[stat] += m.GetCounter().GetValue()
+	for _, cpu := range ct.CPUs {
+		for s, v := range cpu.Counters {
+			if cpu.Present[s] {
+				c.Stats[statNames[s]] += float64(v)
+			}
 		}
 	}
-	c.TopPods = top(sumBy(fams.series("netinspect_conntrack_pod_entries"), "pod", f.pod), topN)
-	c.TopServices = top(sumBy(fams.series("netinspect_conntrack_service_entries"), "service", f.service), topN)
+	if a := res.Attribution; a != nil {
+		c.TopPods = top(sumBy(a.Pods, f.pod), topN)
+		c.TopServices = top(sumBy(a.Services, f.service), topN)
+	}
 	return c
 }
 
-func statName(metric string) (string, bool) {
-	const prefix, suffix = "netinspect_conntrack_stat_", "_total"
-	if len(metric) <= len(prefix)+len(suffix) || metric[:len(prefix)] != prefix || metric[len(metric)-len(suffix):] != suffix {
-		return "", false
-	}
-	return metric[len(prefix) : len(metric)-len(suffix)], true
-}
-
-// sumBy sums series over their other labels, keyed by namespace and the
-// label nameLabel, keeping those keep accepts.
-func sumBy(ss []series, nameLabel string, keep func(namespace, name string) bool) []Entries {
+// sumBy sums counts over their protocols, keyed by namespace and name,
+// keeping those keep accepts.
+func sumBy(counts []collector.AttributedCount, keep func(namespace, name string) bool) []Entries {
 	sums := map[[2]string]float64{}
-	for _, s := range ss {
-		k := [2]string{s.labels["namespace"], s.labels[nameLabel]}
+	for _, c := range counts {
+		k := [2]string{c.Namespace, c.Name}
 		if keep(k[0], k[1]) {
-			sums[k] += s.value
+			sums[k] += float64(c.Entries)
 		}
 	}
 	out := make([]Entries, 0, len(sums))
@@ -228,7 +208,7 @@ func top(es []Entries, n int) []Entries {
 	return es[:min(n, len(es))]
 }
 
-func pods(index *kube.Index, fams Families, f Filter) []Pod {
+func pods(index *kube.Index, res Results, f Filter) []Pod {
 	type key struct{ ns, name string }
 	byKey := map[key]*Pod{}
 	var order []key
@@ -252,16 +232,20 @@ func pods(index *kube.Index, fams Families, f Filter) []Pod {
 			rp.IPs = append(rp.IPs, ip.String())
 		}
 	}
-	for _, s := range fams.series("netinspect_pod_interface_info") {
-		ns, name := s.labels["namespace"], s.labels["pod"]
-		if !f.pod(ns, name) {
-			continue
+	if v := res.Veth; v != nil {
+		for _, i := range v.Interfaces {
+			if !f.pod(i.Pod.Namespace, i.Pod.Name) {
+				continue
+			}
+			rp := add(i.Pod.Namespace, i.Pod.Name)
+			rp.Interfaces = append(rp.Interfaces, Interface{Interface: i.Interface, HostInterface: i.HostInterface, Method: i.Method})
+			if i.NetNS != "" {
+				rp.Netns = i.NetNS
+			}
 		}
-		rp := add(ns, name)
-		rp.Interfaces = append(rp.Interfaces, Interface{Interface: s.labels["interface"], HostInterface: s.labels["host_interface"], Method: s.labels["method"]})
 	}
-	if _, ok := fams["netinspect_conntrack_pod_entries"]; ok {
-		for _, e := range sumBy(fams.series("netinspect_conntrack_pod_entries"), "pod", f.pod) {
+	if a := res.Attribution; a != nil {
+		for _, e := range sumBy(a.Pods, f.pod) {
 			v := e.Entries
 			add(e.Namespace, e.Name).ConntrackEntries = &v
 		}
@@ -284,7 +268,7 @@ func pods(index *kube.Index, fams Families, f Filter) []Pod {
 	return out
 }
 
-func services(index *kube.Index, fams Families, f Filter, mode string) []Service {
+func services(index *kube.Index, res Results, f Filter, mode string) []Service {
 	type key struct{ ns, name string }
 	byKey := map[key]*Service{}
 	add := func(ns, name string) *Service {
@@ -322,51 +306,12 @@ func services(index *kube.Index, fams Families, f Filter, mode string) []Service
 				name = strconv.Itoa(int(p.Port))
 			}
 			sp := port(s, name)
-			if mode == "iptables" {
-				sp.IPTablesChain = rules.PrefixSVC + rules.PortProtoHash(rules.ServicePortName(si.Namespace, si.Name, p.Name), p.Protocol)
+			if mode == kubeproxy.ModeIPTables {
+				sp.IPTablesChain = kubeproxy.PrefixSVC + kubeproxy.PortProtoHash(kubeproxy.ServicePortName(si.Namespace, si.Name, p.Name), p.Protocol)
 			}
 		}
 	}
-	addCount := func(metric string, field func(*ServicePort) **float64) {
-		for _, ser := range fams.series(metric) {
-			ns, name := ser.labels["namespace"], ser.labels["service"]
-			if name == "" || !f.service(ns, name) {
-				continue
-			}
-			ptr := field(port(add(ns, name), ser.labels["port"]))
-			if *ptr == nil {
-				*ptr = new(float64)
-			}
-			**ptr += ser.value
-		}
-	}
-	addCount("netinspect_iptables_service_endpoints", func(p *ServicePort) **float64 { return &p.IPTablesEndpoints })
-	addCount("netinspect_nftables_service_endpoints", func(p *ServicePort) **float64 { return &p.NFTablesEndpoints })
-	ipvs := func(metric string, apply func(*IPVSState, float64)) {
-		for _, ser := range fams.series(metric) {
-			ns, name := ser.labels["namespace"], ser.labels["service"]
-			if name == "" || !f.service(ns, name) {
-				continue
-			}
-			s := add(ns, name)
-			if s.IPVS == nil {
-				s.IPVS = &IPVSState{}
-			}
-			apply(s.IPVS, ser.value)
-		}
-	}
-	ipvs("netinspect_ipvs_backend_weight", func(st *IPVSState, _ float64) { st.Backends++ })
-	ipvs("netinspect_ipvs_backend_connections_active", func(st *IPVSState, v float64) { st.ActiveConnections += v })
-	ipvs("netinspect_ipvs_backend_connections_inactive", func(st *IPVSState, v float64) { st.InactiveConnections += v })
-	if _, ok := fams["netinspect_conntrack_service_entries"]; ok {
-		for _, e := range sumBy(fams.series("netinspect_conntrack_service_entries"), "service", f.service) {
-			if e.Name == "" {
-				continue // the sum of services beyond the top-K
-			}
-			v := e.Entries
-			add(e.Namespace, e.Name).ConntrackEntries = &v
-		}
-	}
+	addKernelState(res, f, add, port)
 	out := make([]Service, 0, len(byKey))
 	for _, s := range byKey {
 		slices.SortFunc(s.Ports, func(a, b ServicePort) int { return cmp.Compare(a.Port, b.Port) })
@@ -376,4 +321,58 @@ func services(index *kube.Index, fams Families, f Filter, mode string) []Service
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	return out
+}
+
+// addKernelState adds to the services what kube-proxy programmed for them
+// (iptables and nftables endpoints, IPVS backends) and their conntrack
+// entries, through add and port (which find or add a service and a port).
+func addKernelState(res Results, f Filter, add func(ns, name string) *Service, port func(*Service, string) *ServicePort) {
+	addCount := func(counts []collector.ServicePortCount, field func(*ServicePort) **float64) {
+		for _, c := range counts {
+			if c.Service == "" || !f.service(c.Namespace, c.Service) {
+				continue
+			}
+			ptr := field(port(add(c.Namespace, c.Service), c.Port))
+			if *ptr == nil {
+				*ptr = new(float64)
+			}
+			**ptr += float64(c.N)
+		}
+	}
+	if t := res.IPTables; t != nil {
+		for _, fam := range t.Families {
+			addCount(fam.Endpoints, func(p *ServicePort) **float64 { return &p.IPTablesEndpoints })
+		}
+	}
+	if t := res.NFTables; t != nil {
+		for _, fam := range t.Families {
+			addCount(fam.Endpoints, func(p *ServicePort) **float64 { return &p.NFTablesEndpoints })
+		}
+	}
+	if v := res.IPVS; v != nil {
+		for _, vs := range v.VirtualServers {
+			ns, name := vs.Service.Namespace, vs.Service.Service
+			if name == "" || !f.service(ns, name) {
+				continue
+			}
+			for _, b := range vs.Backends {
+				s := add(ns, name)
+				if s.IPVS == nil {
+					s.IPVS = &IPVSState{}
+				}
+				s.IPVS.Backends++
+				s.IPVS.ActiveConnections += float64(b.Kernel.Active)
+				s.IPVS.InactiveConnections += float64(b.Kernel.Inactive)
+			}
+		}
+	}
+	if a := res.Attribution; a != nil {
+		for _, e := range sumBy(a.Services, f.service) {
+			if e.Name == "" {
+				continue // the sum of services beyond the top-K
+			}
+			v := e.Entries
+			add(e.Namespace, e.Name).ConntrackEntries = &v
+		}
+	}
 }

@@ -14,48 +14,18 @@ import (
 
 	"github.com/netinspect/netinspect/collector"
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/source/conntrack"
 )
 
-// constSource emits fixed samples, like a collector would.
-type constSource struct {
-	samples []sampleSpec
-	err     error
+// fake is a collector whose result is fixed, like a collector's would be.
+type fake[T any] struct {
+	v   T
+	err error
 }
 
-type sampleSpec struct {
-	name   string
-	kind   prometheus.ValueType
-	labels map[string]string
-	value  float64
-}
+func (f fake[T]) Update(context.Context, chan<- prometheus.Metric) error { return f.err }
 
-func (c constSource) Update(_ context.Context, ch chan<- prometheus.Metric) error {
-	for _, s := range c.samples {
-		var names, values []string
-		for k, v := range s.labels {
-			names = append(names, k)
-			values = append(values, v)
-		}
-		ch <- prometheus.MustNewConstMetric(prometheus.NewDesc(s.name, "test", names, nil), s.kind, s.value, values...)
-	}
-	return c.err
-}
-
-func gauge(name string, v float64, kv ...string) sampleSpec {
-	return sampleSpec{name: name, kind: prometheus.GaugeValue, labels: pairs(kv), value: v}
-}
-
-func counter(name string, v float64, kv ...string) sampleSpec {
-	return sampleSpec{name: name, kind: prometheus.CounterValue, labels: pairs(kv), value: v}
-}
-
-func pairs(kv []string) map[string]string {
-	m := map[string]string{}
-	for i := 0; i+1 < len(kv); i += 2 {
-		m[kv[i]] = kv[i+1]
-	}
-	return m
-}
+func (f fake[T]) Result(context.Context) (T, error) { return f.v, f.err }
 
 func testIndex() *kube.Index {
 	ix := kube.NewIndex("node-a")
@@ -70,33 +40,34 @@ func testIndex() *kube.Index {
 }
 
 func testSources() []Source {
+	shop := func(name string) kube.PodRef { return kube.PodRef{Namespace: "shop", Name: name} }
+	var stats conntrack.CPUStats
+	stats.Counters[conntrack.StatDrop], stats.Present[conntrack.StatDrop] = 12, true
+	stats.Counters[conntrack.StatEarlyDrop], stats.Present[conntrack.StatEarlyDrop] = 3, true
 	return []Source{
-		{Name: "conntrack", Collector: constSource{samples: []sampleSpec{
-			gauge("netinspect_conntrack_entries", 196608),
-			gauge("netinspect_conntrack_entries_limit", 262144),
-			gauge("netinspect_conntrack_source_info", 1, "source", "netlink"),
-			counter("netinspect_conntrack_stat_drop_total", 12),
-			counter("netinspect_conntrack_stat_early_drop_total", 3),
+		{Name: "conntrack", Collector: fake[*collector.ConntrackResult]{v: &collector.ConntrackResult{
+			Source: "netlink", Entries: 196608, Limit: 262144, CPUs: []conntrack.CPUStats{stats},
 		}}},
-		{Name: "veth", Collector: constSource{samples: []sampleSpec{
-			gauge("netinspect_pod_interface_info", 1, "namespace", "shop", "pod", "cart-0", "interface", "eth0", "host_interface", "veth1a2b3c4d", "method", "netns"),
+		{Name: "veth", Collector: fake[*collector.VethResult]{v: &collector.VethResult{Interfaces: []collector.PodInterface{
+			{Pod: shop("cart-0"), Interface: "eth0", HostInterface: "veth1a2b3c4d", Method: "netns", NetNS: "/run/netns/cni-1234"},
+		}}}},
+		{Name: "iptables", Collector: fake[*collector.IPTablesResult]{v: &collector.IPTablesResult{Mode: "iptables", Families: []collector.IPTablesFamily{
+			{Family: "ipv4", Endpoints: []collector.ServicePortCount{{ServicePortRef: kube.ServicePortRef{Namespace: "shop", Service: "cart", Port: "http"}, N: 2}}},
+		}}}},
+		{Name: "conntrack-attribution", Collector: fake[*collector.AttributionResult]{v: &collector.AttributionResult{
+			Pods: []collector.AttributedCount{
+				{Namespace: "shop", Name: "cart-0", Protocol: "tcp", Entries: 100},
+				{Namespace: "shop", Name: "cart-0", Protocol: "udp", Entries: 20},
+			},
+			Services: []collector.AttributedCount{{Namespace: "shop", Name: "cart", Protocol: "tcp", Entries: 90}},
 		}}},
-		{Name: "iptables", Collector: constSource{samples: []sampleSpec{
-			gauge("netinspect_kube_proxy_mode_info", 1, "mode", "iptables"),
-			gauge("netinspect_iptables_service_endpoints", 2, "family", "ipv4", "namespace", "shop", "service", "cart", "port", "http"),
-		}}},
-		{Name: "conntrack-attribution", Collector: constSource{samples: []sampleSpec{
-			gauge("netinspect_conntrack_pod_entries", 100, "namespace", "shop", "pod", "cart-0", "protocol", "tcp"),
-			gauge("netinspect_conntrack_pod_entries", 20, "namespace", "shop", "pod", "cart-0", "protocol", "udp"),
-			gauge("netinspect_conntrack_service_entries", 90, "namespace", "shop", "service", "cart", "protocol", "tcp"),
-		}}},
-		{Name: "ipvs", Collector: constSource{err: errors.Join(errors.New("/proc/net/ip_vs absent, ip_vs is not loaded"), collector.ErrNoData)}},
+		{Name: "ipvs", Collector: fake[*collector.IPVSResult]{err: errors.Join(errors.New("/proc/net/ip_vs absent, ip_vs is not loaded"), collector.ErrNoData)}},
 	}
 }
 
 func TestBuildJoinsKernelViewToKubernetes(t *testing.T) {
-	fams, problems := Gather(context.Background(), testSources())
-	r := Build("node-a", "kubernetes cache synced", testIndex(), fams, problems, map[string]string{"shop/cart-0": "/run/netns/cni-1234"}, Filter{})
+	res, problems := Gather(context.Background(), testSources())
+	r := Build("node-a", "kubernetes cache synced", testIndex(), res, problems, Filter{})
 
 	if r.KubeProxyMode != "iptables" {
 		t.Errorf("mode %q", r.KubeProxyMode)
@@ -130,16 +101,16 @@ func TestBuildJoinsKernelViewToKubernetes(t *testing.T) {
 		t.Errorf("problems %+v", r.Problems)
 	}
 
-	only := Build("node-a", "", testIndex(), fams, problems, nil, Filter{Namespace: "shop", Pod: "cart-0"})
+	only := Build("node-a", "", testIndex(), res, problems, Filter{Namespace: "shop", Pod: "cart-0"})
 	if len(only.Pods) != 1 || len(only.Services) != 0 {
 		t.Errorf("filter by pod: %d pods, %d services", len(only.Pods), len(only.Services))
 	}
 }
 
 func TestTableFitsEightyColumns(t *testing.T) {
-	fams, problems := Gather(context.Background(), testSources())
+	res, problems := Gather(context.Background(), testSources())
 	var out bytes.Buffer
-	if err := Build("node-a", "kubernetes cache synced", testIndex(), fams, problems, nil, Filter{}).WriteTable(&out); err != nil {
+	if err := Build("node-a", "kubernetes cache synced", testIndex(), res, problems, Filter{}).WriteTable(&out); err != nil {
 		t.Fatal(err)
 	}
 	for i, line := range strings.Split(out.String(), "\n") {
@@ -171,10 +142,10 @@ func ValidateJSON(t *testing.T, doc []byte) {
 }
 
 func TestJSONMatchesSchema(t *testing.T) {
-	fams, problems := Gather(context.Background(), testSources())
+	res, problems := Gather(context.Background(), testSources())
 	for _, r := range []Report{
-		Build("node-a", "synced", testIndex(), fams, problems, nil, Filter{}),
-		Build("", "kubernetes enrichment off", nil, Families{}, nil, nil, Filter{}),
+		Build("node-a", "synced", testIndex(), res, problems, Filter{}),
+		Build("", "kubernetes enrichment off", nil, Results{}, nil, Filter{}),
 	} {
 		var out bytes.Buffer
 		if err := r.WriteJSON(&out); err != nil {
@@ -185,7 +156,7 @@ func TestJSONMatchesSchema(t *testing.T) {
 	// The schema rejects what the report must not contain.
 	var bad map[string]any
 	var out bytes.Buffer
-	if err := Build("n", "", nil, Families{}, nil, nil, Filter{}).WriteJSON(&out); err != nil {
+	if err := Build("n", "", nil, Results{}, nil, Filter{}).WriteJSON(&out); err != nil {
 		t.Fatal(err)
 	}
 	if err := json.Unmarshal(out.Bytes(), &bad); err != nil {
@@ -217,25 +188,26 @@ type warmingSource struct {
 
 func (w *warmingSource) Start(context.Context) error { w.started = true; return nil }
 
-func (w *warmingSource) Update(_ context.Context, ch chan<- prometheus.Metric) error {
+func (w *warmingSource) Update(context.Context, chan<- prometheus.Metric) error { return nil }
+
+func (w *warmingSource) Result(context.Context) (*collector.IPTablesResult, error) {
 	if !w.started {
-		return errors.New("updated before Start")
+		return nil, errors.New("read before Start")
 	}
 	if w.polls++; w.polls < 3 {
-		return errors.Join(collector.ErrNotReady, collector.ErrNoData)
+		return nil, errors.Join(collector.ErrNotReady, collector.ErrNoData)
 	}
-	ch <- prometheus.MustNewConstMetric(prometheus.NewDesc("netinspect_kube_proxy_mode_info", "test", []string{"mode"}, nil), prometheus.GaugeValue, 1, "nftables")
-	return nil
+	return &collector.IPTablesResult{Mode: "nftables"}, nil
 }
 
 func TestGatherWaitsForFirstSnapshotButNotForAbsentSources(t *testing.T) {
 	w := &warmingSource{}
-	absent := constSource{err: errors.Join(errors.New("no table kube-proxy"), collector.ErrNoData)}
-	fams, problems := Gather(context.Background(), []Source{{Name: "iptables", Collector: w}, {Name: "nftables", Collector: absent}})
+	absent := fake[*collector.NFTablesResult]{err: errors.Join(errors.New("no table kube-proxy"), collector.ErrNoData)}
+	res, problems := Gather(context.Background(), []Source{{Name: "iptables", Collector: w}, {Name: "nftables", Collector: absent}})
 	if w.polls != 3 {
 		t.Errorf("background source polled %d times, want 3", w.polls)
 	}
-	if r := Build("n", "", nil, fams, problems, nil, Filter{}); r.KubeProxyMode != "nftables" {
+	if r := Build("n", "", nil, res, problems, Filter{}); r.KubeProxyMode != "nftables" {
 		t.Errorf("mode %q from the warmed-up source, want nftables", r.KubeProxyMode)
 	}
 	if len(problems) != 1 || problems[0].Source != "nftables" || !problems[0].Absent {

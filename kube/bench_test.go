@@ -14,8 +14,10 @@ import (
 )
 
 // fixture builds API objects shaped like a real cluster's: pods with
-// labels, annotations and managed fields, services with one port, slices of
-// four endpoints.
+// labels, annotations and managed fields, services with one port and the
+// fields the API server defaults (ipFamilies, internalTrafficPolicy,
+// sessionAffinity), slices of four endpoints with the three conditions the
+// endpointslice controller sets.
 func fixturePods(n int, node string) []*corev1.Pod {
 	out := make([]*corev1.Pod, n)
 	for i := range out {
@@ -41,10 +43,12 @@ func fixtureServices(n int) []*corev1.Service {
 	out := make([]*corev1.Service, n)
 	for i := range out {
 		ip := fmt.Sprintf("10.96.%d.%d", i/256, i%256)
+		itp := corev1.ServiceInternalTrafficPolicyCluster
 		out[i] = &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("svc-%d", i), Namespace: fmt.Sprintf("team-%d", i%50), ResourceVersion: "1",
 				Labels: map[string]string{"app": "web"}, ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl", FieldsV1: &metav1.FieldsV1{Raw: make([]byte, 300)}}}},
 			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: ip, ClusterIPs: []string{ip}, Selector: map[string]string{"app": "web"},
+				IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol}, InternalTrafficPolicy: &itp, SessionAffinity: corev1.ServiceAffinityNone,
 				Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
 		}
 	}
@@ -54,7 +58,7 @@ func fixtureServices(n int) []*corev1.Service {
 func fixtureSlices(services, perSlice int) []*discoveryv1.EndpointSlice {
 	out := make([]*discoveryv1.EndpointSlice, services)
 	name, port, proto := "http", int32(8080), corev1.ProtocolTCP
-	ready := true
+	ready, serving, terminating := true, true, false
 	k := 0
 	for i := range out {
 		es := &discoveryv1.EndpointSlice{
@@ -67,7 +71,7 @@ func fixtureSlices(services, perSlice int) []*discoveryv1.EndpointSlice {
 			node := fmt.Sprintf("node-%d", k%100)
 			es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{
 				Addresses:  []string{fmt.Sprintf("10.%d.%d.%d", 128+k/65536, (k/256)%256, k%256)},
-				Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+				Conditions: discoveryv1.EndpointConditions{Ready: &ready, Serving: &serving, Terminating: &terminating},
 				NodeName:   &node,
 				TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: es.Namespace, Name: fmt.Sprintf("backend-%d", k), UID: types.UID(fmt.Sprint(k))},
 			})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"reflect"
 	"sort"
 	"strings"
@@ -19,7 +18,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 
 	"github.com/netinspect/netinspect/kube"
@@ -60,6 +58,8 @@ func TestAgainstAPIServer(t *testing.T) {
 
 	t.Run("Pods", func(t *testing.T) { testPods(t, cp) })
 	t.Run("ServicesAndEndpointSlices", func(t *testing.T) { testServices(t, cp) })
+	t.Run("WhatKubeProxyReads", func(t *testing.T) { testKubeProxyFields(t, cp) })
+	t.Run("NodeZone", func(t *testing.T) { testNodeZone(t, cp) })
 	t.Run("RBACFromDeploy", func(t *testing.T) { testRBACFromDeploy(t, cp) })
 	t.Run("RBACNarrowRole", func(t *testing.T) { testRBACNarrow(t, cp) })
 	// Last: it restarts the API server.
@@ -247,41 +247,8 @@ func testServices(t *testing.T, cp *cpl.ControlPlane) {
 	})
 }
 
-// applyRBAC creates the objects of deploy/rbac.yaml.
-func applyRBAC(t *testing.T, cs kubernetes.Interface) {
-	t.Helper()
-	b, err := os.ReadFile("../deploy/rbac.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	for _, doc := range strings.Split(string(b), "\n---") {
-		if strings.TrimSpace(doc) == "" {
-			continue
-		}
-		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
-		if err != nil {
-			t.Fatalf("decode deploy/rbac.yaml: %v", err)
-		}
-		switch o := obj.(type) {
-		case *corev1.ServiceAccount:
-			_, _ = cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: o.Namespace}}, metav1.CreateOptions{})
-			_, err = cs.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.ClusterRole:
-			_, err = cs.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.ClusterRoleBinding:
-			_, err = cs.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
-		default:
-			t.Fatalf("unexpected object %T in deploy/rbac.yaml", obj)
-		}
-		if err != nil {
-			t.Fatalf("apply deploy/rbac.yaml: %v", err)
-		}
-	}
-}
-
 func testRBACFromDeploy(t *testing.T, cp *cpl.ControlPlane) {
-	applyRBAC(t, cp.Client)
+	cp.CreateObjects(t, "../deploy/rbac.yaml")
 	cfg, _ := cp.ServiceAccountConfig(t, "netinspect", "netinspect")
 	w := startWatcher(t, cfg, "node-rbac", "*", nil)
 	waitSynced(t, w)
@@ -301,7 +268,7 @@ func testRBACNarrow(t *testing.T, cp *cpl.ControlPlane) {
 	ctx := context.Background()
 	role := &rbacv1.ClusterRole{
 		ObjectMeta: metav1.ObjectMeta{Name: "netinspect-narrow"},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods", "services"}, Verbs: []string{"get", "list", "watch"}}},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods", "services", "nodes"}, Verbs: []string{"get", "list", "watch"}}},
 	}
 	if _, err := cp.Client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -319,8 +286,8 @@ func testRBACNarrow(t *testing.T, cp *cpl.ControlPlane) {
 	w := startWatcher(t, cfg, "node-narrow", "", zap.New(core))
 
 	cpl.Eventually(t, waitFor, func() error {
-		if !w.Synced(kube.ResourcePods) || !w.Synced(kube.ResourceServices) {
-			return fmt.Errorf("pods/services not synced")
+		if !w.Synced(kube.ResourcePods) || !w.Synced(kube.ResourceServices) || !w.Synced(kube.ResourceNodes) {
+			return fmt.Errorf("pods/services/nodes not synced")
 		}
 		if f := w.Forbidden(); !reflect.DeepEqual(f, []string{kube.ResourceEndpointSlices}) {
 			return fmt.Errorf("Forbidden() = %v", f)
@@ -338,6 +305,7 @@ func testRBACNarrow(t *testing.T, cp *cpl.ControlPlane) {
 # HELP netinspect_kube_cache_synced 1 when the Kubernetes informer cache of the resource has synced, 0 while it has not (API unreachable or RBAC forbidden).
 # TYPE netinspect_kube_cache_synced gauge
 netinspect_kube_cache_synced{resource="endpointslices"} 0
+netinspect_kube_cache_synced{resource="nodes"} 1
 netinspect_kube_cache_synced{resource="pods"} 1
 netinspect_kube_cache_synced{resource="services"} 1
 `

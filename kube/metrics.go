@@ -51,6 +51,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	pods := c.index.Pods()
 	npods, nsvcs, nslices := c.index.Counts()
 	counts := map[string]int{ResourcePods: npods, ResourceServices: nsvcs, ResourceEndpointSlices: nslices}
+	if c.index.NodeKnown() {
+		counts[ResourceNodes] = 1
+	}
 	for _, res := range resources {
 		v := 1.0
 		if c.synced != nil && !c.synced(res) {

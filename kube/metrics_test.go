@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -13,17 +14,20 @@ func TestCollector(t *testing.T) {
 		Labels: map[string]string{"app.kubernetes.io/name": "web", "app_kubernetes_io/name": "x", "tier": "front"}})
 	ix.SetPod(PodInfo{Namespace: "kube-system", Name: "proxy", UID: "u2", Node: "node-a", HostNetwork: true, IPs: addrs("192.168.0.10")})
 	ix.SetService(ServiceInfo{Namespace: "ns", Name: "web"})
+	ix.SetNodeZone("zone-a")
 	synced := func(res string) bool { return res != ResourceEndpointSlices }
 
 	want := `
 # HELP netinspect_kube_cache_synced 1 when the Kubernetes informer cache of the resource has synced, 0 while it has not (API unreachable or RBAC forbidden).
 # TYPE netinspect_kube_cache_synced gauge
 netinspect_kube_cache_synced{resource="endpointslices"} 0
+netinspect_kube_cache_synced{resource="nodes"} 1
 netinspect_kube_cache_synced{resource="pods"} 1
 netinspect_kube_cache_synced{resource="services"} 1
 # HELP netinspect_kube_objects Number of objects of the resource held in the Kubernetes cache.
 # TYPE netinspect_kube_objects gauge
 netinspect_kube_objects{resource="endpointslices"} 0
+netinspect_kube_objects{resource="nodes"} 1
 netinspect_kube_objects{resource="pods"} 2
 netinspect_kube_objects{resource="services"} 1
 # HELP netinspect_pod_info Information about a pod of this node, from the Kubernetes API.
@@ -43,4 +47,12 @@ netinspect_pod_labels{label_app_kubernetes_io_name_conflict1="",label_app_kubern
 	if err := testutil.CollectAndCompare(NewCollector(ix, synced), strings.NewReader(want)); err != nil {
 		t.Error(err)
 	}
+}
+
+func addrs(ss ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
 }

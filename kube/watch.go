@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+	netutils "k8s.io/utils/net"
 )
 
 // Resource names, as used in the kube_cache_synced and kube_objects labels.
@@ -28,10 +29,21 @@ const (
 	ResourcePods           = "pods"
 	ResourceServices       = "services"
 	ResourceEndpointSlices = "endpointslices"
+	// ResourceNodes is this node's own Node object (field selector
+	// metadata.name), for its topology zone.
+	ResourceNodes = "nodes"
 )
 
 // Resources lists the watched resources in label order.
-var resources = []string{ResourcePods, ResourceServices, ResourceEndpointSlices}
+var resources = []string{ResourcePods, ResourceServices, ResourceEndpointSlices, ResourceNodes}
+
+// Labels and annotation values kube-proxy acts on (k8s.io/api core/v1
+// well_known_labels.go; pkg/proxy/apis for the proxy name).
+const (
+	labelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+	labelHeadless         = corev1.IsHeadlessService
+	labelTopologyZone     = corev1.LabelTopologyZone
+)
 
 // Config configures the watcher.
 type Config struct {
@@ -97,15 +109,22 @@ func NewWatcher(cfg Config) (*Watcher, error) {
 			o.FieldSelector = "spec.nodeName=" + cfg.NodeName
 		}))
 	clusterFactory := informers.NewSharedInformerFactoryWithOptions(cs, 0)
+	// This node's Node object only, for its zone label (topology hints).
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(cs, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = "metadata.name=" + cfg.NodeName
+		}))
 
 	w.informers[ResourcePods] = podFactory.Core().V1().Pods().Informer()
 	w.informers[ResourceServices] = clusterFactory.Core().V1().Services().Informer()
 	w.informers[ResourceEndpointSlices] = clusterFactory.Discovery().V1().EndpointSlices().Informer()
+	w.informers[ResourceNodes] = nodeFactory.Core().V1().Nodes().Informer()
 
 	transforms := map[string]cache.TransformFunc{
 		ResourcePods:           w.slimPod,
 		ResourceServices:       slimService,
 		ResourceEndpointSlices: slimEndpointSlice,
+		ResourceNodes:          slimNode,
 	}
 	for _, res := range resources {
 		inf := w.informers[res]
@@ -134,6 +153,15 @@ func NewWatcher(cfg Config) (*Watcher, error) {
 		AddFunc:    func(o any) { w.onSlice(o) },
 		UpdateFunc: func(_, o any) { w.onSlice(o) },
 		DeleteFunc: func(o any) { w.onSliceDelete(o) },
+	}); err != nil {
+		return nil, err
+	}
+	// A deleted Node keeps its last zone, as kube-proxy's
+	// NodeTopologyConfig does (pkg/proxy/config: DeleteFunc is a no-op;
+	// kube-proxy exits when its Node goes).
+	if _, err := w.informers[ResourceNodes].AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { w.onNode(o) },
+		UpdateFunc: func(_, o any) { w.onNode(o) },
 	}); err != nil {
 		return nil, err
 	}
@@ -274,11 +302,18 @@ func slimService(obj any) (any, error) {
 			ResourceVersion: s.ResourceVersion,
 		},
 		Spec: corev1.ServiceSpec{
-			Type:        s.Spec.Type,
-			ClusterIPs:  s.Spec.ClusterIPs,
-			ExternalIPs: s.Spec.ExternalIPs,
-			Ports:       make([]corev1.ServicePort, len(s.Spec.Ports)),
+			Type:                  s.Spec.Type,
+			ClusterIPs:            s.Spec.ClusterIPs,
+			IPFamilies:            internFamilies(s.Spec.IPFamilies),
+			ExternalIPs:           s.Spec.ExternalIPs,
+			Ports:                 make([]corev1.ServicePort, len(s.Spec.Ports)),
+			SessionAffinity:       internAffinity(s.Spec.SessionAffinity),
+			ExternalTrafficPolicy: internExternalPolicy(s.Spec.ExternalTrafficPolicy),
+			InternalTrafficPolicy: internInternalPolicy(s.Spec.InternalTrafficPolicy),
 		},
+	}
+	if v, ok := s.Labels[labelServiceProxyName]; ok {
+		out.Labels = map[string]string{labelServiceProxyName: v}
 	}
 	if len(out.Spec.ClusterIPs) == 0 && s.Spec.ClusterIP != "" {
 		out.Spec.ClusterIPs = []string{s.Spec.ClusterIP}
@@ -288,8 +323,79 @@ func slimService(obj any) (any, error) {
 	}
 	for _, in := range s.Status.LoadBalancer.Ingress {
 		if in.IP != "" {
-			out.Status.LoadBalancer.Ingress = append(out.Status.LoadBalancer.Ingress, corev1.LoadBalancerIngress{IP: in.IP})
+			out.Status.LoadBalancer.Ingress = append(out.Status.LoadBalancer.Ingress, corev1.LoadBalancerIngress{IP: in.IP, IPMode: internIPMode(in.IPMode)})
 		}
+	}
+	return out, nil
+}
+
+// The intern functions replace decoded enum strings by the package's
+// constants, so a cached object does not keep its own copy of "Cluster".
+func internFamilies(fs []corev1.IPFamily) []corev1.IPFamily {
+	if len(fs) == 0 {
+		return nil
+	}
+	out := make([]corev1.IPFamily, len(fs))
+	for i, f := range fs {
+		switch f {
+		case corev1.IPv4Protocol:
+			out[i] = corev1.IPv4Protocol
+		case corev1.IPv6Protocol:
+			out[i] = corev1.IPv6Protocol
+		default:
+			out[i] = f
+		}
+	}
+	return out
+}
+
+func internAffinity(a corev1.ServiceAffinity) corev1.ServiceAffinity {
+	if a == corev1.ServiceAffinityClientIP {
+		return corev1.ServiceAffinityClientIP
+	}
+	return ""
+}
+
+func internExternalPolicy(p corev1.ServiceExternalTrafficPolicy) corev1.ServiceExternalTrafficPolicy {
+	if p == corev1.ServiceExternalTrafficPolicyLocal {
+		return corev1.ServiceExternalTrafficPolicyLocal
+	}
+	return ""
+}
+
+var internalLocal = corev1.ServiceInternalTrafficPolicyLocal
+
+func internInternalPolicy(p *corev1.ServiceInternalTrafficPolicy) *corev1.ServiceInternalTrafficPolicy {
+	if p != nil && *p == corev1.ServiceInternalTrafficPolicyLocal {
+		return &internalLocal
+	}
+	return nil
+}
+
+var ipModeProxy = corev1.LoadBalancerIPModeProxy
+
+// internIPMode keeps only what kube-proxy distinguishes: Proxy, or VIP
+// (nil, which kube-proxy treats as VIP).
+func internIPMode(m *corev1.LoadBalancerIPMode) *corev1.LoadBalancerIPMode {
+	if m != nil && *m == corev1.LoadBalancerIPModeProxy {
+		return &ipModeProxy
+	}
+	if m != nil && *m != corev1.LoadBalancerIPModeVIP {
+		v := *m // an unknown mode: kept as it is (kube-proxy does not program it)
+		return &v
+	}
+	return nil
+}
+
+// slimNode keeps of this node's Node object only its name and zone label.
+func slimNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	out := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion}}
+	if z, ok := n.Labels[labelTopologyZone]; ok {
+		out.Labels = map[string]string{labelTopologyZone: z}
 	}
 	return out, nil
 }
@@ -313,11 +419,20 @@ func slimEndpointSlice(obj any) (any, error) {
 	if svc := es.Labels[discoveryv1.LabelServiceName]; svc != "" {
 		out.Labels = map[string]string{discoveryv1.LabelServiceName: svc}
 	}
+	if v, ok := es.Labels[labelHeadless]; ok {
+		if out.Labels == nil {
+			out.Labels = map[string]string{}
+		}
+		out.Labels[labelHeadless] = v
+	}
 	for i, ep := range es.Endpoints {
 		s := discoveryv1.Endpoint{
 			Addresses:  ep.Addresses,
-			Conditions: discoveryv1.EndpointConditions{Ready: ep.Conditions.Ready},
+			Conditions: ep.Conditions,
 			NodeName:   ep.NodeName,
+		}
+		if ep.Hints != nil && (len(ep.Hints.ForZones) > 0 || len(ep.Hints.ForNodes) > 0) {
+			s.Hints = ep.Hints
 		}
 		if ep.TargetRef != nil && ep.TargetRef.Kind == "Pod" {
 			s.TargetRef = &corev1.ObjectReference{Kind: "Pod", Namespace: ep.TargetRef.Namespace, Name: ep.TargetRef.Name, UID: ep.TargetRef.UID}
@@ -366,6 +481,12 @@ func (w *Watcher) onSlice(obj any) {
 	}
 }
 
+func (w *Watcher) onNode(obj any) {
+	if n, ok := obj.(*corev1.Node); ok && n.Name == w.cfg.NodeName {
+		w.index.SetNodeZone(n.Labels[labelTopologyZone])
+	}
+}
+
 func (w *Watcher) onSliceDelete(obj any) {
 	if es, ok := tombstone(obj).(*discoveryv1.EndpointSlice); ok {
 		w.index.DeleteEndpointSlice(es.Namespace, es.Name)
@@ -401,16 +522,41 @@ func PodInfoFromPod(p *corev1.Pod) PodInfo {
 
 // ServiceInfoFromService converts a Service.
 func ServiceInfoFromService(s *corev1.Service) ServiceInfo {
-	info := ServiceInfo{Namespace: s.Namespace, Name: s.Name, Type: string(s.Spec.Type)}
+	info := ServiceInfo{
+		Namespace:               s.Namespace,
+		Name:                    s.Name,
+		Type:                    string(s.Spec.Type),
+		IPFamilies:              s.Spec.IPFamilies,
+		InternalTrafficLocal:    s.Spec.InternalTrafficPolicy != nil && *s.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal,
+		ExternalTrafficLocal:    s.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
+		SessionAffinityClientIP: s.Spec.SessionAffinity == corev1.ServiceAffinityClientIP,
+	}
+	_, info.ServiceProxyName = s.Labels[labelServiceProxyName]
 	cips := s.Spec.ClusterIPs
 	if len(cips) == 0 && s.Spec.ClusterIP != "" {
 		cips = []string{s.Spec.ClusterIP}
 	}
 	info.ClusterIPs = parseAddrs(cips)
 	info.ExternalIPs = parseAddrs(s.Spec.ExternalIPs)
+	allVIP := true
 	for _, in := range s.Status.LoadBalancer.Ingress {
-		if a, err := netip.ParseAddr(in.IP); err == nil {
-			info.LoadBalancerIPs = append(info.LoadBalancerIPs, a.Unmap())
+		a, ok := parseAddr(in.IP)
+		if !ok {
+			continue
+		}
+		info.LoadBalancerIPs = append(info.LoadBalancerIPs, a)
+		if in.IPMode != nil && *in.IPMode != corev1.LoadBalancerIPModeVIP {
+			allVIP = false
+		}
+	}
+	if allVIP {
+		// The usual case shares the list.
+		info.LoadBalancerVIPs = info.LoadBalancerIPs
+	} else {
+		for _, in := range s.Status.LoadBalancer.Ingress {
+			if a, ok := parseAddr(in.IP); ok && (in.IPMode == nil || *in.IPMode == corev1.LoadBalancerIPModeVIP) {
+				info.LoadBalancerVIPs = append(info.LoadBalancerVIPs, a)
+			}
 		}
 	}
 	for _, p := range s.Spec.Ports {
@@ -423,12 +569,13 @@ func ServiceInfoFromService(s *corev1.Service) ServiceInfo {
 	return info
 }
 
-// EndpointsFromSlice converts the endpoints of an EndpointSlice. An
-// endpoint with no ready condition is ready, as the API documents.
+// EndpointsFromSlice converts the endpoints of an EndpointSlice. Unset
+// conditions take the API's defaults: ready and serving true, terminating
+// false (what kube-proxy's EndpointSliceCache assumes too).
 func EndpointsFromSlice(es *discoveryv1.EndpointSlice) []EndpointInfo {
 	var ports []EndpointPort
 	for _, p := range es.Ports {
-		ep := EndpointPort{Protocol: "tcp"}
+		ep := EndpointPort{Protocol: "tcp", NilName: p.Name == nil}
 		if p.Name != nil {
 			ep.Name = *p.Name
 		}
@@ -440,11 +587,28 @@ func EndpointsFromSlice(es *discoveryv1.EndpointSlice) []EndpointInfo {
 		}
 		ports = append(ports, ep)
 	}
+	_, headless := es.Labels[labelHeadless]
+	sliceNotProxied := headless || es.AddressType == discoveryv1.AddressTypeFQDN
 	out := make([]EndpointInfo, 0, len(es.Endpoints))
 	for _, e := range es.Endpoints {
-		info := EndpointInfo{Ready: e.Conditions.Ready == nil || *e.Conditions.Ready, Ports: ports}
+		c := e.Conditions
+		info := EndpointInfo{
+			Ready:       c.Ready == nil || *c.Ready,
+			Serving:     c.Serving == nil || *c.Serving,
+			Terminating: c.Terminating != nil && *c.Terminating,
+			Ports:       ports,
+		}
 		if e.NodeName != nil {
 			info.Node = *e.NodeName
+		}
+		if h := e.Hints; h != nil && (len(h.ForZones) > 0 || len(h.ForNodes) > 0) {
+			info.Hints = &EndpointHints{}
+			for _, z := range h.ForZones {
+				info.Hints.ForZones = append(info.Hints.ForZones, z.Name)
+			}
+			for _, n := range h.ForNodes {
+				info.Hints.ForNodes = append(info.Hints.ForNodes, n.Name)
+			}
 		}
 		if e.TargetRef != nil && e.TargetRef.Kind == "Pod" {
 			info.Pod = PodRef{Namespace: e.TargetRef.Namespace, Name: e.TargetRef.Name, UID: string(e.TargetRef.UID)}
@@ -452,12 +616,13 @@ func EndpointsFromSlice(es *discoveryv1.EndpointSlice) []EndpointInfo {
 				info.Pod.Namespace = es.Namespace
 			}
 		}
-		for _, a := range e.Addresses {
-			ip, err := netip.ParseAddr(a)
-			if err != nil {
+		for i, a := range e.Addresses {
+			ip, ok := parseAddr(a)
+			if !ok {
 				continue // FQDN address type
 			}
-			info.IP = ip.Unmap()
+			info.IP = ip
+			info.NotProxied = sliceNotProxied || i > 0
 			out = append(out, info)
 		}
 	}
@@ -467,9 +632,25 @@ func EndpointsFromSlice(es *discoveryv1.EndpointSlice) []EndpointInfo {
 func parseAddrs(ss []string) []netip.Addr {
 	var out []netip.Addr
 	for _, s := range ss {
-		if a, err := netip.ParseAddr(s); err == nil {
-			out = append(out, a.Unmap())
+		if a, ok := parseAddr(s); ok {
+			out = append(out, a)
 		}
 	}
 	return out
+}
+
+// parseAddr parses an address as kube-proxy does (k8s.io/utils/net
+// ParseIPSloppy): IPv4 octets with leading zeros are read as decimal, which
+// the API server accepted from objects written before 1.22. IPv4-mapped
+// IPv6 addresses become IPv4.
+func parseAddr(s string) (netip.Addr, bool) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return a.Unmap(), true
+	}
+	ip := netutils.ParseIPSloppy(s)
+	if ip == nil {
+		return netip.Addr{}, false
+	}
+	a, ok := netip.AddrFromSlice(ip)
+	return a.Unmap(), ok
 }

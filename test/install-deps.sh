@@ -17,12 +17,13 @@ packages=(
 	kmod                    # test/vm: depmod for the guest's module order
 	prometheus              # promtool and Prometheus for alerts/ and test/e2e
 	prometheus-alertmanager # Alertmanager for test/e2e
-	containerd                  # test/node: the real node's container runtime (started by the test, own socket)
+	mmdebstrap                  # deploy/image: the image's Debian root filesystems (make image)
+	skopeo                      # deploy/image: make image-push, reading the image archive
+	docker-registry             # deploy/image: a real registry (CNCF distribution) to push to
+	qemu-user                   # deploy/image: the arm64 exporter and tools under qemu-aarch64
+	containerd                  # deploy/image: ctr images import; test/node: the real node's container runtime
 	runc                        # test/node: containerd's OCI runtime
 	containernetworking-plugins # test/node: CNI bridge, ptp, host-local, loopback (/usr/lib/cni)
-	mmdebstrap                  # test/node: the image's Debian root filesystem, without Docker
-	umoci                       # test/node: packs the images (OCI layout)
-	skopeo                      # test/node: OCI layout to the docker-archive containerd imports
 	gcc                         # test/node: the pause program, linked statically
 	libc6-dev                   # test/node: libc.a for gcc -static
 )
@@ -42,8 +43,9 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The tests start their own Prometheus and Alertmanager on loopback inside
-# network namespaces; the packaged services must not run beside them.
+# The tests start their own Prometheus, Alertmanager and registry on
+# loopback inside network namespaces; the packaged services must not run
+# beside them.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-	systemctl disable --now prometheus prometheus-alertmanager prometheus-node-exporter 2>/dev/null || true
+	systemctl disable --now prometheus prometheus-alertmanager prometheus-node-exporter docker-registry 2>/dev/null || true
 fi

@@ -11,18 +11,19 @@ func attributionSpec() collectorSpec {
 		name:           collector.AttributionName,
 		defaultEnabled: true,
 		flags: func(app *kingpin.Application) collectorBuilder {
+			def := collector.DefaultAttributionConfig()
 			var cfg collector.AttributionConfig
 			app.Flag("collector.conntrack-attribution.interval",
 				"Time between the starts of two passes over the conntrack table; scrapes serve the last pass (mode pass) or the counts kept by events since it (mode events).").
-				Default(collector.DefaultAttributionInterval.String()).DurationVar(&cfg.Interval)
+				Default(def.Interval.String()).DurationVar(&cfg.Interval)
 			app.Flag("collector.conntrack-attribution.top-services",
 				"Number of service series exported, largest first; the others are summed into service=\"\". 0 exports all.").
-				Default("100").IntVar(&cfg.TopServices)
+				Default(itoa(def.TopServices)).IntVar(&cfg.TopServices)
 			app.Flag("collector.conntrack-attribution.mode",
 				"How the table is followed: pass (a full dump every interval) or events (a full dump every interval, and conntrack new/destroy events in between; lost events trigger a dump).").
-				Default(collector.AttributionModePass).EnumVar(&cfg.Mode, collector.AttributionModePass, collector.AttributionModeEvents)
-			return func(deps collector.Deps) (collector.Collector, error) {
-				return collector.NewAttribution(cfg, deps), nil
+				Default(def.Mode).EnumVar(&cfg.Mode, collector.AttributionModes...)
+			return func(deps collector.Deps, _ enabledSet) (collector.Collector, error) {
+				return collector.NewAttribution(cfg, deps)
 			}
 		},
 	}

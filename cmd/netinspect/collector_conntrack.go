@@ -11,10 +11,11 @@ func conntrackSpec() collectorSpec {
 		name:           collector.ConntrackName,
 		defaultEnabled: true,
 		flags: func(app *kingpin.Application) collectorBuilder {
+			def := collector.DefaultConntrackConfig()
 			var cfg collector.ConntrackConfig
-			app.Flag("collector.conntrack.per-cpu", "Export the conntrack statistics per CPU, with a cpu label, instead of summed.").Default("false").BoolVar(&cfg.PerCPU)
-			return func(deps collector.Deps) (collector.Collector, error) {
-				return collector.NewConntrack(cfg, deps), nil
+			app.Flag("collector.conntrack.per-cpu", "Export the conntrack statistics per CPU, with a cpu label, instead of summed.").Default(btoa(def.PerCPU)).BoolVar(&cfg.PerCPU)
+			return func(deps collector.Deps, _ enabledSet) (collector.Collector, error) {
+				return collector.NewConntrack(cfg, deps)
 			}
 		},
 	}

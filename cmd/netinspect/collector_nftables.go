@@ -11,11 +11,15 @@ func nftablesSpec() collectorSpec {
 		name:           collector.NFTablesName,
 		defaultEnabled: true,
 		flags: func(app *kingpin.Application) collectorBuilder {
+			def := collector.DefaultNFTablesConfig()
 			var cfg collector.NFTablesConfig
-			app.Flag("collector.nftables.refresh-interval", "How often kube-proxy's nftables tables (ip and ip6 kube-proxy) are listed over netlink; scrapes serve the latest listing.").Default("30s").DurationVar(&cfg.RefreshInterval)
-			app.Flag("collector.nftables.timeout", "Upper bound of one listing of the nftables tables.").Default("1m").DurationVar(&cfg.Timeout)
-			return func(deps collector.Deps) (collector.Collector, error) {
-				return collector.NewNFTables(cfg, deps), nil
+			app.Flag("collector.nftables.refresh-interval", "How often kube-proxy's nftables tables (ip and ip6 kube-proxy) are listed over netlink; scrapes serve the latest listing.").Default(def.RefreshInterval.String()).DurationVar(&cfg.RefreshInterval)
+			app.Flag("collector.nftables.timeout", "Upper bound of one listing of the nftables tables.").Default(def.Timeout.String()).DurationVar(&cfg.Timeout)
+			return func(deps collector.Deps, enabled enabledSet) (collector.Collector, error) {
+				// kube_proxy_mode_info comes from the iptables collector;
+				// without it, from this one.
+				cfg.KubeProxyMode = !enabled[collector.IPTablesName]
+				return collector.NewNFTables(cfg, deps)
 			}
 		},
 	}

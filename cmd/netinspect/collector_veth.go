@@ -13,19 +13,16 @@ func vethSpec() collectorSpec {
 		name:           collector.VethName,
 		defaultEnabled: true,
 		flags: func(app *kingpin.Application) collectorBuilder {
+			def := collector.DefaultVethConfig()
 			var cfg collector.VethConfig
 			methods := app.Flag("collector.veth.methods",
 				"Comma-separated veth-to-pod mapping methods, in order of precedence: netns (enter pod network namespaces from --path.procfs and --path.netns), route (host /32 and /128 routes through a veth), fdb (bridge neighbour table and forwarding database).").
-				Default(strings.Join(collector.VethMethods(), ",")).String()
+				Default(strings.Join(def.Methods, ",")).String()
 			app.Flag("collector.veth.rescan-interval",
 				"Longest time the veth-to-pod mapping is reused while the node's veths stay the same; a veth appearing or going triggers a rescan at the next scrape.").
-				Default("1m").DurationVar(&cfg.RescanInterval)
-			return func(deps collector.Deps) (collector.Collector, error) {
-				for _, m := range strings.Split(*methods, ",") {
-					if m = strings.TrimSpace(m); m != "" {
-						cfg.Methods = append(cfg.Methods, m)
-					}
-				}
+				Default(def.RescanInterval.String()).DurationVar(&cfg.RescanInterval)
+			return func(deps collector.Deps, _ enabledSet) (collector.Collector, error) {
+				cfg.Methods = splitList(*methods)
 				return collector.NewVeth(cfg, deps)
 			}
 		},

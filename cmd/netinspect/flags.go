@@ -28,6 +28,8 @@ type config struct {
 	scrapeDefaultTimeout time.Duration
 	scrapeTimeoutOffset  time.Duration
 
+	guard webGuardFlags
+
 	paths collector.Paths
 	kube  *kubeFlags
 
@@ -39,6 +41,59 @@ type config struct {
 	command string
 	inspect inspectFlags
 }
+
+// webGuardFlags decide how the telemetry path is guarded: TLS, Kubernetes
+// authentication and authorization, and the bound on concurrent scrapes.
+type webGuardFlags struct {
+	maxRequests int
+
+	tlsCertFile, tlsKeyFile string
+	tlsSelfSigned           bool
+
+	kubeAuth           bool
+	kubeAuthAllowedTTL time.Duration
+	kubeAuthDeniedTTL  time.Duration
+	kubeAuthCacheSize  int
+}
+
+func addWebGuardFlags(app *kingpin.Application, f *webGuardFlags) {
+	app.Flag("web.max-requests", "Maximum number of scrapes of the telemetry path served at once; beyond it a request gets 503 at once and counts in netinspect_http_requests_rejected_total{reason=\"max_requests\"} (0: no limit).").
+		Default("40").IntVar(&f.maxRequests)
+	app.Flag("web.tls.cert-file", "Serve TLS with this PEM certificate (chain), e.g. tls.crt of a kubernetes.io/tls Secret mounted as a volume; read again when it changes. Needs --web.tls.key-file.").
+		PlaceHolder("FILE").StringVar(&f.tlsCertFile)
+	app.Flag("web.tls.key-file", "PEM private key of --web.tls.cert-file, e.g. tls.key of the same Secret.").
+		PlaceHolder("FILE").StringVar(&f.tlsKeyFile)
+	app.Flag("web.tls.self-signed", "Serve TLS with a self-signed certificate made at start-up for this host's names (renewed in memory); for clients that do not verify it, such as Prometheus with insecureSkipVerify.").
+		BoolVar(&f.tlsSelfSigned)
+	app.Flag("web.kubernetes-auth", "Let into the telemetry path only requests whose bearer token the Kubernetes API server authenticates (TokenReview) and whose user may get the path (SubjectAccessReview, non-resource URL, verb get); /, /healthz and /readyz stay open. Uses --kubeconfig or the in-cluster config; the identity needs the ClusterRole system:auth-delegator.").
+		BoolVar(&f.kubeAuth)
+	app.Flag("web.kubernetes-auth.allowed-ttl", "How long a token that was let in is let in again without asking the API server (also how long a revoked right keeps working).").
+		Default("5m").DurationVar(&f.kubeAuthAllowedTTL)
+	app.Flag("web.kubernetes-auth.denied-ttl", "How long a token that was refused is refused again without asking the API server.").
+		Default("30s").DurationVar(&f.kubeAuthDeniedTTL)
+	app.Flag("web.kubernetes-auth.cache-size", "Maximum number of cached decisions of each kind (allowed, denied); the least recently used go first.").
+		Default("1024").IntVar(&f.kubeAuthCacheSize)
+}
+
+// check rejects contradictory or out-of-range values (exit 2).
+func (f *webGuardFlags) check() error {
+	switch {
+	case f.maxRequests < 0:
+		return badFlagsf("--web.max-requests=%d: must be 0 (no limit) or more", f.maxRequests)
+	case (f.tlsCertFile == "") != (f.tlsKeyFile == ""):
+		return badFlagsf("--web.tls.cert-file and --web.tls.key-file go together: give both or neither")
+	case f.tlsSelfSigned && f.tlsCertFile != "":
+		return badFlagsf("--web.tls.self-signed and --web.tls.cert-file both choose the serving certificate: give one")
+	case f.kubeAuthCacheSize < 1:
+		return badFlagsf("--web.kubernetes-auth.cache-size=%d: must be at least 1", f.kubeAuthCacheSize)
+	case f.kubeAuthAllowedTTL < 0 || f.kubeAuthDeniedTTL < 0:
+		return badFlagsf("--web.kubernetes-auth.allowed-ttl and --web.kubernetes-auth.denied-ttl must not be negative")
+	}
+	return nil
+}
+
+// tls reports whether the TLS flags serve TLS.
+func (f *webGuardFlags) tls() bool { return f.tlsSelfSigned || f.tlsCertFile != "" }
 
 // inspectFlags are the options of `netinspect inspect`.
 type inspectFlags struct {
@@ -66,7 +121,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (cfg *config, code int,
 	app.UsageWriter(stdout)
 	app.ErrorWriter(stderr)
 	app.HelpFlag.Short('h')
-	app.Version(fmt.Sprintf("netinspect version %s (revision %s)", version, revision))
+	app.Version(versionText(version, revision))
 
 	cfg = &config{
 		web: kingpinflag.AddFlags(app, defaultListenAddress),
@@ -86,6 +141,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (cfg *config, code int,
 	app.Flag("path.procfs", "procfs mountpoint (the host's /proc is mounted at /host/proc in the DaemonSet).").Default("/proc").StringVar(&cfg.paths.ProcFS)
 	app.Flag("path.netns", "Directory of the container runtime's network namespace bind mounts.").Default("/run/netns").StringVar(&cfg.paths.NetNS)
 	cfg.kube = addKubeFlags(app)
+	addWebGuardFlags(app, &cfg.guard)
 
 	for _, spec := range collectorSpecs() {
 		help := fmt.Sprintf("Enable the %s collector (default: %s).", spec.name, onOff(spec.defaultEnabled))
@@ -117,6 +173,15 @@ func parseFlags(args []string, stdout, stderr io.Writer) (cfg *config, code int,
 		return nil, exitBadFlags, perr
 	}
 	cfg.command = command
+	// The collectors' constructors validate their configs; building them
+	// once here, with no Kubernetes index, makes a rejected value a bad
+	// flag (exit 2, with usage) before anything starts.
+	if _, err := buildCollectors(cfg, collector.Deps{Paths: cfg.paths}); err != nil {
+		fmt.Fprintf(stderr, "netinspect: %v\n\n", err)
+		app.UsageWriter(stderr)
+		app.Usage(nil)
+		return nil, exitBadFlags, err
+	}
 	return cfg, 0, nil
 }
 

@@ -33,13 +33,13 @@ func runInspect(ctx context.Context, cfg *config, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	fams, problems := inspect.Gather(ctx, sources)
+	results, problems := inspect.Gather(ctx, sources)
 
 	node := cfg.kube.nodeName
 	if node == "" {
 		node, _ = os.Hostname()
 	}
-	report := inspect.Build(node, kubeState, index, fams, problems, inspect.PodNetns(sources), inspect.Filter{
+	report := inspect.Build(node, kubeState, index, results, problems, inspect.Filter{
 		Namespace: cfg.inspect.namespace, Pod: cfg.inspect.pod, Service: cfg.inspect.service,
 	})
 	if cfg.inspect.output == "json" {

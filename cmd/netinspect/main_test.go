@@ -368,6 +368,10 @@ func TestBinaryStartupErrors(t *testing.T) {
 		{"bad flag value", []string{"--log.format=xml"}, 2, regexp.MustCompile(`enum value must be one of json,console`)},
 		{"unknown collector", []string{"--collector.nosuch"}, 2, regexp.MustCompile(`unknown long flag '--collector.nosuch'`)},
 		{"collector flag value rejected", []string{"--collector.dns", "--collector.dns.service=no-slash", "--web.listen-address=127.0.0.1:0"}, 2, regexp.MustCompile(`collector dns: .*no-slash(?s:.*)--help`)},
+		// Rejected by the collector's constructor at flag time, with usage,
+		// before the Kubernetes client (here a kubeconfig that does not
+		// exist, which would exit 1) is started.
+		{"collector value rejected before start", []string{"--collector.veth.methods=arp", "--kubeconfig=/nonexistent", "--web.listen-address=127.0.0.1:0"}, 2, regexp.MustCompile(`collector veth: unknown veth mapping method "arp"(?s:.*)usage: netinspect`)},
 		{"bad log level", []string{"--log.level=loud", "--web.listen-address=127.0.0.1:0"}, 1, regexp.MustCompile(`--log.level="loud" is not a log level; use one of debug, info, warn, error`)},
 		{"port in use", []string{"--web.listen-address=" + busy.Addr().String()}, 1, regexp.MustCompile(`listen on 127\.0\.0\.1:\d+: .*address already in use; choose a free address with --web.listen-address`)},
 		{"unreadable web config", []string{"--web.listen-address=127.0.0.1:0", "--web.config.file=" + unreadable}, 1, regexp.MustCompile(`web config file ".*missing-web.yml" \(--web.config.file\) is not usable: .*no such file`)},
@@ -411,9 +415,45 @@ func TestHelpExitsZero(t *testing.T) {
 	if err != nil {
 		t.Fatalf("--help: %v\n%s", err, out)
 	}
-	for _, flag := range []string{"--web.listen-address", "--web.config.file", "--web.telemetry-path", "--[no-]collector.conntrack", "collector.conntrack.per-cpu", "--path.procfs", "--log.format"} {
+	for _, flag := range []string{"--web.listen-address", "--web.config.file", "--web.telemetry-path", "--web.max-requests", "--[no-]web.kubernetes-auth", "--[no-]web.tls.self-signed", "--web.tls.cert-file", "--[no-]collector.conntrack", "collector.conntrack.per-cpu", "--path.procfs", "--log.format"} {
 		if !strings.Contains(string(out), flag) {
 			t.Errorf("--help does not mention %s", flag)
 		}
+	}
+}
+
+// kube_proxy_mode_info is one series: the iptables collector's, or the
+// nftables collector's when the iptables one is off. In a namespace holding
+// kube-proxy's iptables-mode entry chain it says iptables either way.
+func TestBinaryReportsKubeProxyModeOnce(t *testing.T) {
+	testenv.RequireCommand(t, "iptables-restore")
+	testenv.RequireCommand(t, "nsenter")
+	for name, args := range map[string][]string{"iptables collector": nil, "nftables collector": {"--no-collector.iptables"}} {
+		t.Run(name, func(t *testing.T) {
+			ns := netns.New(t, "e2e-mode")
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			restore := ns.Command(ctx, "iptables-restore")
+			restore.Stdin = strings.NewReader("*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n")
+			if out, err := restore.CombinedOutput(); err != nil {
+				t.Fatalf("iptables-restore: %v: %s", err, out)
+			}
+			e := startExporter(t, ns, nil, args...)
+			deadline := time.Now().Add(time.Minute)
+			for {
+				_, body := e.get(t, ns, "/metrics")
+				lines := grepLines(body, "netinspect_kube_proxy_mode_info{")
+				if lines != "" {
+					if n := strings.Count(lines, "\n") + 1; n != 1 || !strings.HasPrefix(lines, `netinspect_kube_proxy_mode_info{mode="iptables"} 1`) {
+						t.Fatalf("mode series:\n%s\nwant one, mode iptables", lines)
+					}
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no kube_proxy_mode_info within a minute:\n%s", body)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		})
 	}
 }

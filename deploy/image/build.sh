@@ -4,7 +4,8 @@
 # is what the image ships.
 #
 # Usage: deploy/image/build.sh OUTPUT
-# Environment: VERSION, REVISION (default: from git, else dev/unknown),
+# Environment: VERSION, REVISION (default: deploy/image/version.sh, from git),
+#              GOARCH for a cross build (image.sh builds amd64 and arm64),
 #              GOFLAGS etc. pass through to go build.
 set -eu
 
@@ -15,11 +16,13 @@ case $out in
 esac
 
 cd "$(dirname "$0")/../.."
-version=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
-revision=${REVISION:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+version=$(deploy/image/version.sh version)
+revision=$(deploy/image/version.sh revision)
 
-# CGO_ENABLED=0: a static binary that runs on any base image; -trimpath and
-# -buildid= make the build reproducible; -s -w drop the symbol tables.
-CGO_ENABLED=0 exec go build -trimpath \
+# CGO_ENABLED=0: a static binary that runs on any base image; -trimpath,
+# -buildid= and -buildvcs=false (the version comes from -X) make the build
+# reproducible, and so do GOAMD64/GOARM64 fixed at Go's defaults whatever
+# the environment says; -s -w drop the symbol tables.
+CGO_ENABLED=0 GOAMD64=v1 GOARM64=v8.0 exec go build -trimpath -buildvcs=false \
 	-ldflags "-s -w -buildid= -X main.version=${version} -X main.revision=${revision}" \
 	-o "$out" ./cmd/netinspect

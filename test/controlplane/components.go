@@ -12,9 +12,9 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
-// CAFile is the cluster CA's certificate: it signed the API server's serving
-// certificate and every client certificate of ClientKubeconfig, so a kubelet
-// uses it as its client CA.
+// CAFile is the path of the cluster CA's certificate (PEM): it signed the API
+// server's serving certificate, every client certificate of ClientKubeconfig
+// (so a kubelet uses it as its client CA) and IssueServingCertificate's.
 func (cp *ControlPlane) CAFile() string { return cp.pki.caFile }
 
 // ClientKubeconfig writes a kubeconfig (Dir/<name>.kubeconfig) that
@@ -23,9 +23,7 @@ func (cp *ControlPlane) CAFile() string { return cp.pki.caFile }
 // returns its path.
 func (cp *ControlPlane) ClientKubeconfig(t testing.TB, name, cn string, groups ...string) string {
 	t.Helper()
-	cp.mu.Lock()
 	certPEM, keyPEM, err := cp.pki.clientCert(cn, groups...)
-	cp.mu.Unlock()
 	if err != nil {
 		t.Fatalf("client certificate for %s: %v", cn, err)
 	}

@@ -20,6 +20,10 @@
 //	cfg, kubeconfig := cp.ServiceAccountConfig(t, "netinspect", "netinspect") // token for a ServiceAccount
 //	kp := cp.StartKubeProxy(t, nodeNS, controlplane.KubeProxyOptions{NodeName: "node-1", Mode: "nftables"})
 //	cp.Stop(t); cp.Restart(t)                     // API server outage (etcd keeps running)
+//	cp.Kill(t); cp.Restart(t)                     // the same, without the graceful shutdown
+//	cp.CreateObjects(t, "deploy/rbac.yaml")       // ServiceAccounts, ClusterRoles, bindings from a manifest
+//	revoke := cp.GrantNonResourceURL(t, "metrics-reader", "monitoring", "prometheus", "/metrics", "get")
+//	tok := cp.SignServiceAccountToken(t, "monitoring", "prometheus", issued, expires) // any validity, expired too
 //
 // The API server runs with RBAC authorization, a dual-stack Service range
 // (ServiceCIDRv4, ServiceCIDRv6) and no controller manager or scheduler:
@@ -290,17 +294,33 @@ func (cp *ControlPlane) StartAPIServer(t testing.TB, port int) {
 // 10 s) and waits for it to exit.
 func (cp *ControlPlane) StopAPIServer(t testing.TB, port int) {
 	t.Helper()
+	cp.apiServer(t, port).stop()
+}
+
+// apiServer returns the API server process on port, failing t if none was
+// started there.
+func (cp *ControlPlane) apiServer(t testing.TB, port int) *process {
+	t.Helper()
 	cp.mu.Lock()
 	pr := cp.servers[port]
 	cp.mu.Unlock()
 	if pr == nil {
 		t.Fatalf("no kube-apiserver on port %d", port)
 	}
-	pr.stop()
+	return pr
 }
 
-// Stop stops the primary API server (etcd keeps running).
+// Stop stops the primary API server (etcd keeps running). With clients
+// watching, its graceful shutdown can take the full 10 s.
 func (cp *ControlPlane) Stop(t testing.TB) { t.Helper(); cp.StopAPIServer(t, APIServerPort) }
+
+// Kill kills the primary API server at once (SIGKILL), as a crash or a lost
+// control-plane node would, and waits for it to exit; Restart brings it
+// back.
+func (cp *ControlPlane) Kill(t testing.TB) {
+	t.Helper()
+	cp.apiServer(t, APIServerPort).kill()
+}
 
 // Restart starts the primary API server again after Stop and waits until
 // it is ready.
@@ -499,9 +519,17 @@ func (pr *process) stop() {
 	select {
 	case <-pr.done:
 	case <-time.After(10 * time.Second):
-		_ = pr.cmd.Process.Kill()
-		<-pr.done
+		pr.kill()
 	}
+}
+
+// kill sends SIGKILL to the process (by its PID) and waits for it to exit.
+func (pr *process) kill() {
+	if !pr.running() {
+		return
+	}
+	_ = pr.cmd.Process.Kill()
+	<-pr.done
 }
 
 // tail returns the last lines of the process's log.

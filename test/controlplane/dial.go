@@ -2,51 +2,12 @@ package controlplane
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net"
-	"os"
-	"runtime"
 	"sync"
 
-	"golang.org/x/sys/unix"
+	"github.com/netinspect/netinspect/source/netns"
 )
-
-// inNetns runs fn on a goroutine whose OS thread has entered the network
-// namespace at nsPath, so sockets fn creates belong to that namespace. The
-// thread returns to its original namespace afterwards; if it cannot, it stays
-// locked and Go discards it when the goroutine exits.
-func inNetns(nsPath string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open own netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(nsPath)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open netns %s: %w", nsPath, err)
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("setns %s: %w", nsPath, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
 
 // DialerIn returns a dial function whose connections are made from inside
 // the network namespace at nsPath. Set it as rest.Config.Dial to reach an
@@ -54,7 +15,7 @@ func inNetns(nsPath string, fn func() error) error {
 func DialerIn(nsPath string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
-		err := inNetns(nsPath, func() error {
+		err := netns.Do(nsPath, func() error {
 			var d net.Dialer
 			var err error
 			c, err = d.DialContext(ctx, network, addr)
@@ -67,7 +28,7 @@ func DialerIn(nsPath string) func(ctx context.Context, network, addr string) (ne
 // ListenIn listens on addr inside the network namespace at nsPath.
 func ListenIn(nsPath, network, addr string) (net.Listener, error) {
 	var l net.Listener
-	err := inNetns(nsPath, func() error {
+	err := netns.Do(nsPath, func() error {
 		var err error
 		l, err = net.Listen(network, addr)
 		return err

@@ -9,6 +9,7 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -71,6 +72,7 @@ func TestConntrackFullAlertIsDelivered(t *testing.T) {
 
 	// Before filling: the exporter is up, its table nearly empty, no alert.
 	n.prom.WaitQuery(t, `up{job="netinspect"} == 1`, time.Minute)
+	n.prom.WaitQuery(t, `up{job="netinspect-without-token"} == 0`, time.Minute)
 	n.prom.WaitQuery(t, `netinspect_scrape_collector_success{collector="conntrack"} == 1`, time.Minute)
 	// The exporter sees kube-proxy's rules for the Service and the pod on
 	// its node through the control plane.
@@ -178,8 +180,10 @@ func startNode(t *testing.T, prom, am string) *node {
 	dir := t.TempDir()
 	n := &node{ns: ns}
 	n.client = &http.Client{
-		Timeout:   10 * time.Second,
-		Transport: &http.Transport{DialContext: controlplane.DialerIn(ns.Path()), DisableKeepAlives: true},
+		Timeout: 10 * time.Second,
+		// The exporter serves a self-signed certificate, as in deploy/.
+		Transport: &http.Transport{DialContext: controlplane.DialerIn(ns.Path()), DisableKeepAlives: true,
+			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, //nolint:gosec // as the ServiceMonitor does
 	}
 
 	// The webhook receiver listens on the namespace's loopback.
@@ -200,7 +204,7 @@ func startNode(t *testing.T, prom, am string) *node {
 	ns.MustRun("nft", "add chain inet e2e_notrack out { type filter hook output priority raw ; }")
 	ns.MustRun("nft", "add rule inet e2e_notrack out oif lo notrack")
 
-	kubeconfig := startKubernetes(t, ns)
+	kubeconfig, promToken := startKubernetes(t, ns, dir)
 
 	exporter := filepath.Join(dir, "netinspect")
 	build := exec.Command("../../deploy/image/build.sh", exporter)
@@ -220,9 +224,19 @@ alerting:
   alertmanagers:
     - static_configs: [{targets: [%q]}]
 scrape_configs:
+  # As deploy/monitoring/servicemonitor.yaml: HTTPS without verifying the
+  # self-signed certificate, Prometheus's own ServiceAccount token.
   - job_name: netinspect
+    scheme: https
+    tls_config: {insecure_skip_verify: true}
+    authorization: {credentials_file: %q}
     static_configs: [{targets: [%q]}]
-`, rules, alertmanagerAddr, exporterAddr)
+  # The same without a token: refused (401), so up is 0.
+  - job_name: netinspect-without-token
+    scheme: https
+    tls_config: {insecure_skip_verify: true}
+    static_configs: [{targets: [%[4]q]}]
+`, rules, alertmanagerAddr, promToken, exporterAddr)
 	writeFile(t, filepath.Join(dir, "alertmanager.yml"), fmt.Sprintf(`
 route:
   receiver: webhook
@@ -240,6 +254,7 @@ receivers:
 	n.exporter, _ = ns.Start(t, dir, "netinspect", exporter,
 		"--web.listen-address="+exporterAddr, "--log.format=console",
 		"--kubeconfig="+kubeconfig, "--node-name="+nodeName,
+		"--web.tls.self-signed", "--web.kubernetes-auth",
 		"--collector.iptables.refresh-interval=2s", "--collector.nftables.refresh-interval=2s",
 		"--collector.conntrack-attribution.interval=5s")
 	ns.Start(t, dir, "alertmanager", am,
@@ -248,7 +263,7 @@ receivers:
 		"--web.listen-address="+alertmanagerAddr,
 		"--cluster.listen-address=")
 	n.prom = prometheus.Start(t, ns, prom, promConfig)
-	waitHTTP(t, n, "http://"+exporterAddr+"/healthz", time.Minute)
+	waitHTTP(t, n, "https://"+exporterAddr+"/healthz", time.Minute)
 	waitHTTP(t, n, "http://"+alertmanagerAddr+"/-/ready", time.Minute)
 	return n
 }
@@ -256,8 +271,10 @@ receivers:
 // startKubernetes runs a real control plane (test/controlplane) and, in ns,
 // the real kube-proxy in iptables mode for a Node named nodeName with one
 // Service whose one endpoint is a pod on that node. It returns a kubeconfig
-// that works from inside ns.
-func startKubernetes(t *testing.T, ns *netns.NS) string {
+// of the exporter's ServiceAccount with the rights of deploy/rbac.yaml that
+// works from inside ns, and the path of a file in dir holding a token of a
+// Prometheus ServiceAccount that may get /metrics, as in kube-prometheus.
+func startKubernetes(t *testing.T, ns *netns.NS, dir string) (kubeconfig, promToken string) {
 	t.Helper()
 	cp := controlplane.Start(t)
 	ns.MustRun("ip", "addr", "add", nodeIP+"/32", "dev", "lo")
@@ -279,7 +296,13 @@ func startKubernetes(t *testing.T, ns *netns.NS) string {
 	// StartKubeProxy already made the API server reachable from ns
 	// (KubeconfigIn; calling it again would listen on the same port twice).
 	cp.StartKubeProxy(t, ns, controlplane.KubeProxyOptions{NodeName: nodeName, Mode: "iptables"})
-	return cp.AdminKubeconfig
+
+	cp.CreateObjects(t, "../../deploy/rbac.yaml")
+	_, kubeconfig = cp.ServiceAccountConfig(t, "netinspect", "netinspect")
+	cp.GrantNonResourceURL(t, "prometheus-k8s", "monitoring", "prometheus-k8s", "/metrics", "get")
+	promToken = filepath.Join(dir, "prometheus.token")
+	writeFile(t, promToken, cp.ServiceAccountToken(t, "monitoring", "prometheus-k8s"))
+	return kubeconfig, promToken
 }
 
 func writeFile(t *testing.T, path, content string) {

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	sourcens "github.com/netinspect/netinspect/source/netns"
 	"github.com/netinspect/netinspect/test/testenv"
 )
 
@@ -64,6 +65,13 @@ func (ns *NS) Path() string { return filepath.Join("/run/netns", ns.Name) }
 // FD is an open file descriptor of the namespace, valid until the test ends;
 // pass it as netlink.Config.NetNS.
 func (ns *NS) FD() int { return int(ns.file.Fd()) }
+
+// Target names the namespace to the readers under source/.
+func (ns *NS) Target() sourcens.Target { return sourcens.FromFD(ns.FD()) }
+
+// Do runs fn on an OS thread inside the namespace, so the sockets fn
+// creates belong to it.
+func (ns *NS) Do(fn func() error) error { return ns.Target().Do(fn) }
 
 // Command returns a command that runs argv inside the namespace.
 func (ns *NS) Command(ctx context.Context, argv ...string) *exec.Cmd {

@@ -10,7 +10,7 @@ tcpSocket:
 httpGet:
   path: {{ .path }}
   port: metrics
-  {{- if .Values.web.tls }}
+  {{- if or .Values.web.tls.enabled .Values.web.configTLS }}
   scheme: HTTPS
   {{- end }}
 {{- end }}

@@ -1,0 +1,94 @@
+package kubeproxy
+
+import "strings"
+
+// NFTTable is the table kube-proxy's nftables mode owns, in the ip and ip6
+// families (pkg/proxy/nftables/proxier.go).
+const NFTTable = "kube-proxy"
+
+// Sets and maps of kube-proxy's nftables table whose elements say which
+// service port they are for.
+const (
+	// NFTServiceIPs maps "ip . proto . port" of every service IP to the
+	// service port's chain.
+	NFTServiceIPs = "service-ips"
+	// NFTNoEndpointServices holds the service IPs and ports without
+	// endpoints, with the service port's name as the element comment.
+	NFTNoEndpointServices = "no-endpoint-services"
+	// NFTAffinityPrefix starts the names of the per-endpoint session
+	// affinity sets.
+	NFTAffinityPrefix = "affinity-"
+)
+
+// Kinds of chains in kube-proxy's nftables table, by the prefix kube-proxy
+// gives them (pkg/proxy/nftables/proxier.go). Every chain without one of
+// these prefixes is of kind NFTKindOther (base chains and fixed helpers such
+// as services, masquerading, reject-chain).
+const (
+	NFTKindService  = "service"
+	NFTKindLocal    = "local"
+	NFTKindExternal = "external"
+	NFTKindEndpoint = "endpoint"
+	NFTKindFirewall = "firewall"
+	NFTKindOther    = "other"
+)
+
+// NFTChainKinds lists every kind, in the order metrics are emitted.
+var NFTChainKinds = []string{NFTKindService, NFTKindLocal, NFTKindExternal, NFTKindEndpoint, NFTKindFirewall, NFTKindOther}
+
+var nftPrefixes = []struct{ prefix, kind string }{
+	{"service-", NFTKindService},
+	{"local-", NFTKindLocal},
+	{"external-", NFTKindExternal},
+	{"endpoint-", NFTKindEndpoint},
+	{"firewall-", NFTKindFirewall},
+}
+
+// NFTChain is what a kube-proxy nftables chain name says in clear text.
+// Per-service chains are named "<prefix><HASH8>-<ns>/<name>/<proto>/<port>",
+// endpoint chains append "__<ip>/<port>" (servicePortChainNameBase,
+// servicePortEndpointChainNameBase).
+type NFTChain struct {
+	Kind string
+	// ServicePort is "ns/name/proto/port" (port empty when unnamed); empty
+	// for NFTKindOther.
+	ServicePort string
+}
+
+// ParseNFTChainName classifies a chain of kube-proxy's table by its name.
+func ParseNFTChainName(name string) NFTChain {
+	// Only per-service chains contain "/" (isServiceChainName).
+	if !strings.Contains(name, "/") {
+		return NFTChain{Kind: NFTKindOther}
+	}
+	for _, p := range nftPrefixes {
+		rest, ok := strings.CutPrefix(name, p.prefix)
+		if !ok {
+			continue
+		}
+		// Skip the 8-character hash and its dash.
+		_, base, ok := strings.Cut(rest, "-")
+		if !ok {
+			return NFTChain{Kind: NFTKindOther}
+		}
+		if p.kind == NFTKindEndpoint {
+			base, _, _ = strings.Cut(base, "__")
+		}
+		if strings.Count(base, "/") != 3 {
+			// Truncated by kube-proxy ("..." at 240 characters) or not
+			// one of its chains: count it, attribute nothing.
+			return NFTChain{Kind: p.kind}
+		}
+		return NFTChain{Kind: p.kind, ServicePort: base}
+	}
+	return NFTChain{Kind: NFTKindOther}
+}
+
+// SplitNFTServicePort splits "ns/name/proto/port".
+func SplitNFTServicePort(s string) (namespace, name, protocol, port string, ok bool) {
+	parts := strings.SplitN(s, "/", 4)
+	if len(parts) != 4 || parts[0] == "" || parts[1] == "" {
+		return "", "", "", "", false
+	}
+	return parts[0], parts[1], parts[2], parts[3], true
+}

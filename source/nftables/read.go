@@ -1,0 +1,278 @@
+// Package nftables reads nf_tables tables of a network namespace over
+// netlink, as `nft list table` shows them but without nft's text rendering,
+// which dominates the cost of listing a large ruleset: chains, sets and maps
+// with their elements (google/nftables), and the rules of a table with one
+// raw NFT_MSG_GETRULE dump decoded in place.
+package nftables
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/netinspect/netinspect/source"
+	"github.com/netinspect/netinspect/source/netlinkattr"
+	"github.com/netinspect/netinspect/source/netns"
+)
+
+// Loaded reports whether asking nf_tables over netlink cannot make the
+// kernel load a module: the kernel of the procfs at procfs has no module
+// support (no modules file), or nf_tables is already loaded.
+func Loaded(procfs string) bool {
+	mods, err := os.ReadFile(filepath.Join(procfs, "modules"))
+	if err != nil {
+		return os.IsNotExist(err)
+	}
+	return bytes.HasPrefix(mods, []byte("nf_tables ")) || bytes.Contains(mods, []byte("\nnf_tables "))
+}
+
+// Families are the table families read, with their names in labels.
+var Families = []struct {
+	Family nftables.TableFamily
+	Name   string
+}{{nftables.TableFamilyIPv4, "ipv4"}, {nftables.TableFamilyIPv6, "ipv6"}}
+
+// Table is what a listing keeps of one table.
+type Table struct {
+	// Family is "ipv4" (nft family ip) or "ipv6" (ip6).
+	Family string
+	Name   string
+	// Chains are the names of the table's chains.
+	Chains []string
+	// Sets are its named sets and maps with their elements, without the
+	// anonymous ones (the literal sets and maps of single rules).
+	Sets []Set
+	// Rules is the number of rules in the table.
+	Rules int
+	// ChainRules is what the rules of each chain that has some say, by
+	// chain name.
+	ChainRules map[string]RuleStats
+}
+
+// Set is a named set or map of a table.
+type Set struct {
+	Name     string
+	Elements []Element
+}
+
+// Element is one element of a set or map.
+type Element struct {
+	Key []byte
+	// Chain is the chain a verdict map's element jumps or goes to.
+	Chain   string
+	Comment string
+	// IntervalEnd marks the closing element of an interval.
+	IntervalEnd bool
+}
+
+// Reader reads the tables of one network namespace.
+type Reader struct {
+	// ProcFS is the procfs mountpoint, whose modules file says whether
+	// nf_tables is loaded.
+	ProcFS string
+	// Target is the network namespace read.
+	Target netns.Target
+	// SkipSet, when set, names the sets that are left out of a listing
+	// (their elements cost a netlink request each).
+	SkipSet func(name string) bool
+}
+
+func (r Reader) conn(opts ...nftables.ConnOption) (*nftables.Conn, error) {
+	if !r.Target.IsOwn() {
+		opts = append(opts, nftables.WithNetNSFd(r.Target.FD()))
+	}
+	return nftables.New(opts...)
+}
+
+// HasTable reports whether a table called name exists in family ip or ip6.
+// It is false, without asking the kernel, when nf_tables is not loaded.
+func (r Reader) HasTable(name string) bool {
+	if !Loaded(r.ProcFS) {
+		return false
+	}
+	conn, err := r.conn()
+	if err != nil {
+		return false
+	}
+	for _, fam := range Families {
+		ts, err := conn.ListTablesOfFamily(fam.Family)
+		if err != nil {
+			continue
+		}
+		for _, t := range ts {
+			if t.Name == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Read lists the tables called name of families ip and ip6, over one
+// netlink socket bounded by ctx's deadline; a family without such a table
+// is left out. An error matching source.ErrAbsent says nf_tables is not
+// loaded, so asking it would make the kernel load the module.
+func (r Reader) Read(ctx context.Context, name string) ([]Table, error) {
+	if !Loaded(r.ProcFS) {
+		return nil, source.Absentf("nf_tables module not loaded")
+	}
+	deadline, _ := ctx.Deadline()
+	conn, err := r.conn(nftables.AsLasting(), nftables.WithSockOptions(func(nc *netlink.Conn) error {
+		if deadline.IsZero() {
+			return nil
+		}
+		return nc.SetDeadline(deadline)
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
+	}
+	defer conn.CloseLasting()
+
+	var out []Table
+	for _, fam := range Families {
+		tables, err := conn.ListTablesOfFamily(fam.Family)
+		if err != nil {
+			return nil, fmt.Errorf("list %s nftables tables: %w", fam.Name, err)
+		}
+		var table *nftables.Table
+		for _, t := range tables {
+			if t.Name == name {
+				table = t
+			}
+		}
+		if table == nil {
+			continue
+		}
+		t, err := r.readTable(ctx, conn, table, fam.Name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+func (r Reader) readTable(ctx context.Context, conn *nftables.Conn, table *nftables.Table, family string) (Table, error) {
+	t := Table{Family: family, Name: table.Name}
+	where := fmt.Sprintf("table %s %s", familyName(table.Family), table.Name)
+
+	chains, err := conn.ListChainsOfTableFamily(table.Family)
+	if err != nil {
+		return t, fmt.Errorf("list chains of %s: %w", where, err)
+	}
+	for _, ch := range chains {
+		if ch.Table != nil && ch.Table.Name == table.Name {
+			t.Chains = append(t.Chains, ch.Name)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return t, err
+	}
+
+	sets, err := conn.GetSets(table)
+	if err != nil {
+		return t, fmt.Errorf("list sets of %s: %w", where, err)
+	}
+	for _, s := range sets {
+		// nft names anonymous sets __set<N> (and __map<N>).
+		if s.Anonymous || strings.HasPrefix(s.Name, "__") || (r.SkipSet != nil && r.SkipSet(s.Name)) {
+			continue
+		}
+		elems, err := conn.GetSetElements(s)
+		if err != nil {
+			return t, fmt.Errorf("list elements of set %s in %s: %w", s.Name, where, err)
+		}
+		set := Set{Name: s.Name, Elements: make([]Element, 0, len(elems))}
+		for _, e := range elems {
+			el := Element{Key: e.Key, Comment: e.Comment, IntervalEnd: e.IntervalEnd}
+			if e.VerdictData != nil {
+				el.Chain = e.VerdictData.Chain
+			}
+			set.Elements = append(set.Elements, el)
+		}
+		t.Sets = append(t.Sets, set)
+		if err := ctx.Err(); err != nil {
+			return t, err
+		}
+	}
+
+	if t.Rules, t.ChainRules, err = r.ruleStats(ctx, table); err != nil {
+		return t, fmt.Errorf("count rules of %s: %w", where, err)
+	}
+	return t, nil
+}
+
+func familyName(f nftables.TableFamily) string {
+	if f == nftables.TableFamilyIPv6 {
+		return "ip6"
+	}
+	return "ip"
+}
+
+// ruleStats counts the rules of a table with one netlink dump
+// (NFT_MSG_GETRULE filtered by table) and decodes each with DecodeRule:
+// google/nftables lists rules one chain at a time and decodes every
+// expression into objects.
+func (r Reader) ruleStats(ctx context.Context, table *nftables.Table) (int, map[string]RuleStats, error) {
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: r.Target.FD()})
+	if err != nil {
+		return 0, nil, err
+	}
+	defer conn.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		if err := conn.SetDeadline(deadline); err != nil {
+			return 0, nil, err
+		}
+	}
+	// nfgenmsg: family, version, resource id.
+	req := []byte{byte(table.Family), unix.NFNETLINK_V0, 0, 0}
+	req = netlinkattr.AppendString(req, unix.NFTA_RULE_TABLE, table.Name)
+	msgs, err := conn.Execute(netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
+			Flags: netlink.Request | netlink.Dump,
+		},
+		Data: req,
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	n := 0
+	chains := map[string]RuleStats{}
+	for _, m := range msgs {
+		if m.Header.Type != netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWRULE) || len(m.Data) < netlinkattr.NfgenLen {
+			continue
+		}
+		n++
+		chain, stats, err := DecodeRule(m.Data[netlinkattr.NfgenLen:])
+		if err != nil {
+			return 0, nil, fmt.Errorf("decode rule: %w", err)
+		}
+		cur := chains[chain]
+		cur.Modulus = max(cur.Modulus, stats.Modulus)
+		cur.NAT = cur.NAT || stats.NAT
+		chains[chain] = cur
+	}
+	return n, chains, nil
+}
+
+// ConcatPort decodes the port of a concatenated "<addr> . inet_proto .
+// inet_service" key of a table of family ("ipv4" or "ipv6"): concatenated
+// fields are each padded to 4 bytes, the port is big-endian.
+func ConcatPort(key []byte, family string) (int, bool) {
+	addrLen := 4
+	if family == "ipv6" {
+		addrLen = 16
+	}
+	if len(key) != addrLen+8 {
+		return 0, false
+	}
+	return int(netlinkattr.BE16(key[addrLen+4:])), true
+}
