@@ -65,6 +65,11 @@ import (
 const (
 	EtcdVersion = "v3.7.3"
 	KubeVersion = "v1.37.2"
+	// PrometheusVersion is github.com/prometheus/prometheus's module
+	// version: v0.316.0 is Prometheus 3.16.0, built with Kubernetes service
+	// discovery only.
+	PrometheusVersion = "v0.316.0"
+	HelmVersion       = "v3.22.0"
 )
 
 const (
@@ -92,20 +97,31 @@ func CacheDir() string {
 	return filepath.Join(home, ".cache", "netinspect", "bin")
 }
 
-// Binary returns the path of a cached binary (etcd, kube-apiserver,
-// kube-proxy); when it is missing the test fails under CI and skips
-// elsewhere, naming the command that builds it.
+// Binary returns the path of a cached binary that build.sh builds (etcd,
+// kube-apiserver, kube-proxy, kubectl, kubelet, kube-controller-manager,
+// kube-scheduler, prometheus, helm); when it is missing the test fails under
+// CI and skips elsewhere, naming the command that builds it.
 func Binary(t testing.TB, name string) string {
 	t.Helper()
-	version := KubeVersion
-	if name == "etcd" {
-		version = EtcdVersion
-	}
-	p := filepath.Join(CacheDir(), name+"-"+version)
+	p := BinaryPath(name)
 	st, err := os.Stat(p)
 	testenv.Require(t, err == nil && st.Mode()&0o111 != 0,
-		fmt.Sprintf("%s not built at %s: run test/controlplane/build.sh", name, p))
+		fmt.Sprintf("%s not built at %s: run test/build-tools.sh", name, p))
 	return p
+}
+
+// BinaryPath is where build.sh puts the binary name, built or not.
+func BinaryPath(name string) string {
+	version := KubeVersion
+	switch name {
+	case "etcd":
+		version = EtcdVersion
+	case "prometheus":
+		version = PrometheusVersion
+	case "helm":
+		version = HelmVersion
+	}
+	return filepath.Join(CacheDir(), name+"-"+version)
 }
 
 // ControlPlane is etcd and a kube-apiserver running in a network namespace.

@@ -31,11 +31,6 @@ import (
 // Addr is where Prometheus listens, in the test's namespace.
 const Addr = "127.0.0.1:9090"
 
-// KubernetesSDVersion is the version of tools/prometheus's module
-// (github.com/prometheus/prometheus, v0.316.0 = Prometheus 3.16.0) that
-// test/controlplane/build.sh builds with Kubernetes service discovery.
-const KubernetesSDVersion = "v0.316.0"
-
 // Debian returns Debian's prometheus (promtool, the rules, static targets);
 // it is built without Kubernetes service discovery.
 func Debian(t testing.TB) string {
@@ -43,15 +38,12 @@ func Debian(t testing.TB) string {
 	return testenv.RequireCommand(t, "prometheus")
 }
 
-// WithKubernetesSD returns the Prometheus built from tools/prometheus with
+// WithKubernetesSD returns the Prometheus built from tools/kube with
 // kubernetes_sd_configs (and no other discovery), cached by version like the
-// Kubernetes binaries.
+// Kubernetes binaries (controlplane.PrometheusVersion).
 func WithKubernetesSD(t testing.TB) string {
 	t.Helper()
-	p := filepath.Join(controlplane.CacheDir(), "prometheus-"+KubernetesSDVersion)
-	st, err := os.Stat(p)
-	testenv.Require(t, err == nil && st.Mode()&0o111 != 0, "prometheus with Kubernetes discovery not built at "+p+": run test/controlplane/build.sh")
-	return p
+	return controlplane.Binary(t, "prometheus")
 }
 
 // Server is a running Prometheus.
