@@ -131,6 +131,16 @@ func (n *Node) ImportImage(t testing.TB, archive string) {
 	}
 }
 
+// RemoveImage removes the reference ref from the node's containerd (the
+// content stays while another reference or a container uses it), as if the
+// node had lost the image: a pod that needs it now fails to pull it.
+func (n *Node) RemoveImage(t testing.TB, ref string) {
+	t.Helper()
+	if _, err := n.ctr("images", "rm", ref); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TagImage gives an imported image a second reference, as pushing the same
 // image under a new tag would.
 func (n *Node) TagImage(t testing.TB, source, target string) {

@@ -1,15 +1,21 @@
 package node
 
 import (
-	"context"
+	"archive/tar"
+	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"testing"
-	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
 // sourceDir is this package's directory (test/node), found from the source
@@ -22,77 +28,68 @@ func sourceDir() string {
 // RepoRoot is the repository's top directory.
 func RepoRoot() string { return filepath.Join(sourceDir(), "..", "..") }
 
-// layer is one layer of packImage: a tar file added as it is, or a file
-// inserted at a path.
-type layer struct {
-	tar        string // a tar archive to add as a layer
-	file, path string // or one file to insert at path
-}
-
-// image describes what packImage makes.
-type image struct {
-	ref        string // reference the archive carries, e.g. registry.k8s.io/pause:3.10
-	layers     []layer
-	entrypoint []string
-	user       string
-	// ports are exposed ports ("10271/tcp").
-	ports []string
-}
-
-// packImage builds an OCI image with umoci in dir/<name>-oci and writes it
-// as a docker-archive (dir/<name>.tar) named img.ref with skopeo, the form
-// `ctr images import` reads with its name. It returns the archive's path.
-func packImage(t testing.TB, dir, name string, img image) string {
-	t.Helper()
-	layout := filepath.Join(dir, name+"-oci")
-	tagged := layout + ":" + name
-	run := func(argv ...string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		if out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("build image %s: %s: %v\n%s", img.ref, strings.Join(argv, " "), err, out)
-		}
-	}
-	run("umoci", "init", "--layout", layout)
-	run("umoci", "new", "--image", tagged)
-	for _, l := range img.layers {
-		if l.tar != "" {
-			run("umoci", "raw", "add-layer", "--image", tagged, l.tar)
-		} else {
-			run("umoci", "insert", "--image", tagged, l.file, l.path)
-		}
-	}
-	cfg := []string{"umoci", "config", "--image", tagged, "--os", "linux", "--architecture", runtime.GOARCH,
-		"--config.user", img.user, "--clear=config.entrypoint", "--clear=config.cmd"}
-	for _, e := range img.entrypoint {
-		cfg = append(cfg, "--config.entrypoint", e)
-	}
-	for _, p := range img.ports {
-		cfg = append(cfg, "--config.exposedports", p)
-	}
-	run(cfg...)
-	archive := filepath.Join(dir, name+".tar")
-	run("skopeo", "copy", "--quiet", "oci:"+tagged, "docker-archive:"+archive+":"+img.ref)
-	return archive
-}
-
-// buildPauseImage compiles pause/pause.c statically (also kept at
-// dir/pause/rootfs/pause for the node's own PID 1) and packs it as
-// PauseImage.
+// buildPauseImage compiles pause/pause.c statically to dir/pause (the
+// node's own PID 1 runs it too) and writes it as the image PauseImage, a
+// docker-archive dir/pause.tar that `ctr images import` names so.
 func buildPauseImage(t testing.TB, dir string) string {
 	t.Helper()
-	bin := filepath.Join(dir, "pause", "rootfs", "pause")
-	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin := filepath.Join(dir, "pause")
 	if out, err := exec.Command("gcc", "-static", "-O2", "-Wall", "-Werror", "-o", bin, filepath.Join(sourceDir(), "pause", "pause.c")).CombinedOutput(); err != nil {
 		t.Fatalf("gcc -static pause.c: %v\n%s", err, out)
 	}
+	archive := filepath.Join(dir, "pause.tar")
 	// 65535: the unprivileged user Kubernetes' own pause image runs as.
-	return packImage(t, dir, "pause", image{ref: PauseImage, layers: []layer{{file: bin, path: "/pause"}},
-		entrypoint: []string{"/pause"}, user: "65535:65535"})
+	if err := writeSingleFileImage(archive, PauseImage, bin, "/pause", "65535:65535"); err != nil {
+		t.Fatalf("pause image: %v", err)
+	}
+	return archive
 }
 
-// String describes an image for logs.
-func (img image) String() string { return fmt.Sprintf("%s (%d layers)", img.ref, len(img.layers)) }
+// writeSingleFileImage writes a docker-archive of the image ref for this
+// machine's platform: one layer holding the executable file at path, which
+// is the entrypoint, run as user.
+func writeSingleFileImage(archive, ref, file, path, user string) error {
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	var layerTar bytes.Buffer
+	tw := tar.NewWriter(&layerTar)
+	if err := tw.WriteHeader(&tar.Header{Name: path[1:], Mode: 0o755, Size: int64(len(b)), Typeflag: tar.TypeReg}); err != nil {
+		return err
+	}
+	if _, err := tw.Write(b); err != nil {
+		return err
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(layerTar.Bytes())), nil
+	})
+	if err != nil {
+		return err
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	cf.Config = v1.Config{Entrypoint: []string{path}, User: user}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		return err
+	}
+	if err := tarball.WriteToFile(archive, tag, img); err != nil {
+		return fmt.Errorf("write %s: %w", archive, err)
+	}
+	return nil
+}

@@ -135,7 +135,7 @@ func Start(t testing.TB, o Options) *Node {
 	t.Helper()
 	start := time.Now()
 	testenv.RequireRoot(t)
-	for _, c := range []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter", "unshare", "gcc", "umoci", "skopeo"} {
+	for _, c := range []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter", "unshare", "gcc"} {
 		testenv.RequireCommand(t, c)
 	}
 	for _, p := range []string{"bridge", "ptp", "host-local", "loopback"} {
@@ -185,7 +185,7 @@ func Start(t testing.TB, o Options) *Node {
 func (n *Node) startInit(t testing.TB) {
 	t.Helper()
 	pause := filepath.Join(n.Dir, "pause-init")
-	if err := copyFile(filepath.Join(n.Dir, "pause", "rootfs", "pause"), pause, 0o755); err != nil {
+	if err := copyFile(filepath.Join(n.Dir, "pause"), pause, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	script := []string{
@@ -279,8 +279,14 @@ func (n *Node) teardown() {
 	for _, p := range n.procs {
 		<-p.done
 	}
-	_ = n.init.Process.Kill()
-	<-n.initDone
+	// unshare reaps PID 1 and exits; killed before that, it would leave
+	// PID 1 a zombie for whoever inherits it.
+	select {
+	case <-n.initDone:
+	case <-time.After(10 * time.Second):
+		_ = n.init.Process.Kill()
+		<-n.initDone
+	}
 	if n.cgroupRoot != "" {
 		if err := removeCgroups(n.cgroupRoot); err != nil {
 			n.t.Errorf("remove the node's cgroups: %v", err)
@@ -337,7 +343,7 @@ func (n *Node) Kubectl(t testing.TB, args ...string) string {
 // KubectlErr is Kubectl returning the error (with standard error) instead
 // of failing.
 func (n *Node) KubectlErr(args ...string) (string, error) {
-	kubectl := filepath.Join(controlplane.CacheDir(), "kubectl-"+controlplane.KubeVersion)
+	kubectl := controlplane.BinaryPath("kubectl")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := n.NS.Command(ctx, append([]string{kubectl, "--kubeconfig=" + n.CP.AdminKubeconfig,
