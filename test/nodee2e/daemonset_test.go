@@ -1,10 +1,12 @@
 // Package nodee2e runs the DaemonSet of deploy/ on a real node (test/node):
 // kubelet, containerd, runc and the CNI bridge and ptp plugins, from the
-// image built from the Dockerfile's recipe, and checks what only a real node
-// exercises: the probes, the security context as the kernel applies it, the
-// in-cluster config and RBAC, the hostPath mounts and their propagation, the
+// image `make image` builds (deploy/image/image.sh), and checks what only a
+// real node exercises: the HTTPS probes, the security context as the kernel
+// applies it, the in-cluster config and RBAC, authentication of scrapes
+// against the API server, the hostPath mounts and their propagation, the
 // mapping of real CNI veths to pods, conntrack and kube-proxy's rules on the
-// node, discovery and alerting by a real Prometheus, and a rolling update.
+// node, discovery, scrapes and alerting by a real Prometheus configured as
+// the ServiceMonitor says, and a rolling update.
 package nodee2e
 
 import (
@@ -30,8 +32,8 @@ import (
 )
 
 const (
-	// The image is imported under two tags: the second is the rolling
-	// update's target.
+	// The image is imported once and tagged twice, as pushing it under a
+	// second tag would: the second tag is the rolling update's target.
 	tag1 = "node-e2e-1"
 	tag2 = "node-e2e-2"
 
@@ -52,26 +54,41 @@ type cluster struct {
 	n   *node.Node
 	s   *scraper
 	dir string
+	// tokenFile holds the token of Prometheus's ServiceAccount, which the
+	// scraper (s) uses too.
+	tokenFile string
 	// before is a pod on the bridge network created before the exporter
 	// started, after one on the ptp network created after it, host one with
 	// hostNetwork.
 	before, after, host *corev1.Pod
 }
 
+// TestDaemonSet runs deploy/ on the node and checks it. Subtests that do
+// not depend on each other run concurrently, so that their waits for the
+// exporter's 30 s refreshes (the manifest's defaults, left as they are)
+// overlap.
 func TestDaemonSet(t *testing.T) {
 	start := time.Now()
+	c := &cluster{dir: t.TempDir()}
+	// The image builds while the node comes up.
+	image := buildImage(t, c.dir, tag1)
 	n := node.Start(t, node.Options{})
-	c := &cluster{n: n, s: newScraper(n), dir: t.TempDir()}
-	archive := node.NetinspectImage(t, c.dir, tag1)
-	n.ImportImage(t, archive)
+	c.n = n
+	n.ImportImage(t, image())
 	n.TagImage(t, node.ImageRepository+":"+tag1, node.ImageRepository+":"+tag2)
 	n.StartKubeProxy(t, "iptables")
+	var token string
+	token, c.tokenFile = c.prometheusToken(t)
+	c.s = newScraper(n, token)
 
 	// Workloads that exist before the exporter starts: a bridge pod behind
 	// a Service, and a hostNetwork pod.
-	c.before = c.runPod(t, "before", false, map[string]string{"app": "web"})
-	c.host = c.runPod(t, "host", true, nil)
+	c.createPod(t, "before", false, map[string]string{"app": "web"})
+	c.createPod(t, "host", true, nil)
 	c.createService(t)
+	c.before = n.WaitPodReady(t, appNS, "before", 2*time.Minute)
+	c.host = n.WaitPodReady(t, appNS, "host", 2*time.Minute)
+	clusterIP := c.connectService(t)
 
 	c.apply(t, renderKustomize(t, n), tag1)
 	ds := c.waitDaemonSetPod(t, tag1, "")
@@ -80,26 +97,73 @@ func TestDaemonSet(t *testing.T) {
 	// A ptp pod made after the exporter started: its network namespace is
 	// mounted under /run/netns after the exporter's HostToContainer mount.
 	n.UseNetwork(t, node.PTP)
-	c.after = c.runPod(t, "after", false, nil)
+	c.createPod(t, "after", false, nil)
+	c.after = n.WaitPodReady(t, appNS, "after", 2*time.Minute)
 
 	probed := c.waitProbed(t, ds)
-	t.Run("security context", func(t *testing.T) { c.checkSecurity(t, ds) })
-	t.Run("in-cluster config and RBAC", func(t *testing.T) { c.checkServiceAccount(t, ds) })
-	t.Run("veth mapping", func(t *testing.T) { c.checkVeths(t) })
-	t.Run("traffic counters", func(t *testing.T) { c.checkTraffic(t) })
-	t.Run("conntrack", func(t *testing.T) { c.checkConntrack(t) })
-	t.Run("kube-proxy rules and attribution", func(t *testing.T) { c.checkKubeProxy(t) })
-	t.Run("deleted pod", func(t *testing.T) { c.checkDeletedPod(t) })
+	prom, interval := c.startPrometheus(t)
+	t.Run("pod", func(t *testing.T) {
+		t.Run("security context", func(t *testing.T) { t.Parallel(); c.checkSecurity(t, ds) })
+		t.Run("in-cluster config and RBAC", func(t *testing.T) { t.Parallel(); c.checkServiceAccount(t, ds) })
+		t.Run("authentication", func(t *testing.T) { t.Parallel(); c.checkAuth(t) })
+		t.Run("conntrack", func(t *testing.T) { t.Parallel(); c.checkConntrack(t) })
+		t.Run("kube-proxy rules and attribution", func(t *testing.T) { t.Parallel(); c.checkKubeProxy(t, clusterIP) })
+		t.Run("Prometheus discovery", func(t *testing.T) { t.Parallel(); c.checkDiscovery(t, prom, ds.Name) })
+		// The after pod is deleted last.
+		t.Run("veths", func(t *testing.T) {
+			t.Parallel()
+			t.Run("veth mapping", func(t *testing.T) { c.checkVeths(t) })
+			t.Run("traffic counters", func(t *testing.T) { c.checkTraffic(t) })
+			t.Run("deleted pod", func(t *testing.T) { c.checkDeletedPod(t) })
+		})
+	})
 	t.Run("probes", func(t *testing.T) { c.checkProbes(t, ds, probed) })
 
-	prom, interval := c.startPrometheus(t)
-	t.Run("Prometheus discovery", func(t *testing.T) { c.checkDiscovery(t, prom, ds.Name) })
 	pod := ds.Name
 	t.Run("NetinspectDown", func(t *testing.T) { pod = c.checkDown(t, prom, pod) })
 	t.Run("rolling update", func(t *testing.T) { c.checkRollingUpdate(t, prom, pod, interval) })
 	t.Run("Helm chart", func(t *testing.T) { c.checkHelm(t) })
 	if t.Failed() {
 		t.Logf("exporter log:\n%s", c.exporterLog(t))
+	}
+	t.Logf("TestDaemonSet took %v", time.Since(start).Round(100*time.Millisecond))
+}
+
+// buildImage starts building the exporter's image (tag) into dir and
+// returns a function that waits for the archive, failing the test if the
+// build failed. The build stops if the test ends first.
+func buildImage(t *testing.T, dir, tag string) func() string {
+	t.Helper()
+	testenv.RequireCommand(t, "mmdebstrap")
+	ctx, cancel := context.WithCancel(context.Background())
+	type result struct {
+		archive string
+		err     error
+		took    time.Duration
+	}
+	done := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		a, err := node.BuildNetinspectImage(ctx, dir, tag)
+		done <- result{a, err, time.Since(start)}
+	}()
+	var r *result
+	wait := func() result {
+		if r == nil {
+			got := <-done
+			r = &got
+		}
+		return *r
+	}
+	t.Cleanup(func() { cancel(); wait() })
+	return func() string {
+		t.Helper()
+		got := wait()
+		if got.err != nil {
+			t.Fatal(got.err)
+		}
+		t.Logf("deploy/image/image.sh built %s in %v", filepath.Base(got.archive), got.took.Round(100*time.Millisecond))
+		return got.archive
 	}
 }
 
@@ -113,9 +177,9 @@ func (c *cluster) exporterLog(t *testing.T) string {
 	return out
 }
 
-// runPod creates a pod running the pause image (host network or the node's
-// current CNI network) and waits until it is Ready.
-func (c *cluster) runPod(t *testing.T, name string, hostNetwork bool, labels map[string]string) *corev1.Pod {
+// createPod creates a pod running the pause image (host network or the
+// node's current CNI network).
+func (c *cluster) createPod(t *testing.T, name string, hostNetwork bool, labels map[string]string) {
 	t.Helper()
 	c.n.CP.EnsureNamespace(t, appNS)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -131,7 +195,6 @@ func (c *cluster) runPod(t *testing.T, name string, hostNetwork bool, labels map
 	if err != nil {
 		t.Fatalf("create pod %s/%s: %v", appNS, name, err)
 	}
-	return c.n.WaitPodReady(t, appNS, name, 2*time.Minute)
 }
 
 // createService makes Service web (port 80 to 8080) that selects the
@@ -206,17 +269,11 @@ func (c *cluster) waitDaemonSetPod(t *testing.T, tag, notName string) *corev1.Po
 	return nil
 }
 
-// helmVersion is the helm deploy/helm/install-helm.sh builds.
-const helmVersion = "v3.22.0"
-
 // checkHelm removes what deploy/ installed and installs the Helm chart's
 // default output instead (the same objects; the image reference changed as
 // for deploy/): its pod becomes Ready on the node.
 func (c *cluster) checkHelm(t *testing.T) {
-	helm := filepath.Join(controlplane.CacheDir(), "helm-"+helmVersion)
-	if _, err := os.Stat(helm); err != nil {
-		helm = testenv.RequireCommand(t, "helm")
-	}
+	helm := controlplane.Binary(t, "helm")
 	out, err := exec.Command(helm, "template", "netinspect", filepath.Join(node.RepoRoot(), "deploy", "helm", "netinspect"), "--namespace", namespace).Output()
 	if err != nil {
 		t.Fatalf("helm template: %v", err)

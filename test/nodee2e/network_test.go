@@ -244,11 +244,17 @@ func (c *cluster) checkConntrack(t *testing.T) {
 	}
 }
 
-// checkKubeProxy: with kube-proxy's iptables rules for Service web on the
-// node, the exporter reports the mode, the nat KUBE-SERVICES chain's rules
-// as iptables-save lists them, no drift, and attributes the DNATed
-// connections opened from the node to the Service and its backend pod.
-func (c *cluster) checkKubeProxy(t *testing.T) {
+// serviceConns is how many connections connectService opens.
+const serviceConns = 3
+
+// connectService opens serviceConns connections from the node to Service
+// web's ClusterIP (kube-proxy DNATs them to the before pod, which accepts
+// them), kept open until the test ends. Opened before the exporter starts,
+// they are in its first attribution pass, so checkKubeProxy need not wait
+// for a later one (every 30 s, the manifest's default). It returns the
+// ClusterIP.
+func (c *cluster) connectService(t *testing.T) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	svc, err := c.n.Client.CoreV1().Services(appNS).Get(ctx, "web", metav1.GetOptions{})
@@ -260,20 +266,27 @@ func (c *cluster) checkKubeProxy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	accepted := make(chan struct{})
 	go func() {
+		defer close(accepted)
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
 		for {
 			conn, err := l.Accept()
 			if err != nil {
 				return
 			}
-			defer conn.Close()
+			conns = append(conns, conn)
 		}
 	}()
-	const conns = 3
+	t.Cleanup(func() { l.Close(); <-accepted })
 	vip := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	deadline := time.Now().Add(time.Minute)
-	for i := 0; i < conns; {
+	for i := 0; i < serviceConns; {
 		conn, err := controlplane.DialerIn(c.n.NS.Path())(ctx, "tcp", vip)
 		if err != nil {
 			if time.Now().After(deadline) {
@@ -282,16 +295,25 @@ func (c *cluster) checkKubeProxy(t *testing.T) {
 			time.Sleep(500 * time.Millisecond) // kube-proxy's next sync
 			continue
 		}
-		defer conn.Close()
+		t.Cleanup(func() { conn.Close() })
 		i++
 	}
+	return svc.Spec.ClusterIP
+}
+
+// checkKubeProxy: with kube-proxy's iptables rules for Service web on the
+// node, the exporter reports the mode, the nat KUBE-SERVICES chain's rules
+// as iptables-save lists them, no drift, and attributes the DNATed
+// connections connectService opened from the node to the Service and its
+// backend pod.
+func (c *cluster) checkKubeProxy(t *testing.T, clusterIP string) {
 	// (conntrack prints its summary line on standard error.)
-	tracked := strings.Count(c.n.MustRun(t, "conntrack", "-L", "-p", "tcp", "-d", svc.Spec.ClusterIP, "--dport", "80", "--state", "ESTABLISHED"), " ESTABLISHED src=")
+	tracked := strings.Count(c.n.MustRun(t, "conntrack", "-L", "-p", "tcp", "-d", clusterIP, "--dport", "80", "--state", "ESTABLISHED"), " ESTABLISHED src=")
 
 	nat := c.n.MustRun(t, "iptables-save", "-t", "nat")
 	rules := float64(strings.Count(nat, "\n-A KUBE-SERVICES "))
 	// The rule and attribution snapshots refresh every 30 s (the manifest's
-	// defaults).
+	// defaults); the first ones, at start-up, saw the rules and connections.
 	c.s.waitFor(t, 90*time.Second, "kube-proxy's rules and the Service's connections", func(s series) (bool, string) {
 		checks := []expect{
 			{"netinspect_kube_proxy_mode_info", map[string]string{"mode": "iptables"}, 1},
@@ -318,8 +340,8 @@ func (c *cluster) checkKubeProxy(t *testing.T) {
 		}
 		return true, ""
 	})
-	if tracked != conns {
-		t.Errorf("conntrack lists %d established connections to %s, want %d", tracked, vip, conns)
+	if tracked != serviceConns {
+		t.Errorf("conntrack lists %d established connections to %s:80, want %d", tracked, clusterIP, serviceConns)
 	}
 }
 

@@ -3,6 +3,7 @@ package nodee2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"regexp"
 	"sort"
@@ -289,4 +290,30 @@ func boundClusterRoles(t *testing.T, manifests []byte, ns, name string) []string
 		t.Fatalf("the manifests bind no ClusterRole to ServiceAccount %s/%s", ns, name)
 	}
 	return roles
+}
+
+// checkAuth: the exporter of deploy/ (--web.kubernetes-auth) refuses a
+// scrape without a token (401) and one whose ServiceAccount may not get
+// /metrics (403), while the probes' endpoints stay open; the scraper's
+// token (Prometheus's ServiceAccount) is let through by every other subtest.
+func (c *cluster) checkAuth(t *testing.T) {
+	nobody := c.n.CP.ServiceAccountToken(t, "monitoring", "nobody")
+	for _, tc := range []struct {
+		name, path, token string
+		want              int
+	}{
+		{"no token", "/metrics", "", http.StatusUnauthorized},
+		{"not a token the API server issued", "/metrics", "not-a-token", http.StatusUnauthorized},
+		{"ServiceAccount without get /metrics", "/metrics", nobody, http.StatusForbidden},
+		{"liveness probe's path", "/healthz", "", http.StatusOK},
+		{"readiness probe's path", "/readyz", "", http.StatusOK},
+	} {
+		code, body, err := c.s.get(tc.path, tc.token)
+		if err != nil {
+			t.Fatalf("%s: GET %s: %v", tc.name, tc.path, err)
+		}
+		if code != tc.want {
+			t.Errorf("%s: GET %s = %d (%q), want %d", tc.name, tc.path, code, body, tc.want)
+		}
+	}
 }

@@ -32,7 +32,12 @@ type serviceMonitor struct {
 			MatchNames []string `json:"matchNames"`
 		} `json:"namespaceSelector"`
 		Endpoints []struct {
-			Port          string `json:"port"`
+			Port            string `json:"port"`
+			Scheme          string `json:"scheme"`
+			BearerTokenFile string `json:"bearerTokenFile"`
+			TLSConfig       struct {
+				InsecureSkipVerify bool `json:"insecureSkipVerify"`
+			} `json:"tlsConfig"`
 			Interval      string `json:"interval"`
 			ScrapeTimeout string `json:"scrapeTimeout"`
 			Relabelings   []struct {
@@ -68,10 +73,14 @@ func readServiceMonitor(t *testing.T) serviceMonitor {
 func labelName(l string) string { return regexp.MustCompile(`[^a-zA-Z0-9_]`).ReplaceAllString(l, "_") }
 
 // scrapeConfig is the scrape job prometheus-operator generates for the
-// ServiceMonitor (endpoints role; keep the selected Services' port; the
-// namespace, service, pod, container, endpoint and job labels; then the
+// ServiceMonitor (endpoints role; the endpoint's scheme, TLS settings and
+// bearer token file; keep the selected Services' port; the namespace,
+// service, pod, container, endpoint and job labels; then the
 // ServiceMonitor's own relabelings), with job name, interval and timeout
-// given, and the job label set to jobOverride when not empty.
+// given, and the job label set to jobOverride when not empty. tokenFile
+// holds Prometheus's ServiceAccount token: discovery authenticates with it,
+// and so do the scrapes where the ServiceMonitor names the token the
+// kubelet mounts into Prometheus's pod.
 func scrapeConfig(sm serviceMonitor, name, interval, timeout, jobOverride, caFile, tokenFile string) string {
 	ep := sm.Spec.Endpoints[0]
 	var keys, values []string
@@ -81,6 +90,15 @@ func scrapeConfig(sm serviceMonitor, name, interval, timeout, jobOverride, caFil
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "  - job_name: %s\n    scrape_interval: %s\n    scrape_timeout: %s\n", name, interval, timeout)
+	if ep.Scheme != "" {
+		fmt.Fprintf(&b, "    scheme: %s\n", ep.Scheme)
+	}
+	if ep.TLSConfig.InsecureSkipVerify {
+		b.WriteString("    tls_config: {insecure_skip_verify: true}\n")
+	}
+	if ep.BearerTokenFile != "" {
+		fmt.Fprintf(&b, "    authorization: {credentials_file: %q}\n", tokenFile)
+	}
 	fmt.Fprintf(&b, "    kubernetes_sd_configs:\n      - role: endpoints\n        api_server: https://127.0.0.1:6443\n")
 	fmt.Fprintf(&b, "        tls_config: {ca_file: %q}\n        authorization: {credentials_file: %q}\n", caFile, tokenFile)
 	fmt.Fprintf(&b, "        namespaces: {names: [%s]}\n", strings.Join(sm.Spec.NamespaceSelector.MatchNames, ", "))
@@ -140,14 +158,12 @@ func scrapeConfig(sm serviceMonitor, name, interval, timeout, jobOverride, caFil
 	return b.String()
 }
 
-// startPrometheus runs Prometheus on the node with two jobs made from the
-// ServiceMonitor: "netinspect", scraped every second for the alerts, and
-// "netinspect-rollout", at the ServiceMonitor's own interval and timeout, for
-// the rolling update. It discovers the exporter through the API server with
-// a ServiceAccount allowed to list and watch what discovery needs.
-func (c *cluster) startPrometheus(t *testing.T) (*prometheus.Server, time.Duration) {
+// prometheusToken gives ServiceAccount monitoring/prometheus what the
+// Prometheus of kube-prometheus may do here (list and watch the objects
+// endpoints discovery reads, get /metrics, which the exporter's
+// SubjectAccessReview asks about) and returns a file holding a token of it.
+func (c *cluster) prometheusToken(t *testing.T) (token, file string) {
 	t.Helper()
-	sm := readServiceMonitor(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	role := &rbacv1.ClusterRole{
@@ -169,20 +185,31 @@ func (c *cluster) startPrometheus(t *testing.T) (*prometheus.Server, time.Durati
 	if _, err := c.n.Client.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	cfg, _ := c.n.CP.ServiceAccountConfig(t, "monitoring", "prometheus")
-	dir := t.TempDir()
-	tokenFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokenFile, []byte(cfg.BearerToken), 0o600); err != nil {
+	token = c.n.CP.ServiceAccountToken(t, "monitoring", "prometheus")
+	file = filepath.Join(c.dir, "prometheus.token")
+	if err := os.WriteFile(file, []byte(token), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return token, file
+}
+
+// startPrometheus runs Prometheus on the node with two jobs made from the
+// ServiceMonitor: "netinspect", scraped every second for the alerts, and
+// "netinspect-rollout", at the ServiceMonitor's own interval and timeout, for
+// the rolling update. It discovers and scrapes the exporter with the token
+// of prometheusToken.
+func (c *cluster) startPrometheus(t *testing.T) (*prometheus.Server, time.Duration) {
+	t.Helper()
+	sm := readServiceMonitor(t)
+	dir := t.TempDir()
 	rules := prometheus.ShortRules(t, dir, "1s")
 	interval, err := time.ParseDuration(sm.Spec.Endpoints[0].Interval)
 	if err != nil {
 		t.Fatalf("ServiceMonitor interval %q: %v", sm.Spec.Endpoints[0].Interval, err)
 	}
 	config := fmt.Sprintf("global:\n  evaluation_interval: 1s\nrule_files: [%q]\nscrape_configs:\n", rules) +
-		scrapeConfig(sm, "netinspect", "1s", "1s", "", c.n.CP.CAFile(), tokenFile) +
-		scrapeConfig(sm, "netinspect-rollout", sm.Spec.Endpoints[0].Interval, sm.Spec.Endpoints[0].ScrapeTimeout, "netinspect-rollout", c.n.CP.CAFile(), tokenFile)
+		scrapeConfig(sm, "netinspect", "1s", "1s", "", c.n.CP.CAFile(), c.tokenFile) +
+		scrapeConfig(sm, "netinspect-rollout", sm.Spec.Endpoints[0].Interval, sm.Spec.Endpoints[0].ScrapeTimeout, "netinspect-rollout", c.n.CP.CAFile(), c.tokenFile)
 	return prometheus.Start(t, c.n.NS, prometheus.WithKubernetesSD(t), config), interval
 }
 
@@ -207,13 +234,20 @@ func (c *cluster) checkDiscovery(t *testing.T, p *prometheus.Server, pod string)
 	p.WaitQuery(t, `netinspect_conntrack_entries{job="netinspect",instance="`+c.n.Name+`"} > 0`, time.Minute)
 }
 
-// checkDown deletes the DaemonSet's pod: NetinspectDown (for: shortened to
-// 1 s) fires while the node has no target, and resolves once the DaemonSet's
-// new pod is scraped. It returns the new pod's name.
+// checkDown deletes the DaemonSet's pod on a node that has lost the
+// exporter's image, so that the DaemonSet's new pod cannot start:
+// NetinspectDown (for: shortened to 1 s) fires while the node has no
+// target. With the image back, the kubelet's next pull attempt starts the
+// new pod, and the alert resolves once it is scraped. It returns the new
+// pod's name. (With the image present, the new pod can listen within a
+// scrape interval of the old one's exit: on a real node with `for: 5m` a
+// restart must not fire the alert, and here it would not reliably.)
 func (c *cluster) checkDown(t *testing.T, p *prometheus.Server, pod string) string {
 	// Before the first scrapes absent(up) fired too: start from a quiet
 	// moment, and look only at what came after the deletion.
 	p.WaitQuery(t, `absent(ALERTS{alertname="NetinspectDown"})`, time.Minute)
+	image := node.ImageRepository + ":" + tag1
+	c.n.RemoveImage(t, image)
 	deleted := time.Now()
 	c.deletePod(t, namespace, pod)
 	fired := false
@@ -222,6 +256,7 @@ func (c *cluster) checkDown(t *testing.T, p *prometheus.Server, pod string) stri
 		got, err := p.QueryErr(fmt.Sprintf(`max_over_time(ALERTS{alertname="NetinspectDown",alertstate="firing"}[%ds])`, since))
 		fired = err == nil && len(got) > 0
 	}
+	c.n.TagImage(t, node.ImageRepository+":"+tag2, image)
 	if !fired {
 		t.Fatalf("NetinspectDown did not fire within 2 min of the pod's deletion")
 	}

@@ -2,6 +2,7 @@ package nodee2e
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,19 +20,44 @@ import (
 )
 
 // exporterURL is the exporter's /metrics on the node: with hostNetwork its
-// containerPort is the node's port.
-const exporterURL = "http://" + node.IP + ":10271/metrics"
+// containerPort is the node's port. deploy/ serves it over HTTPS with a
+// self-signed certificate.
+const exporterURL = "https://" + node.IP + ":10271/metrics"
 
 // scraper fetches the exporter's metrics from inside the node's network
-// namespace over one kept-alive connection, so that scraping adds no
-// conntrack entry after the first scrape.
+// namespace as the ServiceMonitor makes Prometheus do: HTTPS without
+// verifying the self-signed certificate, with a bearer token whose
+// ServiceAccount may get /metrics. Its connections are kept alive and
+// pooled (subtests scrape concurrently), so scraping adds no conntrack
+// entry once they are open.
 type scraper struct {
 	client *http.Client
+	token  string
 }
 
-func newScraper(n *node.Node) *scraper {
-	return &scraper{client: &http.Client{Timeout: 10 * time.Second,
-		Transport: &http.Transport{DialContext: controlplane.DialerIn(n.NS.Path()), MaxIdleConnsPerHost: 1}}}
+func newScraper(n *node.Node, token string) *scraper {
+	return &scraper{token: token, client: &http.Client{Timeout: 10 * time.Second,
+		Transport: &http.Transport{DialContext: controlplane.DialerIn(n.NS.Path()), MaxIdleConnsPerHost: 8,
+			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}} //nolint:gosec // as the ServiceMonitor's tlsConfig does
+}
+
+// get fetches path from the exporter with token as the bearer token (none
+// when empty) and returns the status code and the start of the body.
+func (s *scraper) get(path, token string) (int, string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	u := strings.TrimSuffix(exporterURL, "/metrics") + path
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	return resp.StatusCode, string(b), nil
 }
 
 // series is one scrape: the value of every sample by its series key
@@ -42,6 +68,7 @@ func (s *scraper) scrape() (series, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, exporterURL, nil)
+	req.Header.Set("Authorization", "Bearer "+s.token)
 	resp, err := s.client.Do(req)
 	if err != nil {
 		return nil, err
@@ -151,13 +178,18 @@ func (s series) withPod(namespace, name string) []string {
 // what ok last said.
 func (s *scraper) waitFor(t testing.TB, timeout time.Duration, what string, ok func(series) (bool, string)) series {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	start := time.Now()
+	deadline := start.Add(timeout)
 	var last string
 	for {
 		got, err := s.scrape()
 		if err == nil {
+			before := last
 			var done bool
 			if done, last = ok(got); done {
+				if before != "" {
+					t.Logf("%s after %v (until then: %s)", what, time.Since(start).Round(100*time.Millisecond), before)
+				}
 				return got
 			}
 		} else {
