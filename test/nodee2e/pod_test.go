@@ -70,12 +70,18 @@ func (c *cluster) waitProbed(t *testing.T, ds *corev1.Pod) map[string]float64 {
 	}
 }
 
-// checkProbes, after the other subtests ran against the pod: since the
-// first successful probes (before), the kubelet counted more successful
-// liveness and readiness probes and no failed one (a readiness probe may
-// fail once, before the exporter listens), and the container never
-// restarted.
+// checkProbes, after the other subtests ran against the pod: the probes
+// are HTTPS (the exporter answers plain HTTP with 400), and since the first
+// successful probes (before) the kubelet counted more successful liveness
+// and readiness probes and no failed one (a readiness probe may fail once,
+// before the exporter listens), and the container never restarted.
 func (c *cluster) checkProbes(t *testing.T, ds *corev1.Pod, before map[string]float64) {
+	ctr := ds.Spec.Containers[0]
+	for name, p := range map[string]*corev1.Probe{"liveness": ctr.LivenessProbe, "readiness": ctr.ReadinessProbe} {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Scheme != corev1.URISchemeHTTPS {
+			t.Errorf("the DaemonSet's %s probe is not an HTTPS GET: %+v", name, p)
+		}
+	}
 	now := c.probeCounts(t, ds)
 	t.Logf("kubelet probe counts for %s: at first success %v, now %v", ds.Name, before, now)
 	for _, k := range []string{"Liveness/failed", "Readiness/failed", "Liveness/unknown", "Readiness/unknown"} {
