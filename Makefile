@@ -63,7 +63,8 @@ test-deps:
 	./test/install-deps.sh
 
 # Builds (once, cached by version outside the repo) the binaries the
-# integration tests run: etcd, kube-apiserver, kube-proxy, the VM kernel.
+# integration tests run: etcd, kube-apiserver, kube-proxy, kubectl, the real
+# node's kubelet, kube-controller-manager, kube-scheduler and Prometheus, helm.
 test-tools:
 	./test/build-tools.sh
 

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -20,22 +19,20 @@ import (
 const (
 	chartDir       = "helm/netinspect"
 	chartRulesFile = chartDir + "/files/netinspect.rules.yml"
-	// helmVersion is the version deploy/helm/install-helm.sh builds.
-	helmVersion = "v3.22.0"
 )
 
-// helmBinary finds helm where deploy/helm/install-helm.sh puts it (the test
-// tool cache), or on PATH.
+// helmBinary finds helm where test/build-tools.sh puts it (the test tool
+// cache, the version tools/kube pins), or on PATH.
 func helmBinary(t *testing.T) string {
 	t.Helper()
-	p := filepath.Join(controlplane.CacheDir(), "helm-"+helmVersion)
+	p := controlplane.BinaryPath("helm")
 	if st, err := os.Stat(p); err == nil && st.Mode()&0o111 != 0 {
 		return p
 	}
 	if p, err := exec.LookPath("helm"); err == nil {
 		return p
 	}
-	testenv.Require(t, false, "helm not found at "+p+" nor on PATH: run deploy/helm/install-helm.sh")
+	testenv.Require(t, false, "helm not found at "+p+" nor on PATH: run test/build-tools.sh")
 	return ""
 }
 

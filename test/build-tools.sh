@@ -4,8 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# etcd, kube-apiserver, kube-proxy from the Go module proxy (tools/).
+# etcd, the Kubernetes binaries, Prometheus and helm from the Go module proxy
+# (tools/).
 bash test/controlplane/build.sh
-
-# helm, for the chart tests in deploy/.
-bash deploy/helm/install-helm.sh

@@ -17,11 +17,15 @@ packages=(
 	kmod                    # test/vm: depmod for the guest's module order
 	prometheus              # promtool and Prometheus for alerts/ and test/e2e
 	prometheus-alertmanager # Alertmanager for test/e2e
-	mmdebstrap              # deploy/image: the image's Debian root filesystems (make image)
-	skopeo                  # deploy/image: make image-push, reading the image archive
-	docker-registry         # deploy/image: a real registry (CNCF distribution) to push to
-	qemu-user               # deploy/image: the arm64 exporter and tools under qemu-aarch64
-	containerd              # deploy/image: ctr images import of the image archive
+	mmdebstrap                  # deploy/image: the image's Debian root filesystems (make image)
+	skopeo                      # deploy/image: make image-push, reading the image archive
+	docker-registry             # deploy/image: a real registry (CNCF distribution) to push to
+	qemu-user                   # deploy/image: the arm64 exporter and tools under qemu-aarch64
+	containerd                  # deploy/image: ctr images import; test/node: the real node's container runtime
+	runc                        # test/node: containerd's OCI runtime
+	containernetworking-plugins # test/node: CNI bridge, ptp, host-local, loopback (/usr/lib/cni)
+	gcc                         # test/node: the pause program, linked statically
+	libc6-dev                   # test/node: libc.a for gcc -static
 )
 
 missing=()

@@ -182,6 +182,3 @@ func (cp *ControlPlane) IssueServingCertificate(t testing.TB, cn string, hosts .
 	}
 	return certPEM, keyPEM
 }
-
-// CAFile is the path of the cluster CA's certificate (PEM).
-func (cp *ControlPlane) CAFile() string { return cp.pki.caFile }

@@ -65,6 +65,11 @@ import (
 const (
 	EtcdVersion = "v3.7.3"
 	KubeVersion = "v1.37.2"
+	// PrometheusVersion is github.com/prometheus/prometheus's module
+	// version: v0.316.0 is Prometheus 3.16.0, built with Kubernetes service
+	// discovery only.
+	PrometheusVersion = "v0.316.0"
+	HelmVersion       = "v3.22.0"
 )
 
 const (
@@ -92,20 +97,31 @@ func CacheDir() string {
 	return filepath.Join(home, ".cache", "netinspect", "bin")
 }
 
-// Binary returns the path of a cached binary (etcd, kube-apiserver,
-// kube-proxy); when it is missing the test fails under CI and skips
-// elsewhere, naming the command that builds it.
+// Binary returns the path of a cached binary that build.sh builds (etcd,
+// kube-apiserver, kube-proxy, kubectl, kubelet, kube-controller-manager,
+// kube-scheduler, prometheus, helm); when it is missing the test fails under
+// CI and skips elsewhere, naming the command that builds it.
 func Binary(t testing.TB, name string) string {
 	t.Helper()
-	version := KubeVersion
-	if name == "etcd" {
-		version = EtcdVersion
-	}
-	p := filepath.Join(CacheDir(), name+"-"+version)
+	p := BinaryPath(name)
 	st, err := os.Stat(p)
 	testenv.Require(t, err == nil && st.Mode()&0o111 != 0,
-		fmt.Sprintf("%s not built at %s: run test/controlplane/build.sh", name, p))
+		fmt.Sprintf("%s not built at %s: run test/build-tools.sh", name, p))
 	return p
+}
+
+// BinaryPath is where build.sh puts the binary name, built or not.
+func BinaryPath(name string) string {
+	version := KubeVersion
+	switch name {
+	case "etcd":
+		version = EtcdVersion
+	case "prometheus":
+		version = PrometheusVersion
+	case "helm":
+		version = HelmVersion
+	}
+	return filepath.Join(CacheDir(), name+"-"+version)
 }
 
 // ControlPlane is etcd and a kube-apiserver running in a network namespace.
@@ -125,14 +141,35 @@ type ControlPlane struct {
 
 	t       testing.TB
 	pki     *pki
+	opts    Options
 	etcd    *process
 	mu      sync.Mutex
 	servers map[int]*process // API servers by port
+	// components are kube-controller-manager and kube-scheduler.
+	components []*process
+}
+
+// Options configures StartWith.
+type Options struct {
+	// Cluster makes the API server one that real nodes join (test/node runs
+	// kube-controller-manager, kube-scheduler and a kubelet against it): the
+	// ServiceAccount admission plugin gives pods their token volume, the Node
+	// authorizer and NodeRestriction admit the kubelet, privileged
+	// containers are allowed, and the API server reaches the kubelet (logs,
+	// exec) at its InternalIP with a client certificate of its own. Without
+	// it no controller runs: CreatePod binds pods and sets their status.
+	Cluster bool
 }
 
 // Start runs etcd and kube-apiserver in a new network namespace, waits until
 // the API server is ready, and stops them when the test ends.
 func Start(t testing.TB) *ControlPlane {
+	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, o Options) *ControlPlane {
 	t.Helper()
 	testenv.RequireRoot(t)
 	etcdBin := Binary(t, "etcd")
@@ -145,7 +182,7 @@ func Start(t testing.TB) *ControlPlane {
 	if err != nil {
 		t.Fatalf("control plane certificates: %v", err)
 	}
-	cp := &ControlPlane{NS: ns, Dir: dir, t: t, pki: p, servers: map[int]*process{}}
+	cp := &ControlPlane{NS: ns, Dir: dir, t: t, pki: p, opts: o, servers: map[int]*process{}}
 	t.Cleanup(cp.stopAll)
 
 	cp.etcd = cp.startProcess("etcd", etcdBin,
@@ -189,7 +226,7 @@ func (cp *ControlPlane) ConfigFor(port int) *rest.Config {
 
 func (cp *ControlPlane) apiserverArgs(port int) []string {
 	p := cp.pki
-	return []string{
+	args := []string{
 		"--etcd-servers=" + etcdClientURL,
 		"--bind-address=0.0.0.0",
 		fmt.Sprintf("--secure-port=%d", port),
@@ -201,15 +238,29 @@ func (cp *ControlPlane) apiserverArgs(port int) []string {
 		"--service-account-key-file=" + p.saPublicKey,
 		"--service-account-signing-key-file=" + p.saPrivateKey,
 		"--service-cluster-ip-range=" + ServiceCIDRv4 + "," + ServiceCIDRv6,
-		"--authorization-mode=RBAC",
-		// No controller manager creates the "default" ServiceAccounts that
-		// this admission plugin insists on for every pod.
-		"--disable-admission-plugins=ServiceAccount",
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
 		"--cert-dir=" + filepath.Join(cp.Dir, fmt.Sprintf("apiserver-%d", port)),
 		"-v=1",
 	}
+	if !cp.opts.Cluster {
+		return append(args,
+			"--authorization-mode=RBAC",
+			// No controller manager creates the "default" ServiceAccounts
+			// that this admission plugin insists on for every pod.
+			"--disable-admission-plugins=ServiceAccount",
+		)
+	}
+	return append(args,
+		"--authorization-mode=Node,RBAC",
+		"--enable-admission-plugins=NodeRestriction",
+		"--allow-privileged=true",
+		"--kubelet-client-certificate="+p.kubeletClientCert,
+		"--kubelet-client-key="+p.kubeletClientKey,
+		// The node's hostname resolves nowhere: logs and exec go to the
+		// address the kubelet registered.
+		"--kubelet-preferred-address-types=InternalIP",
+	)
 }
 
 // StartAPIServer starts a kube-apiserver on port (sharing etcd with any
@@ -305,6 +356,11 @@ func (cp *ControlPlane) stopAll() {
 		for port, pr := range servers {
 			cp.t.Logf("kube-apiserver :%d log tail:\n%s", port, pr.tail())
 		}
+		cp.mu.Lock()
+		for _, pr := range cp.components {
+			cp.t.Logf("%s log tail:\n%s", pr.name, pr.tail())
+		}
+		cp.mu.Unlock()
 	}
 }
 
@@ -420,7 +476,7 @@ func startIn(t, owner testing.TB, ns *netns.NS, dir, name, bin string, args ...s
 	// If the test binary dies (timeout, crash), the kernel kills the
 	// process too instead of leaving it running in a deleted namespace.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := startFromSpawnerThread(cmd); err != nil {
+	if err := Spawn(cmd); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
 	pr := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
@@ -443,7 +499,9 @@ type spawnReq struct {
 	err chan error
 }
 
-func startFromSpawnerThread(cmd *exec.Cmd) error {
+// Spawn starts cmd from the harness's spawner thread, so a parent-death
+// signal in cmd.SysProcAttr fires only when the test process dies.
+func Spawn(cmd *exec.Cmd) error {
 	spawner.once.Do(func() {
 		spawner.reqs = make(chan spawnReq)
 		go func() {
@@ -491,11 +549,14 @@ func (pr *process) kill() {
 }
 
 // tail returns the last lines of the process's log.
-func (pr *process) tail() string {
-	b, _ := os.ReadFile(pr.log)
+func (pr *process) tail() string { return Tail(pr.log, 40) }
+
+// Tail returns the last n lines of a log file, for failure messages.
+func Tail(path string, n int) string {
+	b, _ := os.ReadFile(path)
 	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
-	if len(lines) > 40 {
-		lines = lines[len(lines)-40:]
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
 	}
 	return strings.TrimSpace(string(bytes.Join(lines, []byte("\n"))))
 }

@@ -24,6 +24,8 @@ func TestVersionsMatchToolsModules(t *testing.T) {
 	for _, tc := range []struct{ gomod, require, version string }{
 		{"../../tools/etcd/go.mod", "go.etcd.io/etcd/server/v3", cpl.EtcdVersion},
 		{"../../tools/kube/go.mod", "k8s.io/kubernetes", cpl.KubeVersion},
+		{"../../tools/kube/go.mod", "github.com/prometheus/prometheus", cpl.PrometheusVersion},
+		{"../../tools/kube/go.mod", "helm.sh/helm/v3", cpl.HelmVersion},
 	} {
 		b, err := os.ReadFile(tc.gomod)
 		if err != nil {

@@ -80,23 +80,32 @@ func (cp *ControlPlane) StartKubeProxy(t testing.TB, ns *netns.NS, o KubeProxyOp
 	pr := startIn(t, t, ns, dir, "kube-proxy", bin, args...)
 	kp := &KubeProxy{NS: ns, Log: pr.log, pr: pr}
 
-	client := &http.Client{Transport: &http.Transport{DialContext: DialerIn(ns.Path())}, Timeout: 2 * time.Second}
+	WaitKubeProxy(t, ns.Path(), pr.running, pr.tail)
+	return kp
+}
+
+// WaitKubeProxy polls the metrics endpoint of a kube-proxy started with
+// KubeProxyArgs in the network namespace at nsPath until it answers,
+// failing t (with tail()) if running() turns false or 60 s pass.
+func WaitKubeProxy(t testing.TB, nsPath string, running func() bool, tail func() string) {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{DialContext: DialerIn(nsPath)}, Timeout: 2 * time.Second}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if !pr.running() {
-			t.Fatalf("kube-proxy exited during start-up:\n%s", pr.tail())
+		if !running() {
+			t.Fatalf("kube-proxy exited during start-up:\n%s", tail())
 		}
 		req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "http://127.0.0.1:10249/metrics", nil)
 		resp, err := client.Do(req)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return kp
+				return
 			}
 			err = fmt.Errorf("status %s", resp.Status)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("kube-proxy metrics endpoint not up after 60 s: %v\n%s", err, pr.tail())
+			t.Fatalf("kube-proxy metrics endpoint not up after 60 s: %v\n%s", err, tail())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -19,24 +19,24 @@ type pki struct {
 	servingCert, servingKey   string
 	adminCertPEM, adminKeyPEM []byte
 	saPublicKey, saPrivateKey string
-	ca                        *testpki.CA
+	// kubeletClientCert and kubeletClientKey are the API server's client
+	// certificate for the kubelet API (logs, exec), in group system:masters.
+	kubeletClientCert, kubeletClientKey string
+	ca                                  *testpki.CA
 }
 
 // makePKI writes a CA, the API server's serving certificate (for loopback,
 // the advertise address and the in-cluster names), an admin client
-// certificate (group system:masters) and the ServiceAccount signing key.
+// certificate (group system:masters), the API server's client certificate
+// for the kubelet API and the ServiceAccount signing key.
 func makePKI(dir string, advertise net.IP) (*pki, error) {
-	p := &pki{}
 	ca, err := testpki.NewCA("netinspect-test-ca")
 	if err != nil {
 		return nil, err
 	}
-	p.ca = ca
-	p.caPEM = ca.PEM
-	issue := ca.Issue
-	caKey := ca.Key
+	p := &pki{ca: ca, caPEM: ca.PEM}
 
-	servCert, servKey, err := issue(&x509.Certificate{
+	servCert, servKey, err := ca.Issue(&x509.Certificate{
 		Subject:     pkix.Name{CommonName: "kube-apiserver"},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
@@ -45,12 +45,13 @@ func makePKI(dir string, advertise net.IP) (*pki, error) {
 	if err != nil {
 		return nil, fmt.Errorf("issue serving certificate: %w", err)
 	}
-	p.adminCertPEM, p.adminKeyPEM, err = issue(&x509.Certificate{
-		Subject:     pkix.Name{CommonName: "netinspect-test-admin", Organization: []string{"system:masters"}},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
+	p.adminCertPEM, p.adminKeyPEM, err = p.clientCert("netinspect-test-admin", "system:masters")
 	if err != nil {
 		return nil, fmt.Errorf("issue admin certificate: %w", err)
+	}
+	kubeletClientCert, kubeletClientKey, err := p.clientCert("kube-apiserver-kubelet-client", "system:masters")
+	if err != nil {
+		return nil, fmt.Errorf("issue kubelet client certificate: %w", err)
 	}
 
 	saKey, err := testpki.NewKey()
@@ -66,7 +67,7 @@ func makePKI(dir string, advertise net.IP) (*pki, error) {
 		return nil, err
 	}
 
-	caKeyPEM, err := testpki.KeyPEM(caKey)
+	caKeyPEM, err := testpki.KeyPEM(ca.Key)
 	if err != nil {
 		return nil, err
 	}
@@ -81,6 +82,8 @@ func makePKI(dir string, advertise net.IP) (*pki, error) {
 		{&p.servingKey, "apiserver.key", servKey},
 		{&p.saPrivateKey, "sa.key", saKeyPEM},
 		{&p.saPublicKey, "sa.pub", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPubDER})},
+		{&p.kubeletClientCert, "apiserver-kubelet-client.crt", kubeletClientCert},
+		{&p.kubeletClientKey, "apiserver-kubelet-client.key", kubeletClientKey},
 	}
 	for _, f := range files {
 		*f.dst = filepath.Join(dir, f.name)
@@ -89,4 +92,13 @@ func makePKI(dir string, advertise net.IP) (*pki, error) {
 		}
 	}
 	return p, nil
+}
+
+// clientCert issues a client certificate for user cn in groups orgs (the
+// API server maps the subject's CommonName and Organizations so).
+func (p *pki) clientCert(cn string, orgs ...string) (certPEM, keyPEM []byte, err error) {
+	return p.ca.Issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn, Organization: orgs},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
 }

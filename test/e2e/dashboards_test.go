@@ -26,7 +26,7 @@ func checkDashboardQueries(t *testing.T, n *node) {
 	for _, d := range dashboards.All() {
 		for _, q := range d.Queries() {
 			expr := dashboards.Expand(q, "1m", vars)
-			s, err := query(n, expr)
+			s, err := n.prom.QueryErr(expr)
 			if err != nil {
 				t.Errorf("%s: %v", d.File, err)
 				continue

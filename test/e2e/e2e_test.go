@@ -9,24 +9,19 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -36,12 +31,12 @@ import (
 	"github.com/netinspect/netinspect/test/controlplane"
 	"github.com/netinspect/netinspect/test/ctfill"
 	"github.com/netinspect/netinspect/test/netns"
+	"github.com/netinspect/netinspect/test/prometheus"
 	"github.com/netinspect/netinspect/test/testenv"
 )
 
 const (
 	exporterAddr     = "127.0.0.1:10271"
-	prometheusAddr   = "127.0.0.1:9090"
 	alertmanagerAddr = "127.0.0.1:9093"
 
 	// shortFor replaces every alert's `for:` in the test's copy of the
@@ -61,6 +56,7 @@ type node struct {
 	ns     *netns.NS
 	client *http.Client // dials inside ns
 	hooks  *webhook
+	prom   *prometheus.Server
 	// exporter is the netinspect process.
 	exporter *exec.Cmd
 }
@@ -75,15 +71,15 @@ func TestConntrackFullAlertIsDelivered(t *testing.T) {
 	n := startNode(t, prom, am)
 
 	// Before filling: the exporter is up, its table nearly empty, no alert.
-	waitQuery(t, n, `up{job="netinspect"} == 1`, time.Minute)
-	waitQuery(t, n, `up{job="netinspect-without-token"} == 0`, time.Minute)
-	waitQuery(t, n, `netinspect_scrape_collector_success{collector="conntrack"} == 1`, time.Minute)
+	n.prom.WaitQuery(t, `up{job="netinspect"} == 1`, time.Minute)
+	n.prom.WaitQuery(t, `up{job="netinspect-without-token"} == 0`, time.Minute)
+	n.prom.WaitQuery(t, `netinspect_scrape_collector_success{collector="conntrack"} == 1`, time.Minute)
 	// The exporter sees kube-proxy's rules for the Service and the pod on
 	// its node through the control plane.
-	waitQuery(t, n, `netinspect_kube_proxy_mode_info{mode="iptables"} == 1`, time.Minute)
-	waitQuery(t, n, `netinspect_iptables_service_endpoints{namespace="shop",service="web",port="http"} == 1`, time.Minute)
-	waitQuery(t, n, `netinspect_pod_info{namespace="shop",pod="web-0",node="`+nodeName+`"} == 1`, time.Minute)
-	waitQuery(t, n, `netinspect_pod_interface_info{namespace="shop",pod="web-0",host_interface="veth-web0"} == 1`, time.Minute)
+	n.prom.WaitQuery(t, `netinspect_kube_proxy_mode_info{mode="iptables"} == 1`, time.Minute)
+	n.prom.WaitQuery(t, `netinspect_iptables_service_endpoints{namespace="shop",service="web",port="http"} == 1`, time.Minute)
+	n.prom.WaitQuery(t, `netinspect_pod_info{namespace="shop",pod="web-0",node="`+nodeName+`"} == 1`, time.Minute)
+	n.prom.WaitQuery(t, `netinspect_pod_interface_info{namespace="shop",pod="web-0",host_interface="veth-web0"} == 1`, time.Minute)
 	limit := queryScalar(t, n, `netinspect_conntrack_entries_limit`)
 	if limit <= 0 {
 		t.Fatalf("netinspect_conntrack_entries_limit = %v", limit)
@@ -135,7 +131,7 @@ func TestConntrackFullAlertIsDelivered(t *testing.T) {
 
 	// The attribution series describe the last pass; wait for one that saw
 	// the full table, so the dashboards show it.
-	waitQuery(t, n, fmt.Sprintf(`netinspect_conntrack_attribution_entries_scanned >= %d`, created), time.Minute)
+	n.prom.WaitQuery(t, fmt.Sprintf(`netinspect_conntrack_attribution_entries_scanned >= %d`, created), time.Minute)
 	t.Run("dashboards", func(t *testing.T) { checkDashboardQueries(t, n) })
 	logUsage(t, n.exporter.Process.Pid)
 }
@@ -217,8 +213,8 @@ func startNode(t *testing.T, prom, am string) *node {
 		t.Fatalf("build exporter: %v\n%s", err, out)
 	}
 
-	rules := writeShortRules(t, dir)
-	writeFile(t, filepath.Join(dir, "prometheus.yml"), fmt.Sprintf(`
+	rules := prometheus.ShortRules(t, dir, shortFor)
+	promConfig := fmt.Sprintf(`
 global:
   scrape_interval: 1s
   scrape_timeout: 1s
@@ -240,7 +236,7 @@ scrape_configs:
     scheme: https
     tls_config: {insecure_skip_verify: true}
     static_configs: [{targets: [%[4]q]}]
-`, rules, alertmanagerAddr, promToken, exporterAddr))
+`, rules, alertmanagerAddr, promToken, exporterAddr)
 	writeFile(t, filepath.Join(dir, "alertmanager.yml"), fmt.Sprintf(`
 route:
   receiver: webhook
@@ -255,24 +251,20 @@ receivers:
         send_resolved: false
 `, "http://"+l.Addr().String()+"/"))
 
-	n.exporter = startProcess(t, ns, dir, "netinspect", exporter,
+	n.exporter, _ = ns.Start(t, dir, "netinspect", exporter,
 		"--web.listen-address="+exporterAddr, "--log.format=console",
 		"--kubeconfig="+kubeconfig, "--node-name="+nodeName,
 		"--web.tls.self-signed", "--web.kubernetes-auth",
 		"--collector.iptables.refresh-interval=2s", "--collector.nftables.refresh-interval=2s",
 		"--collector.conntrack-attribution.interval=5s")
-	startProcess(t, ns, dir, "alertmanager", am,
+	ns.Start(t, dir, "alertmanager", am,
 		"--config.file="+filepath.Join(dir, "alertmanager.yml"),
 		"--storage.path="+filepath.Join(dir, "am-data"),
 		"--web.listen-address="+alertmanagerAddr,
 		"--cluster.listen-address=")
-	startProcess(t, ns, dir, "prometheus", prom,
-		"--config.file="+filepath.Join(dir, "prometheus.yml"),
-		"--storage.tsdb.path="+filepath.Join(dir, "prom-data"),
-		"--web.listen-address="+prometheusAddr)
+	n.prom = prometheus.Start(t, ns, prom, promConfig)
 	waitHTTP(t, n, "https://"+exporterAddr+"/healthz", time.Minute)
 	waitHTTP(t, n, "http://"+alertmanagerAddr+"/-/ready", time.Minute)
-	waitHTTP(t, n, "http://"+prometheusAddr+"/-/ready", time.Minute)
 	return n
 }
 
@@ -313,72 +305,11 @@ func startKubernetes(t *testing.T, ns *netns.NS, dir string) (kubeconfig, promTo
 	return kubeconfig, promToken
 }
 
-var forLine = regexp.MustCompile(`(?m)^(\s+for:\s*)\S+\s*$`)
-
-// writeShortRules copies the project's rule file with every `for:` set to
-// shortFor, checks the copy with promtool, and returns its path.
-func writeShortRules(t *testing.T, dir string) string {
-	t.Helper()
-	b, err := os.ReadFile("../../alerts/netinspect.rules.yml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	alerts := bytes.Count(b, []byte("- alert: "))
-	fors := len(forLine.FindAll(b, -1))
-	if fors != alerts {
-		t.Fatalf("rules have %d alerts but %d for: lines; the shortening below assumes one each", alerts, fors)
-	}
-	path := filepath.Join(dir, "rules.yml")
-	writeFile(t, path, string(forLine.ReplaceAll(b, []byte("${1}"+shortFor))))
-	if out, err := exec.Command("promtool", "check", "rules", path).CombinedOutput(); err != nil {
-		t.Fatalf("promtool check rules on the shortened copy: %v\n%s", err, out)
-	}
-	return path
-}
-
 func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// startProcess runs argv in ns with its output in dir/<name>.log, and stops
-// it (SIGTERM, then SIGKILL after 10s) when the test ends; the log is printed
-// when the test failed.
-func startProcess(t *testing.T, ns *netns.NS, dir, name string, argv ...string) *exec.Cmd {
-	t.Helper()
-	logPath := filepath.Join(dir, name+".log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// `ip netns exec` execs argv after entering ns, so the PID is argv's.
-	cmd := ns.Command(context.Background(), argv...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			if len(b) > 8000 {
-				b = b[len(b)-8000:]
-			}
-			t.Logf("--- %s log (tail) ---\n%s", name, b)
-		}
-	})
-	return cmd
 }
 
 // waitHTTP polls url until it answers 200, up to timeout.
@@ -401,74 +332,14 @@ func waitHTTP(t *testing.T, n *node, u string, timeout time.Duration) {
 	t.Fatalf("%s not ready after %v: %v", u, timeout, last)
 }
 
-type sample struct {
-	Metric map[string]string `json:"metric"`
-	Value  [2]any            `json:"value"`
-}
-
-// query runs an instant query against the test's Prometheus.
-func query(n *node, q string) ([]sample, error) {
-	resp, err := n.client.Get("http://" + prometheusAddr + "/api/v1/query?query=" + url.QueryEscape(q))
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	var r struct {
-		Status string `json:"status"`
-		Error  string `json:"error"`
-		Data   struct {
-			ResultType string   `json:"resultType"`
-			Result     []sample `json:"result"`
-		} `json:"data"`
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		return nil, fmt.Errorf("decode %s: %w", body, err)
-	}
-	if r.Status != "success" {
-		return nil, fmt.Errorf("query %q: %s", q, r.Error)
-	}
-	if r.Data.ResultType != "vector" {
-		return nil, fmt.Errorf("query %q: result type %s, want vector", q, r.Data.ResultType)
-	}
-	return r.Data.Result, nil
-}
-
-// waitQuery polls q until it returns at least one sample, up to timeout.
-func waitQuery(t *testing.T, n *node, q string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last error
-	for time.Now().Before(deadline) {
-		s, err := query(n, q)
-		if err == nil && len(s) > 0 {
-			return
-		}
-		last = err
-		time.Sleep(500 * time.Millisecond)
-	}
-	t.Fatalf("query %q returned nothing within %v (last error: %v)", q, timeout, last)
-}
-
 // queryScalar returns the value of the single sample q returns.
 func queryScalar(t *testing.T, n *node, q string) float64 {
 	t.Helper()
-	s, err := query(n, q)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := n.prom.Query(t, q)
 	if len(s) != 1 {
 		t.Fatalf("query %q returned %d samples, want 1: %v", q, len(s), s)
 	}
-	str, _ := s[0].Value[1].(string)
-	v, err := strconv.ParseFloat(str, 64)
-	if err != nil {
-		t.Fatalf("query %q value %v: %v", q, s[0].Value, err)
-	}
-	return v
+	return s[0].Float()
 }
 
 // webhook receives Alertmanager's webhook notifications.

@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -121,4 +122,43 @@ func (ns *NS) remove() {
 	if out, err := exec.Command("ip", "netns", "del", ns.Name).CombinedOutput(); err != nil {
 		ns.t.Errorf("ip netns del %s: %v: %s", ns.Name, err, out)
 	}
+}
+
+// Start runs argv in the namespace with its output in dir/<name>.log and
+// stops it (SIGTERM, then SIGKILL after 10 s) when the test ends, printing
+// the log's tail if the test failed. done is closed when the process exits.
+func (ns *NS) Start(t testing.TB, dir, name string, argv ...string) (cmd *exec.Cmd, done <-chan struct{}) {
+	t.Helper()
+	logPath := filepath.Join(dir, name+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// `ip netns exec` execs argv after entering ns, so the PID is argv's.
+	cmd = ns.Command(context.Background(), argv...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			if len(b) > 8000 {
+				b = b[len(b)-8000:]
+			}
+			t.Logf("--- %s log (tail) ---\n%s", name, b)
+		}
+	})
+	return cmd, exited
 }

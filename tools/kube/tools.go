@@ -1,11 +1,16 @@
 //go:build tools
 
-// Package tools records the Kubernetes commands this module builds, so that
-// `go mod tidy` keeps their dependencies.
+// Package tools records the commands this module builds, so that `go mod
+// tidy` keeps their dependencies.
 package tools
 
 import (
+	_ "github.com/prometheus/prometheus/cmd/prometheus"
+	_ "helm.sh/helm/v3/cmd/helm"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
