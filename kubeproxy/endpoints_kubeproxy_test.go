@@ -254,16 +254,7 @@ func kpListing(t *testing.T, node *netns.NS, f IPFamily) *IPTablesListing {
 	if err != nil {
 		t.Fatalf("parse %s: %v", cmd, err)
 	}
-	l := &IPTablesListing{Services: map[string]IPTablesServicePort{}, Rejected: map[string]int{}}
-	if nat := rs.Table("nat"); nat != nil {
-		for h, s := range nat.Services {
-			l.Services[h] = IPTablesServicePort{PortName: s.PortName, Port: s.Port, HasSVC: s.HasSVC, HasSVL: s.HasSVL, Endpoints: s.Endpoints}
-		}
-	}
-	if filter := rs.Table("filter"); filter != nil {
-		l.Rejected = filter.NoEndpoints
-	}
-	return l
+	return rs.KubeProxyListing()
 }
 
 // kpCompare compares both families' listings with a fresh expectation.
