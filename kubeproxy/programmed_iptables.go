@@ -101,6 +101,13 @@ func (e *Expectation) CompareIPTables(f IPFamily, l *IPTablesListing) Comparison
 			jumps++
 		}
 	}
+	var stale *staleSet
+	addStale := func(k DriftKey) {
+		if stale == nil {
+			stale = newStaleSet(&c, ports)
+		}
+		stale.add(k)
+	}
 	if jumps > jumpsMatched {
 		expected := make(map[string]struct{}, len(ports))
 		for i := range ports {
@@ -110,8 +117,7 @@ func (e *Expectation) CompareIPTables(f IPFamily, l *IPTablesListing) Comparison
 			if _, ok := expected[hash]; ok || s.Port == 0 {
 				continue // expected, or not reached from KUBE-SERVICES
 			}
-			c.ServicePorts++
-			c.Mismatches = append(c.Mismatches, Mismatch{Key: staleKey(f, s.PortName, s.Port), State: Stale})
+			addStale(staleKey(f, s.PortName, s.Port))
 		}
 	}
 	if len(l.Rejected) > rejectsMatched {
@@ -123,8 +129,7 @@ func (e *Expectation) CompareIPTables(f IPFamily, l *IPTablesListing) Comparison
 			if _, ok := names[name]; ok {
 				continue
 			}
-			c.ServicePorts++
-			c.Mismatches = append(c.Mismatches, Mismatch{Key: staleKey(f, name, port), State: Stale})
+			addStale(staleKey(f, name, port))
 		}
 	}
 	return c
