@@ -232,7 +232,7 @@ func TestIPVSKubeProxyGuest(t *testing.T) {
 		t.Fatal("kube caches did not sync within 2 min")
 	}
 	ix := w.Index()
-	c, err := NewIPVS(IPVSConfig{Backends: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+	c, err := NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
 	if err != nil {
 		t.Fatal(err)
 	}

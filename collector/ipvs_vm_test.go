@@ -372,7 +372,7 @@ func TestIPVSGuestCollector(t *testing.T) {
 	tp.addService(t, v6, map[string]int{"[fd00::2:b]:8080": 1, "[fd00::2:c]:8080": 1})
 
 	ix := ipvsTestIndex()
-	c, err := inNS(NewIPVS(IPVSConfig{Backends: true, BackendStats: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix}))(tp.node)
+	c, err := inNS(NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true, BackendStats: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix}))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,7 +482,7 @@ func TestIPVSGuestBackendLabels(t *testing.T) {
 	tp.addService(t, web, map[string]int{"10.0.2.11:8080": 3, "10.0.2.12:8080": 2, "10.0.2.13:8080": 1})
 	deps := Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}
 
-	c, err := inNS(NewIPVS(IPVSConfig{Backends: true, BackendStats: true, BackendLabels: []string{"namespace", "service"}}, deps))(tp.node)
+	c, err := inNS(NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true, BackendStats: true, BackendLabels: []string{"namespace", "service"}}, deps))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -497,7 +497,7 @@ netinspect_ipvs_backend_connections_total{namespace="shop",service="web"} 0
 		t.Error(err)
 	}
 
-	c, err = inNS(NewIPVS(IPVSConfig{Backends: false}, deps))(tp.node)
+	c, err = inNS(NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: false}, deps))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -531,7 +531,7 @@ func TestIPVSGuestInfo(t *testing.T) {
 			t.Fatalf("add backend %s: %v", addr, err)
 		}
 	}
-	c, err := inNS(NewIPVS(IPVSConfig{Backends: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}))(tp.node)
+	c, err := inNS(NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -586,7 +586,7 @@ netinspect_ipvs_backend_info{address="10.96.0.10",backend_address="10.0.2.13",ba
 	}
 
 	// Backend info is per backend: with labels dropped it is not exported.
-	c, err = inNS(NewIPVS(IPVSConfig{Backends: true, BackendLabels: []string{"namespace", "service"}}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}))(tp.node)
+	c, err = inNS(NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true, BackendLabels: []string{"namespace", "service"}}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -601,7 +601,7 @@ netinspect_ipvs_backend_info{address="10.96.0.10",backend_address="10.0.2.13",ba
 // reports ErrNoData. The procfs path is a directory without net/ip_vs so
 // the test holds on any kernel.
 func TestIPVSAbsent(t *testing.T) {
-	c, err := NewIPVS(IPVSConfig{Backends: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: t.TempDir()}})
+	c, err := NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: t.TempDir()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -632,11 +632,11 @@ func TestIPVSGuestBackendSourcesAgree(t *testing.T) {
 		defer ipvsDialEcho(t, tp.client, "10.96.0.10:80").Close()
 	}
 	deps := Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}
-	fromProc, err := inNS(NewIPVS(IPVSConfig{Backends: true}, deps))(tp.node)
+	fromProc, err := inNS(NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true}, deps))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fromNetlink, err := inNS(NewIPVS(IPVSConfig{Backends: true, BackendStats: true}, deps))(tp.node)
+	fromNetlink, err := inNS(NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true, BackendStats: true}, deps))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}

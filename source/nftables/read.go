@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -382,4 +383,27 @@ func ConcatPort(key []byte, family string) (int, bool) {
 		return 0, false
 	}
 	return int(netlinkattr.BE16(key[addrLen+4:])), true
+}
+
+// ConcatAddrProtoPort decodes a "<addr> . inet_proto . inet_service" key of
+// a table of family ("ipv4" or "ipv6"): each field padded to 4 bytes, the
+// port big-endian.
+func ConcatAddrProtoPort(key []byte, family string) (addr netip.Addr, proto uint8, port uint16, ok bool) {
+	addrLen := 4
+	if family == "ipv6" {
+		addrLen = 16
+	}
+	if len(key) != addrLen+8 {
+		return netip.Addr{}, 0, 0, false
+	}
+	addr, _ = netip.AddrFromSlice(key[:addrLen])
+	return addr, key[addrLen], netlinkattr.BE16(key[addrLen+4:]), true
+}
+
+// ConcatProtoPort decodes an "inet_proto . inet_service" key.
+func ConcatProtoPort(key []byte) (proto uint8, port uint16, ok bool) {
+	if len(key) != 8 {
+		return 0, 0, false
+	}
+	return key[0], netlinkattr.BE16(key[4:]), true
 }
