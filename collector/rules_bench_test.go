@@ -55,14 +55,14 @@ func BenchmarkIPTablesRefresh(b *testing.B) {
 		}
 	})
 	b.Run("collector-refresh", func(b *testing.B) {
-		c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour},
+		c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour, ServiceSeries: ServiceSeriesAll},
 			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), ns)
 		b.Cleanup(c.Close)
 		rulesWaitRefresh(b, c, time.Time{}, nil)
 		rulesBenchRefresh(b, func(ctx context.Context) error { _, err := c.list(ctx); return err })
 	})
 	b.Run("scrape-during-refresh", func(b *testing.B) {
-		c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour},
+		c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour, ServiceSeries: ServiceSeriesAll},
 			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), ns)
 		b.Cleanup(c.Close)
 		rulesWaitRefresh(b, c, time.Time{}, nil)
@@ -81,14 +81,14 @@ func BenchmarkNFTablesRefresh(b *testing.B) {
 		}
 	})
 	b.Run("collector-refresh", func(b *testing.B) {
-		c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: time.Hour},
+		c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: time.Hour, ServiceSeries: ServiceSeriesAll},
 			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), ns)
 		b.Cleanup(c.Close)
 		rulesNFTWait(b, c, time.Time{})
 		rulesBenchRefresh(b, func(ctx context.Context) error { _, err := c.list(ctx); return err })
 	})
 	b.Run("scrape-during-refresh", func(b *testing.B) {
-		c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: time.Hour},
+		c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: time.Hour, ServiceSeries: ServiceSeriesAll},
 			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), ns)
 		b.Cleanup(c.Close)
 		rulesNFTWait(b, c, time.Time{})
@@ -174,7 +174,7 @@ func BenchmarkRealKubeProxyScale(b *testing.B) {
 		node.MustRun("ip", "addr", "add", "10.99.1.2/32", "dev", "lo")
 		kp := cp.StartKubeProxy(b, node, cpl.KubeProxyOptions{NodeName: "node-1", Mode: "iptables"})
 		defer kp.Stop()
-		c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour},
+		c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour, ServiceSeries: ServiceSeriesAll},
 			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), node)
 		b.Cleanup(c.Close)
 		rulesWaitScale(b, func() ([]int, error) {
@@ -214,7 +214,7 @@ func BenchmarkRealKubeProxyScale(b *testing.B) {
 		node.MustRun("ip", "addr", "add", "10.99.1.2/32", "dev", "lo")
 		kp := cp.StartKubeProxy(b, node, cpl.KubeProxyOptions{NodeName: "node-1", Mode: "nftables"})
 		defer kp.Stop()
-		c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: time.Hour},
+		c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: time.Hour, ServiceSeries: ServiceSeriesAll},
 			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), node)
 		b.Cleanup(c.Close)
 		rulesWaitScale(b, func() ([]int, error) {

@@ -468,11 +468,13 @@ func (pr *process) running() bool {
 }
 
 // stop sends SIGTERM to the process (by its PID), and SIGKILL if it has not
-// exited within 10 s.
+// exited within 10 s. A process stopped with SIGSTOP is continued first, so
+// that it gets the SIGTERM.
 func (pr *process) stop() {
 	if !pr.running() {
 		return
 	}
+	_ = pr.cmd.Process.Signal(syscall.SIGCONT)
 	_ = pr.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-pr.done:
