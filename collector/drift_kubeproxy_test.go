@@ -13,6 +13,8 @@ import (
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/netinspect/netinspect/kube"
 	"github.com/netinspect/netinspect/kubeproxy"
@@ -32,6 +34,14 @@ const (
 	kubeProxySync   = 5 * time.Second
 	driftInSyncRuns = 12 // listings that must agree, spanning two syncs
 )
+
+// driftKubeProxy is a running kube-proxy the drift tests can stop and
+// resume (SIGSTOP, SIGCONT).
+type driftKubeProxy interface {
+	Pause(testing.TB)
+	Resume(testing.TB)
+	Tail() string
+}
 
 // driftView is what the kube_proxy_* series of one scrape say.
 type driftView struct {
@@ -111,12 +121,12 @@ func driftGather(t testing.TB, c Collector) driftView {
 	return v
 }
 
-// driftIndex watches cp for the fixture's node, as the exporter does, and
-// returns the index once it holds services Services and slices
-// EndpointSlices.
-func driftIndex(t *testing.T, cp *cpl.ControlPlane, services, slices int) *kube.Index {
+// driftIndex watches the API server of rc for the fixture's node, as the
+// exporter does, and returns the index once it holds services Services and
+// slices EndpointSlices.
+func driftIndex(t *testing.T, rc *rest.Config, services, slices int) *kube.Index {
 	t.Helper()
-	w, err := kube.NewWatcher(kube.Config{REST: cp.Config, NodeName: kpfixture.Node, Logger: zap.NewNop()})
+	w, err := kube.NewWatcher(kube.Config{REST: rc, NodeName: kpfixture.Node, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +166,7 @@ func driftExpected(ix *kube.Index) map[string]float64 {
 // expected service port in sync, then requires it to stay so, with
 // nothing pending either, for driftInSyncRuns listings. pending reads the
 // latest listing's typed result.
-func driftInSync(t *testing.T, c Collector, ix *kube.Index, kp *cpl.KubeProxy, pending func() (int, time.Time)) {
+func driftInSync(t *testing.T, c Collector, ix *kube.Index, kp driftKubeProxy, pending func() (int, time.Time)) {
 	t.Helper()
 	inSync := func() error {
 		want := driftExpected(ix)
@@ -208,7 +218,7 @@ func driftInSync(t *testing.T, c Collector, ix *kube.Index, kp *cpl.KubeProxy, p
 // once its grace has passed; then resumes kube-proxy and requires every
 // mismatch to clear within a sync and a listing, counted in the duration
 // histogram. kube-proxy's IPv4 proxier is the one changed.
-func driftInduced(t *testing.T, cp *cpl.ControlPlane, c Collector, ix *kube.Index, kp *cpl.KubeProxy, pending func() (int, time.Time)) {
+func driftInduced(t *testing.T, client kubernetes.Interface, c Collector, ix *kube.Index, kp driftKubeProxy, pending func() (int, time.Time)) {
 	v4 := discoveryv1.AddressTypeIPv4
 	svc := func(name string, eps ...kpfixture.Endpoint) kpfixture.Service {
 		return kpfixture.Service{Name: name, Spec: corev1.ServiceSpec{Ports: kpfixture.Ports("http")}, Slices: []kpfixture.Slice{{Family: v4, Endpoints: eps}}}
@@ -220,24 +230,24 @@ func driftInduced(t *testing.T, cp *cpl.ControlPlane, c Collector, ix *kube.Inde
 		svc("drift-down", ep(3), ep(4), ep(5)),
 		svc("drift-ready", ep(6), ep(7)),
 	} {
-		kpfixture.Create(t, cp, s)
+		kpfixture.Create(t, client, s)
 	}
 	t.Cleanup(func() {
 		for _, name := range []string{"drift-new", "drift-up", "drift-down", "drift-ready"} {
-			kpfixture.Delete(t, cp, name)
+			kpfixture.Delete(t, client, name)
 		}
 	})
 	driftInSync(t, c, ix, kp, pending)
 
 	kp.Pause(t)
 	paused := time.Now()
-	kpfixture.Create(t, cp, svc("drift-new", ep(8)))
-	kpfixture.Delete(t, cp, "drift-del")
-	kpfixture.SetEndpoints(t, cp, "drift-up-0", ep(2), ep(10), ep(11))
-	kpfixture.SetEndpoints(t, cp, "drift-down-0", ep(3))
+	kpfixture.Create(t, client, svc("drift-new", ep(8)))
+	kpfixture.Delete(t, client, "drift-del")
+	kpfixture.SetEndpoints(t, client, "drift-up-0", ep(2), ep(10), ep(11))
+	kpfixture.SetEndpoints(t, client, "drift-down-0", ep(3))
 	notReady := ep(7)
 	notReady.Ready = false
-	kpfixture.SetEndpoints(t, cp, "drift-ready-0", ep(6), notReady)
+	kpfixture.SetEndpoints(t, client, "drift-ready-0", ep(6), notReady)
 
 	ns := kpfixture.Namespace
 	want := map[string]bool{
@@ -307,8 +317,8 @@ func TestDriftRealKubeProxy(t *testing.T) {
 	}
 	cp := cpl.Start(t)
 	svcs := kpfixture.Services()
-	slices := kpfixture.SetUp(t, cp, svcs)
-	ix := driftIndex(t, cp, len(svcs)+1, slices)
+	slices := kpfixture.SetUp(t, cp.Client, svcs) + 1 // and default/kubernetes's
+	ix := driftIndex(t, cp.Config, len(svcs)+1, slices)
 	deps := Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix}
 	drift := DriftConfig{MaxSeries: 50, Grace: DriftGrace{Intervals: 2}}
 
@@ -354,7 +364,7 @@ func TestDriftRealKubeProxy(t *testing.T) {
 					t.Errorf("listed backend %q, want %q", st.Backend, mode.backend)
 				}
 			}
-			driftInduced(t, cp, judge, ix, kp, pending)
+			driftInduced(t, cp.Client, judge, ix, kp, pending)
 		})
 	}
 }

@@ -117,7 +117,7 @@ func TestMirrorMatchesRealKubeProxyIPTables(t *testing.T) {
 	cp := cpl.Start(t)
 	ctx := context.Background()
 	svcs := kpfixture.Services()
-	slices := kpfixture.SetUp(t, cp, svcs)
+	slices := kpfixture.SetUp(t, cp.Client, svcs) + 1 // and default/kubernetes's
 
 	w, err := kube.NewWatcher(kube.Config{REST: cp.Config, NodeName: kpNode, Logger: zap.NewNop()})
 	if err != nil {
@@ -172,11 +172,11 @@ func TestMirrorMatchesRealKubeProxyIPTables(t *testing.T) {
 		// web: one endpoint stops being ready; itp-local: its local
 		// endpoint starts terminating (the Local chain falls back to it);
 		// a new Service; one deleted.
-		kpfixture.UpdateSlice(t, cp, "web-0", func(es *discoveryv1.EndpointSlice) { es.Endpoints[0].Conditions.Ready = ptrTo(false) })
-		kpfixture.UpdateSlice(t, cp, "itp-local-0", func(es *discoveryv1.EndpointSlice) {
+		kpfixture.UpdateSlice(t, cp.Client, "web-0", func(es *discoveryv1.EndpointSlice) { es.Endpoints[0].Conditions.Ready = ptrTo(false) })
+		kpfixture.UpdateSlice(t, cp.Client, "itp-local-0", func(es *discoveryv1.EndpointSlice) {
 			es.Endpoints[0].Conditions = discoveryv1.EndpointConditions{Ready: ptrTo(false), Serving: ptrTo(true), Terminating: ptrTo(true)}
 		})
-		kpfixture.Create(t, cp, kpfixture.Service{Name: "late", Spec: corev1.ServiceSpec{Ports: kpfixture.Ports("http")},
+		kpfixture.Create(t, cp.Client, kpfixture.Service{Name: "late", Spec: corev1.ServiceSpec{Ports: kpfixture.Ports("http")},
 			Slices: []kpfixture.Slice{{Family: discoveryv1.AddressTypeIPv4, Endpoints: []kpfixture.Endpoint{kpfixture.Ready("10.244.2.40", "node-2")}}}})
 		if err := cp.Client.CoreV1().Services(kpNS).Delete(ctx, "sticky", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)

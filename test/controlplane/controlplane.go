@@ -341,9 +341,15 @@ func (cp *ControlPlane) ServiceAccountConfig(t testing.TB, namespace, name strin
 // EnsureNamespace creates a namespace if it does not exist.
 func (cp *ControlPlane) EnsureNamespace(t testing.TB, name string) {
 	t.Helper()
+	EnsureNamespaceWith(t, cp.Client, name)
+}
+
+// EnsureNamespaceWith is EnsureNamespace through client.
+func EnsureNamespaceWith(t testing.TB, client kubernetes.Interface, name string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err := cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	_, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatalf("create namespace %s: %v", name, err)
 	}

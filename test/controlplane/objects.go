@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
 )
 
 func (cp *ControlPlane) ctx() (context.Context, context.CancelFunc) {
@@ -21,9 +22,16 @@ func (cp *ControlPlane) ctx() (context.Context, context.CancelFunc) {
 // (kube-proxy programs rules only once its Node has an InternalIP).
 func (cp *ControlPlane) CreateNode(t testing.TB, name string, internalIPs ...string) *corev1.Node {
 	t.Helper()
-	ctx, cancel := cp.ctx()
+	return CreateNodeWith(t, cp.Client, name, internalIPs...)
+}
+
+// CreateNodeWith is CreateNode through client (a test that has only a
+// kubeconfig, such as one inside the qemu VM).
+func CreateNodeWith(t testing.TB, client kubernetes.Interface, name string, internalIPs ...string) *corev1.Node {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	n, err := cp.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/hostname": name}}}, metav1.CreateOptions{})
+	n, err := client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/hostname": name}}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("create node %s: %v", name, err)
 	}
@@ -32,7 +40,7 @@ func (cp *ControlPlane) CreateNode(t testing.TB, name string, internalIPs ...str
 	}
 	n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeHostName, Address: name})
 	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now(), Reason: "KubeletReady"}}
-	n, err = cp.Client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+	n, err = client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
 	if err != nil {
 		t.Fatalf("set status of node %s: %v", name, err)
 	}

@@ -21,6 +21,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
 
 	cpl "github.com/netinspect/netinspect/test/controlplane"
 	"github.com/netinspect/netinspect/test/netns"
@@ -208,39 +209,38 @@ func IPv4Only(svcs []Service) []Service {
 	return out
 }
 
-// SetUp creates the namespace, the node (in zone Zone) and svcs in cp,
-// and returns the number of EndpointSlices created (the API server's own
-// for default/kubernetes included).
-func SetUp(t testing.TB, cp *cpl.ControlPlane, svcs []Service) int {
+// SetUp creates the namespace, the node (in zone Zone) and svcs through
+// client, and returns the number of EndpointSlices it created.
+func SetUp(t testing.TB, client kubernetes.Interface, svcs []Service) int {
 	t.Helper()
-	cp.EnsureNamespace(t, Namespace)
-	n := cp.CreateNode(t, Node, NodeIPv4, NodeIPv6)
+	cpl.EnsureNamespaceWith(t, client, Namespace)
+	n := cpl.CreateNodeWith(t, client, Node, NodeIPv4, NodeIPv6)
 	n.Labels[corev1.LabelTopologyZone] = Zone
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := cp.Client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+	if _, err := client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	slices := 1 // default/kubernetes
+	slices := 0
 	for _, s := range svcs {
-		Create(t, cp, s)
+		Create(t, client, s)
 		slices += len(s.Slices)
 	}
 	return slices
 }
 
 // Create creates s and its EndpointSlices (named <service>-<i>).
-func Create(t testing.TB, cp *cpl.ControlPlane, s Service) {
+func Create(t testing.TB, client kubernetes.Interface, s Service) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	obj, err := cp.Client.CoreV1().Services(Namespace).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: s.Name, Namespace: Namespace, Labels: s.Labels}, Spec: s.Spec}, metav1.CreateOptions{})
+	obj, err := client.CoreV1().Services(Namespace).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: s.Name, Namespace: Namespace, Labels: s.Labels}, Spec: s.Spec}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("create service %s: %v", s.Name, err)
 	}
 	if s.Status != nil {
 		obj.Status.LoadBalancer.Ingress = s.Status
-		if _, err := cp.Client.CoreV1().Services(Namespace).UpdateStatus(ctx, obj, metav1.UpdateOptions{}); err != nil {
+		if _, err := client.CoreV1().Services(Namespace).UpdateStatus(ctx, obj, metav1.UpdateOptions{}); err != nil {
 			t.Fatalf("set ingress of %s: %v", s.Name, err)
 		}
 	}
@@ -262,7 +262,7 @@ func Create(t testing.TB, cp *cpl.ControlPlane, s Service) {
 		for _, e := range sl.Endpoints {
 			es.Endpoints = append(es.Endpoints, e.api())
 		}
-		if _, err := cp.Client.DiscoveryV1().EndpointSlices(Namespace).Create(ctx, es, metav1.CreateOptions{}); err != nil {
+		if _, err := client.DiscoveryV1().EndpointSlices(Namespace).Create(ctx, es, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("create EndpointSlice %s: %v", es.Name, err)
 		}
 	}
@@ -287,24 +287,24 @@ func (e Endpoint) api() discoveryv1.Endpoint {
 }
 
 // UpdateSlice applies mod to the EndpointSlice name of Namespace.
-func UpdateSlice(t testing.TB, cp *cpl.ControlPlane, name string, mod func(*discoveryv1.EndpointSlice)) {
+func UpdateSlice(t testing.TB, client kubernetes.Interface, name string, mod func(*discoveryv1.EndpointSlice)) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	es, err := cp.Client.DiscoveryV1().EndpointSlices(Namespace).Get(ctx, name, metav1.GetOptions{})
+	es, err := client.DiscoveryV1().EndpointSlices(Namespace).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mod(es)
-	if _, err := cp.Client.DiscoveryV1().EndpointSlices(Namespace).Update(ctx, es, metav1.UpdateOptions{}); err != nil {
+	if _, err := client.DiscoveryV1().EndpointSlices(Namespace).Update(ctx, es, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
 
 // SetEndpoints makes eps the endpoints of the EndpointSlice name.
-func SetEndpoints(t testing.TB, cp *cpl.ControlPlane, name string, eps ...Endpoint) {
+func SetEndpoints(t testing.TB, client kubernetes.Interface, name string, eps ...Endpoint) {
 	t.Helper()
-	UpdateSlice(t, cp, name, func(es *discoveryv1.EndpointSlice) {
+	UpdateSlice(t, client, name, func(es *discoveryv1.EndpointSlice) {
 		es.Endpoints = nil
 		for _, e := range eps {
 			es.Endpoints = append(es.Endpoints, e.api())
@@ -314,14 +314,14 @@ func SetEndpoints(t testing.TB, cp *cpl.ControlPlane, name string, eps ...Endpoi
 
 // Delete deletes the Service name of Namespace, if it exists, and its
 // EndpointSlices.
-func Delete(t testing.TB, cp *cpl.ControlPlane, name string) {
+func Delete(t testing.TB, client kubernetes.Interface, name string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := cp.Client.CoreV1().Services(Namespace).Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+	if err := client.CoreV1().Services(Namespace).Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		t.Fatalf("delete service %s: %v", name, err)
 	}
-	if err := cp.Client.DiscoveryV1().EndpointSlices(Namespace).DeleteCollection(ctx, metav1.DeleteOptions{},
+	if err := client.DiscoveryV1().EndpointSlices(Namespace).DeleteCollection(ctx, metav1.DeleteOptions{},
 		metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + name}); err != nil {
 		t.Fatalf("delete EndpointSlices of %s: %v", name, err)
 	}
