@@ -113,7 +113,7 @@ type IPVS struct {
 	allKept bool
 
 	svcConns, svcInPkts, svcOutPkts, svcInBytes, svcOutBytes *prometheus.Desc
-	svcInfo, svcPersistence, beInfo                          *prometheus.Desc
+	svcInfo, svcPersistence, svcUsable, beInfo               *prometheus.Desc
 	beActive, beInactive, beWeight                           *prometheus.Desc
 	beConns, beInPkts, beOutPkts, beInBytes, beOutBytes      *prometheus.Desc
 	virtualServers, backends, noBackends                     *prometheus.Desc
@@ -172,6 +172,7 @@ func NewIPVS(cfg IPVSConfig, deps Deps) (*IPVS, error) {
 		"Flags of the IPVS virtual server as ipvsadm names them (persistent, ops, sh-fallback, sh-port, mh-fallback, mh-port, flag-1..3), comma separated; always 1.",
 		append(slices.Clone(svcLabels), "flags"), nil)
 	c.svcPersistence = svc("service_persistence_timeout_seconds", "Persistence (session affinity) timeout of a persistent IPVS virtual server.")
+	c.svcUsable = svc("service_usable_backends", "Backends of the IPVS virtual server with a weight above 0 (0: new connections to it fail). With --collector.ipvs.service-series=drift only for the virtual servers that have none.")
 	c.beInfo = prometheus.NewDesc(prometheus.BuildFQName(Namespace, "ipvs", "backend_info"),
 		"Forwarding method of the IPVS backend (masq, local, tunnel, route, bypass); always 1. Only with every backend label kept.",
 		append(slices.Clone(IPVSBackendLabels), "forwarding_method"), nil)
@@ -274,7 +275,7 @@ func (c *IPVS) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
 // updateAll sends the series of every virtual server and backend, read now.
 func (c *IPVS) updateAll(ctx context.Context, ch chan<- prometheus.Metric) error {
 	send := func(m prometheus.Metric) { ch <- m }
-	e := c.newEmitter(send, c.cfg.BackendStats)
+	e := c.newEmitter(send, c.cfg.Backends, c.cfg.BackendStats)
 	err := c.read(ctx, c.cfg.Backends, c.cfg.BackendStats, func(vs *IPVSVirtualServer) { e.virtualServer(vs) })
 	if err != nil {
 		return err
@@ -291,10 +292,12 @@ type ipvsEmitter struct {
 	pairs labelPairCache
 	agg   map[string]*ipvsBackendSum
 	stats bool // the backends' own counters were read
+	// backends: the backends were read (usable_backends can be told).
+	backends bool
 }
 
-func (c *IPVS) newEmitter(send func(prometheus.Metric), stats bool) *ipvsEmitter {
-	e := &ipvsEmitter{c: c, send: send, pairs: labelPairCache{}, stats: stats}
+func (c *IPVS) newEmitter(send func(prometheus.Metric), backends, stats bool) *ipvsEmitter {
+	e := &ipvsEmitter{c: c, send: send, pairs: labelPairCache{}, backends: backends, stats: stats}
 	if !c.allKept {
 		e.agg = map[string]*ipvsBackendSum{}
 	}
@@ -303,6 +306,17 @@ func (c *IPVS) newEmitter(send func(prometheus.Metric), stats bool) *ipvsEmitter
 
 func (e *ipvsEmitter) virtualServer(vs *IPVSVirtualServer) {
 	e.c.emitService(e.send, e.pairs, vs)
+	if !e.backends {
+		return
+	}
+	usable := 0
+	for i := range vs.Backends {
+		if vs.Backends[i].Kernel.Weight > 0 {
+			usable++
+		}
+	}
+	e.send(prometheus.MustNewConstMetric(e.c.svcUsable, prometheus.GaugeValue, float64(usable),
+		vs.Protocol, vs.Address, vs.Port, vs.Kernel.Sched, vs.Service.Namespace, vs.Service.Service, vs.Service.Port))
 	if !e.c.cfg.Backends {
 		return
 	}
@@ -391,7 +405,7 @@ func (c *IPVS) list(ctx context.Context) (*ipvsSnapshot, error) {
 	slices.SortFunc(troubled, func(a, b IPVSVirtualServer) int {
 		return cmp.Or(cmp.Compare(a.Protocol, b.Protocol), a.Kernel.Addr.Compare(b.Kernel.Addr), cmp.Compare(a.Kernel.Port, b.Kernel.Port), cmp.Compare(a.Kernel.FWMark, b.Kernel.FWMark))
 	})
-	e := c.newEmitter(func(m prometheus.Metric) { st.noBackendSeries = append(st.noBackendSeries, m) }, false)
+	e := c.newEmitter(func(m prometheus.Metric) { st.noBackendSeries = append(st.noBackendSeries, m) }, true, false)
 	for i := range troubled[:min(len(troubled), c.cfg.MaxNoBackendSeries)] {
 		e.virtualServer(&troubled[i])
 	}

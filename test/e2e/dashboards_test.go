@@ -16,6 +16,7 @@ var needsFeature = map[string]string{
 	"netinspect_conntrack_service_entries":    "conntrack entries to a Service address (the table is filled toward non-service addresses)",
 	"netinspect_pod_network_receive_dropped":  "drops on a pod's veth (the query keeps only rates above 0)",
 	"netinspect_pod_network_transmit_dropped": "drops on a pod's veth (the query keeps only rates above 0)",
+	"netinspect_kube_proxy_drift_service_port_seconds": "a service port whose rules disagree with the API (the test node's kube-proxy is in sync)",
 }
 
 // checkDashboardQueries runs every dashboard query against the e2e
