@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -37,7 +38,7 @@ func TestVMIPVS(t *testing.T) {
 		Commands: []string{"ip"},
 		Timeout:  8 * time.Minute,
 	})
-	res.RequirePassed(t, "TestIPVSGuestCollector", "TestIPVSGuestBackendLabels", "TestIPVSGuestInfo", "TestIPVSGuestBackendSourcesAgree")
+	res.RequirePassed(t, "TestIPVSGuestCollector", "TestIPVSGuestBackendLabels", "TestIPVSGuestInfo", "TestIPVSGuestBackendSourcesAgree", "TestIPVSGuestDefaultSeries")
 }
 
 // ipvsTopology is a node with IPVS, a client and a backend namespace, wired
@@ -674,5 +675,78 @@ func TestIPVSGuestBackendSourcesAgree(t *testing.T) {
 	}
 	if active != 4 {
 		t.Errorf("active connections sum to %v, want the 4 held open", active)
+	}
+}
+
+// TestIPVSGuestDefaultSeries runs inside the VM: with the default
+// --collector.ipvs.service-series=drift the collector exports the per-node
+// counts and the series of the virtual servers without a usable backend
+// only (one with none left, one whose only backend has weight 0), capped
+// by MaxNoBackendSeries; the healthy ones have none.
+func TestIPVSGuestDefaultSeries(t *testing.T) {
+	vm.RequireGuest(t)
+	tp := newIPVSTopology(t)
+	web := &mobyipvs.Service{Address: net.IPv4(10, 96, 0, 10), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "rr"}
+	tp.addService(t, web, map[string]int{"10.0.2.11:8080": 1, "10.0.2.12:8080": 1, "10.0.2.13:8080": 1})
+	dns := &mobyipvs.Service{Address: net.IPv4(10, 96, 0, 12), Protocol: unix.IPPROTO_UDP, Port: 53, SchedName: "rr"}
+	tp.addService(t, dns, map[string]int{"10.0.2.11:53": 1})
+	if err := tp.h.DelDestination(dns, &mobyipvs.Destination{Address: net.IPv4(10, 0, 2, 11), Port: 53, AddressFamily: unix.AF_INET}); err != nil {
+		t.Fatalf("remove backend: %v", err)
+	}
+	drained := &mobyipvs.Service{Address: net.IPv4(10, 96, 0, 20), Protocol: unix.IPPROTO_TCP, Port: 8080, SchedName: "rr"}
+	tp.addService(t, drained, map[string]int{"10.0.2.13:8080": 0})
+
+	for _, tc := range []struct {
+		max      int
+		troubled []string // addresses with series
+	}{{50, []string{"10.96.0.12", "10.96.0.20"}}, {1, []string{"10.96.0.12"}}} {
+		cfg := DefaultIPVSConfig()
+		cfg.MaxNoBackendSeries = tc.max
+		c, err := inNS(NewIPVS(cfg, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}))(tp.node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		var samples map[string]float64
+		deadline := time.Now().Add(time.Minute)
+		for samples = gatherIPVS(t, c); samples["netinspect_ipvs_virtual_servers{}"] == 0 && time.Now().Before(deadline); samples = gatherIPVS(t, c) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		for k, want := range map[string]float64{
+			"netinspect_ipvs_virtual_servers{}":             3,
+			"netinspect_ipvs_backends{}":                    4,
+			"netinspect_ipvs_virtual_servers_no_backends{}": 2,
+		} {
+			if samples[k] != want {
+				t.Errorf("max %d: %s = %v, want %v", tc.max, k, samples[k], want)
+			}
+		}
+		got := map[string]bool{}
+		for k, v := range samples {
+			if strings.HasPrefix(k, "netinspect_ipvs_service_usable_backends{") {
+				if v != 0 {
+					t.Errorf("max %d: %s = %v: a virtual server with a usable backend has its series", tc.max, k, v)
+				}
+				for _, a := range []string{"10.96.0.10", "10.96.0.12", "10.96.0.20"} {
+					if strings.Contains(k, "address="+a+",") {
+						got[a] = true
+					}
+				}
+			}
+			if strings.HasPrefix(k, "netinspect_ipvs_") && strings.Contains(k, "address=10.96.0.10,") {
+				t.Errorf("max %d: the healthy virtual server has a series: %s", tc.max, k)
+			}
+		}
+		var with []string
+		for a := range got {
+			with = append(with, a)
+		}
+		sort.Strings(with)
+		if fmt.Sprint(with) != fmt.Sprint(tc.troubled) {
+			t.Errorf("max %d: virtual servers with series %v, want %v", tc.max, with, tc.troubled)
+		}
+		if _, ok := samples[`netinspect_ipvs_backend_weight{address=10.96.0.20,backend_address=10.0.2.13,backend_port=8080,namespace=shop,pod=web-3,port=8080,protocol=tcp,service=}`]; !ok && tc.max == 50 {
+			t.Errorf("max %d: the weight-0 backend of the drained virtual server has no series", tc.max)
+		}
 	}
 }

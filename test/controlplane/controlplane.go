@@ -128,6 +128,9 @@ type ControlPlane struct {
 	etcd    *process
 	mu      sync.Mutex
 	servers map[int]*process // API servers by port
+	// forwarded holds the namespaces KubeconfigIn forwards to the API
+	// server from (by name), so a second call reuses the forwarder.
+	forwarded map[string]bool
 }
 
 // Start runs etcd and kube-apiserver in a new network namespace, waits until
@@ -358,12 +361,28 @@ func EnsureNamespaceWith(t testing.TB, client kubernetes.Interface, name string)
 // KubeconfigIn makes the primary API server reachable from inside another
 // network namespace at 127.0.0.1:6443 (a forwarder in the test process,
 // closed when the test ends) and returns an admin kubeconfig for processes
-// running there. For cp.NS itself it returns AdminKubeconfig.
+// running there. For cp.NS itself it returns AdminKubeconfig. A second call
+// for the same namespace (kube-proxy and the exporter on one node) reuses
+// the forwarder.
 func (cp *ControlPlane) KubeconfigIn(t testing.TB, ns *netns.NS) string {
 	t.Helper()
 	if ns.Name == cp.NS.Name {
 		return cp.AdminKubeconfig
 	}
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if cp.forwarded[ns.Name] {
+		return cp.AdminKubeconfig
+	}
+	if cp.forwarded == nil {
+		cp.forwarded = map[string]bool{}
+	}
+	cp.forwarded[ns.Name] = true
+	t.Cleanup(func() {
+		cp.mu.Lock()
+		delete(cp.forwarded, ns.Name)
+		cp.mu.Unlock()
+	})
 	addr := fmt.Sprintf("127.0.0.1:%d", APIServerPort)
 	l, err := ListenIn(ns.Path(), "tcp", addr)
 	if err != nil {
