@@ -157,15 +157,7 @@ func TestVMIPVSKubeProxy(t *testing.T) {
 // server, as the exporter does.
 func TestIPVSKubeProxyGuest(t *testing.T) {
 	vm.RequireGuest(t)
-	kc, err := base64.StdEncoding.DecodeString(os.Getenv(kpKubeconfigEnv))
-	bin := os.Getenv(kpBinaryEnv)
-	if err != nil || len(kc) == 0 || bin == "" {
-		t.Fatalf("%s (%v) and %s must be set by TestVMIPVSKubeProxy", kpKubeconfigEnv, err, kpBinaryEnv)
-	}
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig, bin := guestKubeProxyEnv(t)
 	guestMustRun(t, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
 	pods := map[string]*netns.NS{}
 	for _, p := range []kpPod{kpWeb1, kpWeb2, kpClient} {
@@ -515,6 +507,23 @@ func guestLocalAddrs(t *testing.T) map[netip.Addr]bool {
 	return m
 }
 
+// guestKubeProxyEnv is what TestVMIPVSKubeProxy hands its guest tests: the
+// path of a kubeconfig written from the environment, and the kube-proxy
+// binary's.
+func guestKubeProxyEnv(t *testing.T) (kubeconfig, bin string) {
+	t.Helper()
+	kc, err := base64.StdEncoding.DecodeString(os.Getenv(kpKubeconfigEnv))
+	bin = os.Getenv(kpBinaryEnv)
+	if err != nil || len(kc) == 0 || bin == "" {
+		t.Fatalf("%s (%v) and %s must be set by TestVMIPVSKubeProxy", kpKubeconfigEnv, err, kpBinaryEnv)
+	}
+	kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return kubeconfig, bin
+}
+
 // guestKubeProxy is kube-proxy running in the guest.
 type guestKubeProxy struct {
 	cmd  *exec.Cmd
@@ -642,15 +651,7 @@ func (kp *guestKubeProxy) tail(n int) string {
 // judges nothing.
 func TestIPVSDriftGuest(t *testing.T) {
 	vm.RequireGuest(t)
-	kc, err := base64.StdEncoding.DecodeString(os.Getenv(kpKubeconfigEnv))
-	bin := os.Getenv(kpBinaryEnv)
-	if err != nil || len(kc) == 0 || bin == "" {
-		t.Fatalf("%s (%v) and %s must be set by TestVMIPVSKubeProxy", kpKubeconfigEnv, err, kpBinaryEnv)
-	}
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig, bin := guestKubeProxyEnv(t)
 	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		t.Fatal(err)

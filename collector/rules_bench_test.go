@@ -189,28 +189,7 @@ func BenchmarkRealKubeProxyScale(b *testing.B) {
 		defer kp.Stop()
 		c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour, Drift: drift}, deps))(b), node)
 		b.Cleanup(c.Close)
-		benchWaitInSync(b, func() (*DriftResult, error) {
-			st, err := c.list(context.Background())
-			if err != nil {
-				return nil, err
-			}
-			return st.Drift, nil
-		})
-		out := node.MustRun("iptables-nft-save")
-		b.Logf("iptables-save: %d lines", strings.Count(out, "\n"))
-		b.Run("baseline=iptables-save", func(b *testing.B) {
-			for b.Loop() {
-				node.MustRun("iptables-nft-save")
-				node.MustRun("ip6tables-nft-save")
-			}
-		})
-		b.Run("collector-refresh+drift", func(b *testing.B) {
-			rulesBenchRefresh(b, func(ctx context.Context) error { _, err := c.list(ctx); return err })
-		})
-		b.Run("scrape-during-refresh", func(b *testing.B) {
-			rulesWaitRefresh(b, c, time.Time{}, nil)
-			rulesBenchScrape(b, c, func(ctx context.Context) error { _, err := c.list(ctx); return err })
-		})
+		benchIPTablesDrift(b, node, c)
 	})
 
 	b.Run("mode=nftables", func(b *testing.B) {
@@ -220,25 +199,53 @@ func BenchmarkRealKubeProxyScale(b *testing.B) {
 		defer kp.Stop()
 		c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: time.Hour, Drift: drift}, deps))(b), node)
 		b.Cleanup(c.Close)
-		benchWaitInSync(b, func() (*DriftResult, error) {
-			st, err := c.list(context.Background())
-			if err != nil {
-				return nil, err
+		benchNFTablesDrift(b, node, c)
+	})
+}
+
+// benchIPTablesDrift and benchNFTablesDrift run benchDrift for a collector
+// of each kind.
+func benchIPTablesDrift(b *testing.B, ns *netns.NS, c *IPTables) {
+	benchDrift(b, ns, c, func(ctx context.Context) (*DriftResult, error) {
+		st, err := c.list(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return st.Drift, nil
+	}, func() { rulesWaitRefresh(b, c, time.Time{}, nil) }, []string{"iptables-nft-save"}, []string{"ip6tables-nft-save"})
+}
+
+func benchNFTablesDrift(b *testing.B, ns *netns.NS, c *NFTables) {
+	benchDrift(b, ns, c, func(ctx context.Context) (*DriftResult, error) {
+		st, err := c.list(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return st.Drift, nil
+	}, func() { rulesNFTWait(b, c, time.Time{}) }, []string{"nft", "list", "ruleset"})
+}
+
+// benchDrift waits until c's listing of ns judges every service port in
+// sync, then measures in the same run: the listing tool (baseline, the
+// commands of baseline run back to back), one refresh of the collector with
+// the drift comparison, with the peak heap of the process, and scrapes
+// while refreshes run back to back, with the worst scrape latency.
+func benchDrift(b *testing.B, ns *netns.NS, c Collector, list func(context.Context) (*DriftResult, error), waitSnapshot func(), baseline ...[]string) {
+	benchWaitInSync(b, func() (*DriftResult, error) { return list(context.Background()) })
+	b.Logf("%s: %d lines", strings.Join(baseline[0], " "), strings.Count(ns.MustRun(baseline[0]...), "\n"))
+	name := "baseline=" + strings.ReplaceAll(strings.Join(baseline[0], "-"), "-nft-", "-")
+	b.Run(name, func(b *testing.B) {
+		for b.Loop() {
+			for _, argv := range baseline {
+				ns.MustRun(argv...)
 			}
-			return st.Drift, nil
-		})
-		b.Run("baseline=nft-list-ruleset", func(b *testing.B) {
-			for b.Loop() {
-				node.MustRun("nft", "list", "ruleset")
-			}
-		})
-		b.Run("collector-refresh+drift", func(b *testing.B) {
-			rulesBenchRefresh(b, func(ctx context.Context) error { _, err := c.list(ctx); return err })
-		})
-		b.Run("scrape-during-refresh", func(b *testing.B) {
-			rulesNFTWait(b, c, time.Time{})
-			rulesBenchScrape(b, c, func(ctx context.Context) error { _, err := c.list(ctx); return err })
-		})
+		}
+	})
+	refresh := func(ctx context.Context) error { _, err := list(ctx); return err }
+	b.Run("collector-refresh+drift", func(b *testing.B) { rulesBenchRefresh(b, refresh) })
+	b.Run("scrape-during-refresh", func(b *testing.B) {
+		waitSnapshot()
+		rulesBenchScrape(b, c, refresh)
 	})
 }
 
@@ -329,26 +336,7 @@ func BenchmarkDriftLargeCluster(b *testing.B) {
 		b.Logf("loaded %d services x %d endpoints with iptables-nft-restore in %v", n, eps, time.Since(start).Round(time.Second))
 		c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour, Timeout: 30 * time.Minute, Drift: drift}, deps))(b), ns)
 		b.Cleanup(c.Close)
-		benchWaitInSync(b, func() (*DriftResult, error) {
-			st, err := c.list(context.Background())
-			if err != nil {
-				return nil, err
-			}
-			return st.Drift, nil
-		})
-		b.Run("baseline=iptables-save", func(b *testing.B) {
-			for b.Loop() {
-				ns.MustRun("iptables-nft-save")
-				ns.MustRun("ip6tables-nft-save")
-			}
-		})
-		b.Run("collector-refresh+drift", func(b *testing.B) {
-			rulesBenchRefresh(b, func(ctx context.Context) error { _, err := c.list(ctx); return err })
-		})
-		b.Run("scrape-during-refresh", func(b *testing.B) {
-			rulesWaitRefresh(b, c, time.Time{}, nil)
-			rulesBenchScrape(b, c, func(ctx context.Context) error { _, err := c.list(ctx); return err })
-		})
+		benchIPTablesDrift(b, ns, c)
 	})
 	b.Run("mode=nftables", func(b *testing.B) {
 		ns := rulesBenchNS(b)
@@ -357,24 +345,6 @@ func BenchmarkDriftLargeCluster(b *testing.B) {
 		b.Logf("loaded %d services x %d endpoints with nft -f in %v", n, eps, time.Since(start).Round(time.Second))
 		c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: time.Hour, Timeout: 30 * time.Minute, Drift: drift}, deps))(b), ns)
 		b.Cleanup(c.Close)
-		benchWaitInSync(b, func() (*DriftResult, error) {
-			st, err := c.list(context.Background())
-			if err != nil {
-				return nil, err
-			}
-			return st.Drift, nil
-		})
-		b.Run("baseline=nft-list-ruleset", func(b *testing.B) {
-			for b.Loop() {
-				ns.MustRun("nft", "list", "ruleset")
-			}
-		})
-		b.Run("collector-refresh+drift", func(b *testing.B) {
-			rulesBenchRefresh(b, func(ctx context.Context) error { _, err := c.list(ctx); return err })
-		})
-		b.Run("scrape-during-refresh", func(b *testing.B) {
-			rulesNFTWait(b, c, time.Time{})
-			rulesBenchScrape(b, c, func(ctx context.Context) error { _, err := c.list(ctx); return err })
-		})
+		benchNFTablesDrift(b, ns, c)
 	})
 }
