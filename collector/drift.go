@@ -128,21 +128,6 @@ type DriftResult struct {
 	Mode string
 }
 
-// State returns the counted state of the service port of family f named
-// namespace/service:port (port: name, or number when unnamed), and how
-// long it has lasted; InSync when it is not a counted mismatch.
-func (r *DriftResult) State(f kubeproxy.IPFamily, namespace, service, port string) (kubeproxy.DriftState, time.Duration) {
-	if r == nil {
-		return kubeproxy.InSync, 0
-	}
-	for _, s := range r.Counted {
-		if s.Key == (kubeproxy.DriftKey{Family: f, Namespace: namespace, Service: service, Port: port}) {
-			return s.State, s.Age
-		}
-	}
-	return kubeproxy.InSync, 0
-}
-
 // driftJudge judges drift for one rule collector. judge runs on the
 // collector's refresher goroutine only.
 type driftJudge struct {

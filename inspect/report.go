@@ -345,6 +345,10 @@ func addDrift(index *kube.Index, d *collector.DriftResult, f Filter, add func(ns
 	for _, fd := range d.Families {
 		judged[fd.Family] = true
 	}
+	counted := make(map[kubeproxy.DriftKey]kubeproxy.DriftSeries, len(d.Counted))
+	for _, m := range d.Counted {
+		counted[m.Key] = m
+	}
 	for _, si := range index.Services() {
 		if !f.service(si.Namespace, si.Name) || len(si.ClusterIPs) == 0 {
 			continue
@@ -367,8 +371,8 @@ func addDrift(index *kube.Index, d *collector.DriftResult, f Filter, add func(ns
 				if !judged[fam] {
 					continue
 				}
-				state, age := d.State(fam, si.Namespace, si.Name, name)
-				sp.Drift = append(sp.Drift, PortDrift{Family: fam.String(), State: state.String(), Seconds: age.Seconds()})
+				m := counted[kubeproxy.DriftKey{Family: fam, Namespace: si.Namespace, Service: si.Name, Port: name}]
+				sp.Drift = append(sp.Drift, PortDrift{Family: fam.String(), State: m.State.String(), Seconds: m.Age.Seconds()})
 			}
 		}
 	}
