@@ -33,6 +33,7 @@ var contractAlerts = []string{
 	"NetinspectRulesSnapshotStale",
 	"NetinspectCollectorFailing",
 	"NetinspectDown",
+	"NetinspectKubeProxyDrift",
 }
 
 type ruleFileDoc struct {

@@ -30,17 +30,27 @@ type IPTablesConfig struct {
 	// Backend forces the iptables backend: "nft" or "legacy"; "" detects
 	// it the way kubernetes-sigs/iptables-wrappers does.
 	Backend string
+	// ServiceSeries is ServiceSeriesDrift (no iptables_service_endpoints
+	// series) or ServiceSeriesAll; "" is drift.
+	ServiceSeries string
+	// Drift is how kube-proxy drift is judged in iptables mode.
+	Drift DriftConfig
 }
 
 // DefaultIPTablesConfig is the iptables collector's configuration when no
 // flag says otherwise.
 func DefaultIPTablesConfig() IPTablesConfig {
-	return IPTablesConfig{RefreshInterval: defaultRulesRefreshInterval, Timeout: defaultRulesTimeout}
+	return IPTablesConfig{RefreshInterval: defaultRulesRefreshInterval, Timeout: defaultRulesTimeout,
+		ServiceSeries: ServiceSeriesDrift, Drift: DefaultDriftConfig()}
 }
 
-// withDefaults fills the unset fields from DefaultIPTablesConfig.
+// withDefaults fills the unset fields from DefaultIPTablesConfig (a zero
+// Drift is a valid one: no per-port series, no grace).
 func (cfg IPTablesConfig) withDefaults() IPTablesConfig {
 	withRuleRefreshDefaults(&cfg.RefreshInterval, &cfg.Timeout)
+	if cfg.ServiceSeries == "" {
+		cfg.ServiceSeries = ServiceSeriesDrift
+	}
 	return cfg
 }
 
@@ -54,6 +64,9 @@ var IPTablesBackends = []string{"", iptables.BackendNFT, iptables.BackendLegacy}
 type IPTables struct {
 	logger *zap.Logger
 	index  *kube.Index
+	cfg    IPTablesConfig
+	// drift judges kube-proxy drift in iptables mode (refresher only).
+	drift *driftJudge
 	// reader and nft are used only by the refresher goroutine.
 	reader *iptables.Reader
 	nft    nftables.Reader
@@ -71,6 +84,9 @@ type IPTablesResult struct {
 	// Mode is kube-proxy's mode (kubeproxy.Mode*).
 	Mode     string
 	Families []IPTablesFamily
+	// Drift is the drift judgment of this listing: nil unless kube-proxy
+	// runs in iptables mode and the Kubernetes index has synced.
+	Drift *DriftResult
 	// metrics are built by the refresher, so a scrape only sends them.
 	metrics []prometheus.Metric
 }
@@ -100,9 +116,18 @@ func NewIPTables(cfg IPTablesConfig, deps Deps) (*IPTables, error) {
 	if err := oneOf("iptables backend", cfg.Backend, IPTablesBackends); err != nil {
 		return nil, err
 	}
+	if err := oneOf("iptables service-series mode", cfg.ServiceSeries, ServiceSeriesModes); err != nil {
+		return nil, err
+	}
+	judge, err := newDriftJudge(cfg.Drift, cfg.RefreshInterval, deps.Index)
+	if err != nil {
+		return nil, err
+	}
 	c := &IPTables{
 		logger: deps.logger(),
 		index:  deps.Index,
+		cfg:    cfg,
+		drift:  judge,
 		reader: &iptables.Reader{Backend: cfg.Backend, ProcFS: deps.Paths.ProcFS},
 		nft:    nftables.Reader{ProcFS: deps.Paths.ProcFS},
 		rules: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "iptables", "rules"),
@@ -113,6 +138,7 @@ func NewIPTables(cfg IPTablesConfig, deps Deps) (*IPTables, error) {
 			servicePortIdentity, "family"),
 	}
 	c.ruleSource = newRuleSource(IPTablesName, cfg.RefreshInterval, cfg.Timeout, c.list)
+	c.nextAfter(func(st *IPTablesResult) time.Duration { return st.Drift.nextRelist() })
 	return c, nil
 }
 
@@ -140,6 +166,7 @@ func (st *IPTablesResult) constMetrics() []prometheus.Metric {
 // list is one refresh: list every table of each family, detect the mode,
 // aggregate.
 func (c *IPTables) list(ctx context.Context) (*IPTablesResult, error) {
+	start := time.Now()
 	l, err := c.reader.Read(ctx)
 	if err != nil {
 		return nil, err
@@ -157,9 +184,31 @@ func (c *IPTables) list(ctx context.Context) (*IPTablesResult, error) {
 		for _, r := range f.Rules {
 			st.metrics = append(st.metrics, prometheus.MustNewConstMetric(c.rules, prometheus.GaugeValue, float64(r.N), f.Family, r.Table, r.Chain))
 		}
+		if c.cfg.ServiceSeries != ServiceSeriesAll {
+			continue
+		}
 		for _, e := range f.Endpoints {
 			st.metrics = append(st.metrics, prometheus.MustNewConstMetric(c.endpoints, prometheus.GaugeValue, float64(e.N), servicePortValues(e.ServicePortRef, f.Family)...))
 		}
+	}
+	if st.Mode == kubeproxy.ModeIPTables {
+		var dm []prometheus.Metric
+		st.Drift, dm = c.drift.judge(st.Mode, start, time.Since(start), func(e *kubeproxy.Expectation) []kubeproxy.Comparison {
+			var cmps []kubeproxy.Comparison
+			for _, f := range l.Families {
+				fam, ok := familyOf(f.Name)
+				// A family without KUBE-SERVICES has no kube-proxy proxier
+				// (single-stack kube-proxy on a dual-stack cluster): not
+				// judged.
+				if nat := f.Rules.Table("nat"); ok && nat != nil {
+					if _, kp := nat.Chains[kubeproxy.ChainServices]; kp {
+						cmps = append(cmps, e.CompareIPTables(fam, f.Rules.KubeProxyListing()))
+					}
+				}
+			}
+			return cmps
+		})
+		st.metrics = append(st.metrics, dm...)
 	}
 	return st, nil
 }

@@ -72,6 +72,20 @@ func rulesSelect(all map[string]float64, names ...string) map[string]float64 {
 	return out
 }
 
+// rulesPrefixed keeps the series whose name (and labels) start with one
+// of prefixes.
+func rulesPrefixed(all map[string]float64, prefixes ...string) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range all {
+		for _, p := range prefixes {
+			if strings.HasPrefix(k, p) {
+				out[k] = v
+			}
+		}
+	}
+	return out
+}
+
 func rulesDiff(t *testing.T, what string, got, want map[string]float64) {
 	t.Helper()
 	var lines []string
@@ -276,7 +290,7 @@ func TestIPTablesCollector(t *testing.T) {
 			rulesRestore(t, ns, backend, 6, proxyrules.IPTablesRestore(svcs["ipv6"], 6))
 			before := rulesSnapshotText(t, ns)
 
-			c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: 50 * time.Millisecond},
+			c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: 50 * time.Millisecond, ServiceSeries: ServiceSeriesAll},
 				Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t), ns)
 			t.Cleanup(c.Close)
 			st := rulesWaitRefresh(t, c, time.Time{}, nil)
@@ -285,6 +299,13 @@ func TestIPTablesCollector(t *testing.T) {
 			}
 
 			got := rulesGather(t, c)
+			// The default (drift) leaves out the per-service-port series
+			// and nothing else.
+			def := in(must(NewIPTables(DefaultIPTablesConfig(), Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t), ns)
+			t.Cleanup(def.Close)
+			rulesWaitRefresh(t, def, time.Time{}, nil)
+			rulesDiff(t, "default output", rulesPrefixed(rulesGather(t, def), "netinspect_iptables_", "netinspect_kube_proxy_"),
+				rulesPrefixed(got, "netinspect_iptables_rules{", "netinspect_kube_proxy_"))
 			rulesDiff(t, "iptables series", rulesSelect(got, "netinspect_iptables_rules", "netinspect_iptables_service_endpoints"),
 				rulesExpectIPTables(t, ns, backend, ports()))
 			rulesDiff(t, "mode", rulesSelect(got, "netinspect_kube_proxy_mode_info"),

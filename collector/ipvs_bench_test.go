@@ -117,7 +117,7 @@ func BenchmarkIPVSGuestScale(b *testing.B) {
 		{"scrape-backend-stats", true, benchServices*6 + benchServices*benchBackends*9},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			c, err := NewIPVS(IPVSConfig{Backends: true, BackendStats: tc.stats}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+			c, err := NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true, BackendStats: tc.stats}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
 			if err != nil {
 				b.Fatal(err)
 			}

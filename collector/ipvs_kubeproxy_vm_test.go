@@ -23,7 +23,9 @@ import (
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/netinspect/netinspect/kube"
@@ -32,6 +34,7 @@ import (
 	"github.com/netinspect/netinspect/source/links"
 	sourcens "github.com/netinspect/netinspect/source/netns"
 	"github.com/netinspect/netinspect/test/controlplane"
+	"github.com/netinspect/netinspect/test/kpfixture"
 	"github.com/netinspect/netinspect/test/netns"
 	"github.com/netinspect/netinspect/test/testenv"
 	"github.com/netinspect/netinspect/test/vm"
@@ -80,7 +83,7 @@ func kpModules() []string {
 		"ip_set", "ip_set_hash_ip", "ip_set_hash_ipport", "ip_set_hash_ipportip",
 		"ip_set_hash_ipportnet", "ip_set_hash_net", "ip_set_bitmap_port",
 		"x_tables", "xt_tcpudp", "xt_comment", "xt_mark", "xt_conntrack", "xt_addrtype",
-		"xt_nat", "xt_MASQUERADE", "xt_set", "ipt_REJECT",
+		"xt_nat", "xt_MASQUERADE", "xt_set", "xt_physdev", "ipt_REJECT",
 		"ip_tables", "iptable_filter", "iptable_nat", "iptable_mangle",
 		"nf_tables", "nft_compat", "nft_chain_nat", "nft_nat", "nft_masq", "nft_ct",
 		"nft_reject_ipv4",
@@ -133,7 +136,7 @@ func TestVMIPVSKubeProxy(t *testing.T) {
 	}
 	res := vm.Run(t, vm.Config{
 		Package: ".",
-		Run:     "^TestIPVSKubeProxyGuest$",
+		Run:     "^(TestIPVSKubeProxyGuest|TestIPVSDriftGuest)$",
 		Env:     map[string]string{kpKubeconfigEnv: base64.StdEncoding.EncodeToString(kubeconfig), kpBinaryEnv: kubeProxy},
 		Modules: kpModules(),
 		// kube-proxy execs iptables, iptables-save, iptables-restore and
@@ -142,9 +145,9 @@ func TestVMIPVSKubeProxy(t *testing.T) {
 		Files:     []string{kubeProxy, xtables, "/etc/protocols"},
 		Network:   &vm.Network{NetNS: cp.NS.Name},
 		MemoryMiB: 2048,
-		Timeout:   8 * time.Minute,
+		Timeout:   14 * time.Minute,
 	})
-	res.RequirePassed(t, "TestIPVSKubeProxyGuest")
+	res.RequirePassed(t, "TestIPVSKubeProxyGuest", "TestIPVSDriftGuest")
 }
 
 // TestIPVSKubeProxyGuest runs inside the VM booted by TestVMIPVSKubeProxy:
@@ -154,15 +157,7 @@ func TestVMIPVSKubeProxy(t *testing.T) {
 // server, as the exporter does.
 func TestIPVSKubeProxyGuest(t *testing.T) {
 	vm.RequireGuest(t)
-	kc, err := base64.StdEncoding.DecodeString(os.Getenv(kpKubeconfigEnv))
-	bin := os.Getenv(kpBinaryEnv)
-	if err != nil || len(kc) == 0 || bin == "" {
-		t.Fatalf("%s (%v) and %s must be set by TestVMIPVSKubeProxy", kpKubeconfigEnv, err, kpBinaryEnv)
-	}
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig, bin := guestKubeProxyEnv(t)
 	guestMustRun(t, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
 	pods := map[string]*netns.NS{}
 	for _, p := range []kpPod{kpWeb1, kpWeb2, kpClient} {
@@ -172,7 +167,7 @@ func TestIPVSKubeProxyGuest(t *testing.T) {
 	ipvsEchoServers(t, pods[kpWeb2.name], net.JoinHostPort(kpWeb2.ip, fmt.Sprint(kpTargetPort)))
 
 	start := time.Now()
-	kp := startGuestKubeProxy(t, bin, kubeconfig)
+	kp := startGuestKubeProxy(t, bin, kubeconfig, kpNode)
 
 	be := func(p kpPod) string { return net.JoinHostPort(p.ip, fmt.Sprint(kpTargetPort)) }
 	apiServer := net.JoinHostPort(controlplane.AdvertiseAddress, fmt.Sprint(controlplane.APIServerPort))
@@ -232,7 +227,7 @@ func TestIPVSKubeProxyGuest(t *testing.T) {
 		t.Fatal("kube caches did not sync within 2 min")
 	}
 	ix := w.Index()
-	c, err := NewIPVS(IPVSConfig{Backends: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
+	c, err := NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -512,6 +507,23 @@ func guestLocalAddrs(t *testing.T) map[netip.Addr]bool {
 	return m
 }
 
+// guestKubeProxyEnv is what TestVMIPVSKubeProxy hands its guest tests: the
+// path of a kubeconfig written from the environment, and the kube-proxy
+// binary's.
+func guestKubeProxyEnv(t *testing.T) (kubeconfig, bin string) {
+	t.Helper()
+	kc, err := base64.StdEncoding.DecodeString(os.Getenv(kpKubeconfigEnv))
+	bin = os.Getenv(kpBinaryEnv)
+	if err != nil || len(kc) == 0 || bin == "" {
+		t.Fatalf("%s (%v) and %s must be set by TestVMIPVSKubeProxy", kpKubeconfigEnv, err, kpBinaryEnv)
+	}
+	kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return kubeconfig, bin
+}
+
 // guestKubeProxy is kube-proxy running in the guest.
 type guestKubeProxy struct {
 	cmd  *exec.Cmd
@@ -523,7 +535,7 @@ type guestKubeProxy struct {
 // startGuestKubeProxy starts kube-proxy in IPVS mode in the guest's
 // namespace, with the flags test/controlplane's StartKubeProxy uses for the
 // other modes, and stops it (SIGTERM, then SIGKILL) when the test ends.
-func startGuestKubeProxy(t *testing.T, bin, kubeconfig string) *guestKubeProxy {
+func startGuestKubeProxy(t *testing.T, bin, kubeconfig, node string) *guestKubeProxy {
 	t.Helper()
 	logPath := "/tmp/kube-proxy.log"
 	lf, err := os.Create(logPath)
@@ -532,7 +544,7 @@ func startGuestKubeProxy(t *testing.T, bin, kubeconfig string) *guestKubeProxy {
 	}
 	defer lf.Close()
 	cmd := exec.Command(bin, controlplane.KubeProxyArgs(kubeconfig, controlplane.KubeProxyOptions{
-		NodeName: kpNode, Mode: "ipvs", ClusterCIDR: kpClusterCIDR, ExtraArgs: []string{"--ipvs-scheduler=rr"},
+		NodeName: node, Mode: "ipvs", ClusterCIDR: kpClusterCIDR, ExtraArgs: []string{"--ipvs-scheduler=rr"},
 	})...)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -542,6 +554,7 @@ func startGuestKubeProxy(t *testing.T, bin, kubeconfig string) *guestKubeProxy {
 	kp := &guestKubeProxy{cmd: cmd, log: logPath, done: make(chan struct{})}
 	go func() { kp.err = cmd.Wait(); close(kp.done) }()
 	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGCONT)
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-kp.done:
@@ -601,6 +614,25 @@ func (kp *guestKubeProxy) synced() (bool, error) {
 	return last > 0, nil
 }
 
+// Pause stops kube-proxy with SIGSTOP, Resume continues it; the cleanup
+// continues it before stopping it.
+func (kp *guestKubeProxy) Pause(t testing.TB) {
+	t.Helper()
+	if err := kp.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP kube-proxy: %v", err)
+	}
+}
+
+func (kp *guestKubeProxy) Resume(t testing.TB) {
+	t.Helper()
+	if err := kp.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatalf("SIGCONT kube-proxy: %v", err)
+	}
+}
+
+// Tail is the end of kube-proxy's log.
+func (kp *guestKubeProxy) Tail() string { return kp.tail(40) }
+
 func (kp *guestKubeProxy) tail(n int) string {
 	b, _ := os.ReadFile(kp.log)
 	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
@@ -608,4 +640,65 @@ func (kp *guestKubeProxy) tail(n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return string(bytes.Join(lines, []byte("\n")))
+}
+
+// TestIPVSDriftGuest runs inside the VM booted by TestVMIPVSKubeProxy: the
+// real kube-proxy in IPVS mode serves test/kpfixture's node, and the ipvs
+// collector must report every service port in sync for several listings,
+// then the changes kube-proxy misses while stopped (SIGSTOP) as drift, and
+// all clear after SIGCONT, as TestDriftRealKubeProxy does for the other
+// modes. The iptables collector, which sees kube-proxy's IPVS-mode rules,
+// judges nothing.
+func TestIPVSDriftGuest(t *testing.T) {
+	vm.RequireGuest(t)
+	kubeconfig, bin := guestKubeProxyEnv(t)
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// test/kpfixture's Services, IPv4 only (the guest has no ip6tables, so
+	// kube-proxy runs single-stack), created here after
+	// TestIPVSKubeProxyGuest, whose checks count every virtual server.
+	svcs := kpfixture.IPv4Only(kpfixture.Services())
+	slices := kpfixture.SetUp(t, client, svcs)
+	ctx := context.Background()
+	all, err := client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	allSlices, err := client.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d fixture Services and %d EndpointSlices; %d and %d in the cluster", len(svcs), slices, len(all.Items), len(allSlices.Items))
+	ix := driftIndex(t, rc, len(all.Items), len(allSlices.Items))
+	kp := startGuestKubeProxy(t, bin, kubeconfig, kpfixture.Node)
+
+	deps := Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix}
+	c := must(NewIPVS(IPVSConfig{Backends: true, RefreshInterval: driftRefresh, Drift: DriftConfig{MaxSeries: 50, Grace: DriftGrace{Intervals: 2}}}, deps))(t)
+	t.Cleanup(c.Close)
+	ipt := must(NewIPTables(IPTablesConfig{RefreshInterval: driftRefresh, Drift: DriftConfig{MaxSeries: 50}}, deps))(t)
+	t.Cleanup(ipt.Close)
+	pending := func() (int, time.Time) {
+		s := c.Snapshot()
+		if s == nil || s.Value == nil || s.Value.drift == nil {
+			return -1, time.Time{}
+		}
+		return s.Value.drift.Pending, s.Started
+	}
+	driftInSync(t, c, ix, kp, pending)
+	if st := rulesWaitRefresh(t, ipt, time.Time{}, nil); st.Mode != kubeproxy.ModeIPVS || st.Drift != nil {
+		t.Errorf("iptables collector: mode %q, drift %+v; want ipvs and no judgment", st.Mode, st.Drift)
+	}
+	if v := driftGather(t, ipt); v.hasDriftSeries {
+		t.Errorf("the iptables collector judges drift in IPVS mode: %s", v)
+	}
+	// qemu's software emulation makes every syscall dear: kube-proxy's
+	// IPVS sync of the fixture (netlink, ipset, iptables-restore) takes
+	// seconds here, not milliseconds.
+	driftInduced(t, client, c, ix, kp, pending, 45*time.Second)
 }

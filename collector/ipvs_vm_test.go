@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -37,7 +38,7 @@ func TestVMIPVS(t *testing.T) {
 		Commands: []string{"ip"},
 		Timeout:  8 * time.Minute,
 	})
-	res.RequirePassed(t, "TestIPVSGuestCollector", "TestIPVSGuestBackendLabels", "TestIPVSGuestInfo", "TestIPVSGuestBackendSourcesAgree")
+	res.RequirePassed(t, "TestIPVSGuestCollector", "TestIPVSGuestBackendLabels", "TestIPVSGuestInfo", "TestIPVSGuestBackendSourcesAgree", "TestIPVSGuestDefaultSeries")
 }
 
 // ipvsTopology is a node with IPVS, a client and a backend namespace, wired
@@ -372,7 +373,7 @@ func TestIPVSGuestCollector(t *testing.T) {
 	tp.addService(t, v6, map[string]int{"[fd00::2:b]:8080": 1, "[fd00::2:c]:8080": 1})
 
 	ix := ipvsTestIndex()
-	c, err := inNS(NewIPVS(IPVSConfig{Backends: true, BackendStats: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix}))(tp.node)
+	c, err := inNS(NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true, BackendStats: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ix}))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -424,7 +425,7 @@ netinspect_ipvs_service_connections_total{address="fd00::a",namespace="shop",por
 		}
 	}
 	for k := range samples {
-		if strings.Contains(k, "backend") && strings.Contains(k, "address=10.96.0.12,") {
+		if strings.HasPrefix(k, "netinspect_ipvs_backend_") && strings.Contains(k, "address=10.96.0.12,") {
 			t.Errorf("drained service has a backend series: %s", k)
 		}
 	}
@@ -482,7 +483,7 @@ func TestIPVSGuestBackendLabels(t *testing.T) {
 	tp.addService(t, web, map[string]int{"10.0.2.11:8080": 3, "10.0.2.12:8080": 2, "10.0.2.13:8080": 1})
 	deps := Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}
 
-	c, err := inNS(NewIPVS(IPVSConfig{Backends: true, BackendStats: true, BackendLabels: []string{"namespace", "service"}}, deps))(tp.node)
+	c, err := inNS(NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true, BackendStats: true, BackendLabels: []string{"namespace", "service"}}, deps))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -497,7 +498,7 @@ netinspect_ipvs_backend_connections_total{namespace="shop",service="web"} 0
 		t.Error(err)
 	}
 
-	c, err = inNS(NewIPVS(IPVSConfig{Backends: false}, deps))(tp.node)
+	c, err = inNS(NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: false}, deps))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -531,7 +532,7 @@ func TestIPVSGuestInfo(t *testing.T) {
 			t.Fatalf("add backend %s: %v", addr, err)
 		}
 	}
-	c, err := inNS(NewIPVS(IPVSConfig{Backends: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}))(tp.node)
+	c, err := inNS(NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -586,7 +587,7 @@ netinspect_ipvs_backend_info{address="10.96.0.10",backend_address="10.0.2.13",ba
 	}
 
 	// Backend info is per backend: with labels dropped it is not exported.
-	c, err = inNS(NewIPVS(IPVSConfig{Backends: true, BackendLabels: []string{"namespace", "service"}}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}))(tp.node)
+	c, err = inNS(NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true, BackendLabels: []string{"namespace", "service"}}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -601,7 +602,7 @@ netinspect_ipvs_backend_info{address="10.96.0.10",backend_address="10.0.2.13",ba
 // reports ErrNoData. The procfs path is a directory without net/ip_vs so
 // the test holds on any kernel.
 func TestIPVSAbsent(t *testing.T) {
-	c, err := NewIPVS(IPVSConfig{Backends: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: t.TempDir()}})
+	c, err := NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: t.TempDir()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -632,11 +633,11 @@ func TestIPVSGuestBackendSourcesAgree(t *testing.T) {
 		defer ipvsDialEcho(t, tp.client, "10.96.0.10:80").Close()
 	}
 	deps := Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}
-	fromProc, err := inNS(NewIPVS(IPVSConfig{Backends: true}, deps))(tp.node)
+	fromProc, err := inNS(NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true}, deps))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fromNetlink, err := inNS(NewIPVS(IPVSConfig{Backends: true, BackendStats: true}, deps))(tp.node)
+	fromNetlink, err := inNS(NewIPVS(IPVSConfig{ServiceSeries: ServiceSeriesAll, Backends: true, BackendStats: true}, deps))(tp.node)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -674,5 +675,79 @@ func TestIPVSGuestBackendSourcesAgree(t *testing.T) {
 	}
 	if active != 4 {
 		t.Errorf("active connections sum to %v, want the 4 held open", active)
+	}
+}
+
+// TestIPVSGuestDefaultSeries runs inside the VM: with the default
+// --collector.ipvs.service-series=drift the collector exports the per-node
+// counts and the series of the virtual servers without a usable backend
+// only (one with none left, one whose only backend has weight 0), capped
+// by MaxNoBackendSeries; the healthy ones have none.
+func TestIPVSGuestDefaultSeries(t *testing.T) {
+	vm.RequireGuest(t)
+	tp := newIPVSTopology(t)
+	web := &mobyipvs.Service{Address: net.IPv4(10, 96, 0, 10), Protocol: unix.IPPROTO_TCP, Port: 80, SchedName: "rr"}
+	tp.addService(t, web, map[string]int{"10.0.2.11:8080": 1, "10.0.2.12:8080": 1, "10.0.2.13:8080": 1})
+	dns := &mobyipvs.Service{Address: net.IPv4(10, 96, 0, 12), Protocol: unix.IPPROTO_UDP, Port: 53, SchedName: "rr"}
+	tp.addService(t, dns, map[string]int{"10.0.2.11:53": 1})
+	if err := tp.h.DelDestination(dns, &mobyipvs.Destination{Address: net.IPv4(10, 0, 2, 11), Port: 53, AddressFamily: unix.AF_INET}); err != nil {
+		t.Fatalf("remove backend: %v", err)
+	}
+	drained := &mobyipvs.Service{Address: net.IPv4(10, 96, 0, 20), Protocol: unix.IPPROTO_TCP, Port: 8080, SchedName: "rr"}
+	tp.addService(t, drained, map[string]int{"10.0.2.13:8080": 0})
+
+	for _, tc := range []struct {
+		max      int
+		troubled []string // addresses with series
+	}{{50, []string{"10.96.0.12", "10.96.0.20"}}, {1, []string{"10.96.0.20"}}} { // by protocol first: tcp before udp
+		cfg := DefaultIPVSConfig()
+		cfg.MaxNoBackendSeries = tc.max
+		c, err := inNS(NewIPVS(cfg, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}, Index: ipvsTestIndex()}))(tp.node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		_ = c.Start(t.Context())
+		deadline := time.Now().Add(time.Minute)
+		for c.Snapshot() == nil && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		samples := gatherIPVS(t, c)
+		for k, want := range map[string]float64{
+			"netinspect_ipvs_virtual_servers{}":             3,
+			"netinspect_ipvs_backends{}":                    4,
+			"netinspect_ipvs_virtual_servers_no_backends{}": 2,
+		} {
+			if samples[k] != want {
+				t.Errorf("max %d: %s = %v, want %v", tc.max, k, samples[k], want)
+			}
+		}
+		got := map[string]bool{}
+		for k, v := range samples {
+			if strings.HasPrefix(k, "netinspect_ipvs_service_usable_backends{") {
+				if v != 0 {
+					t.Errorf("max %d: %s = %v: a virtual server with a usable backend has its series", tc.max, k, v)
+				}
+				for _, a := range []string{"10.96.0.10", "10.96.0.12", "10.96.0.20"} {
+					if strings.Contains(k, "address="+a+",") {
+						got[a] = true
+					}
+				}
+			}
+			if strings.HasPrefix(k, "netinspect_ipvs_") && strings.Contains(k, "address=10.96.0.10,") {
+				t.Errorf("max %d: the healthy virtual server has a series: %s", tc.max, k)
+			}
+		}
+		var with []string
+		for a := range got {
+			with = append(with, a)
+		}
+		sort.Strings(with)
+		if fmt.Sprint(with) != fmt.Sprint(tc.troubled) {
+			t.Errorf("max %d: virtual servers with series %v, want %v", tc.max, with, tc.troubled)
+		}
+		if _, ok := samples[`netinspect_ipvs_backend_weight{address=10.96.0.20,backend_address=10.0.2.13,backend_port=8080,namespace=shop,pod=web-3,port=8080,protocol=tcp,service=}`]; !ok {
+			t.Errorf("max %d: the weight-0 backend of the drained virtual server has no series", tc.max)
+		}
 	}
 }

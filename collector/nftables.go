@@ -33,17 +33,27 @@ type NFTablesConfig struct {
 	// is then detected from an iptables-save listing as the iptables
 	// collector does.
 	KubeProxyMode bool
+	// ServiceSeries is ServiceSeriesDrift (no nftables_service_endpoints
+	// series) or ServiceSeriesAll; "" is drift.
+	ServiceSeries string
+	// Drift is how kube-proxy drift is judged in nftables mode.
+	Drift DriftConfig
 }
 
 // DefaultNFTablesConfig is the nftables collector's configuration when no
 // flag says otherwise.
 func DefaultNFTablesConfig() NFTablesConfig {
-	return NFTablesConfig{RefreshInterval: defaultRulesRefreshInterval, Timeout: defaultRulesTimeout}
+	return NFTablesConfig{RefreshInterval: defaultRulesRefreshInterval, Timeout: defaultRulesTimeout,
+		ServiceSeries: ServiceSeriesDrift, Drift: DefaultDriftConfig()}
 }
 
-// withDefaults fills the unset fields from DefaultNFTablesConfig.
+// withDefaults fills the unset fields from DefaultNFTablesConfig (a zero
+// Drift is a valid one: no per-port series, no grace).
 func (cfg NFTablesConfig) withDefaults() NFTablesConfig {
 	withRuleRefreshDefaults(&cfg.RefreshInterval, &cfg.Timeout)
+	if cfg.ServiceSeries == "" {
+		cfg.ServiceSeries = ServiceSeriesDrift
+	}
 	return cfg
 }
 
@@ -54,6 +64,8 @@ func (cfg NFTablesConfig) withDefaults() NFTablesConfig {
 type NFTables struct {
 	cfg   NFTablesConfig
 	index *kube.Index
+	// drift judges kube-proxy drift in nftables mode (refresher only).
+	drift *driftJudge
 	// reader and ipt are used only by the refresher goroutine; ipt only
 	// with cfg.KubeProxyMode.
 	reader nftables.Reader
@@ -71,6 +83,9 @@ type NFTablesResult struct {
 	Families []NFTablesFamily
 	// Mode is kube-proxy's mode when the collector reports it, else "".
 	Mode string
+	// Drift is the drift judgment of this listing: nil without kube-proxy's
+	// table or until the Kubernetes index has synced.
+	Drift *DriftResult
 	// metrics are built by the refresher, so a scrape only sends them.
 	metrics []prometheus.Metric
 }
@@ -99,9 +114,17 @@ type NFTablesMap struct {
 // Start, or on the first Update.
 func NewNFTables(cfg NFTablesConfig, deps Deps) (*NFTables, error) {
 	cfg = cfg.withDefaults()
+	if err := oneOf("nftables service-series mode", cfg.ServiceSeries, ServiceSeriesModes); err != nil {
+		return nil, err
+	}
+	judge, err := newDriftJudge(cfg.Drift, cfg.RefreshInterval, deps.Index)
+	if err != nil {
+		return nil, err
+	}
 	c := &NFTables{
 		cfg:   cfg,
 		index: deps.Index,
+		drift: judge,
 		reader: nftables.Reader{ProcFS: deps.Paths.ProcFS, SkipSet: func(name string) bool {
 			// Per-endpoint session affinity sets: one per endpoint.
 			return strings.HasPrefix(name, kubeproxy.NFTAffinityPrefix)
@@ -122,7 +145,13 @@ func NewNFTables(cfg NFTablesConfig, deps Deps) (*NFTables, error) {
 	if cfg.KubeProxyMode {
 		c.ipt = &iptables.Reader{ProcFS: deps.Paths.ProcFS}
 	}
+	if deps.Index != nil {
+		// Drift needs where each per-service chain sends packets: the
+		// anonymous maps of its DNATs and verdicts (one request each).
+		c.reader.Targets = kubeproxy.IsNFTServiceChain
+	}
 	c.ruleSource = newRuleSource(NFTablesName, cfg.RefreshInterval, cfg.Timeout, c.list)
+	c.nextAfter(func(st *NFTablesResult) time.Duration { return st.Drift.nextRelist() })
 	return c, nil
 }
 
@@ -163,6 +192,7 @@ func (st *NFTablesResult) constMetrics() []prometheus.Metric {
 
 // list reads both families' kube-proxy tables.
 func (c *NFTables) list(ctx context.Context) (*NFTablesResult, error) {
+	start := time.Now()
 	tables, err := c.reader.Read(ctx, kubeproxy.NFTTable)
 	if err != nil && !(c.cfg.KubeProxyMode && errors.Is(err, source.ErrAbsent)) {
 		return nil, err
@@ -185,11 +215,74 @@ func (c *NFTables) list(ctx context.Context) (*NFTablesResult, error) {
 			st.metrics = append(st.metrics, prometheus.MustNewConstMetric(c.chains, prometheus.GaugeValue, float64(f.Chains[kind]), f.Family, kubeproxy.NFTTable, kind))
 		}
 		st.metrics = append(st.metrics, prometheus.MustNewConstMetric(c.rules, prometheus.GaugeValue, float64(f.Rules), f.Family, kubeproxy.NFTTable))
+		if c.cfg.ServiceSeries != ServiceSeriesAll {
+			continue
+		}
 		for _, e := range f.Endpoints {
 			st.metrics = append(st.metrics, prometheus.MustNewConstMetric(c.endpoints, prometheus.GaugeValue, float64(e.N), servicePortValues(e.ServicePortRef, f.Family)...))
 		}
 	}
+	if len(tables) > 0 {
+		var dm []prometheus.Metric
+		st.Drift, dm = c.drift.judge(kubeproxy.ModeNFTables, start, time.Since(start), func(e *kubeproxy.Expectation) []kubeproxy.Comparison {
+			var cmps []kubeproxy.Comparison
+			for i := range tables {
+				if fam, ok := familyOf(tables[i].Family); ok {
+					cmps = append(cmps, e.CompareNFTables(fam, nftListing(&tables[i])))
+				}
+			}
+			return cmps
+		})
+		st.metrics = append(st.metrics, dm...)
+	}
 	return st, nil
+}
+
+// nftListing is what kube-proxy's table of one family holds of its
+// per-service rules, for the drift comparison.
+func nftListing(t *nftables.Table) *kubeproxy.NFTablesListing {
+	l := &kubeproxy.NFTablesListing{
+		ServiceIPs: map[kubeproxy.NFTAddrKey]string{}, NodePorts: map[kubeproxy.NFTPortKey]string{},
+		NoEndpoints: map[kubeproxy.NFTAddrKey]kubeproxy.NFTNoEndpoint{}, NoEndpointNodePorts: map[kubeproxy.NFTPortKey]kubeproxy.NFTNoEndpoint{},
+		Chains: map[string]kubeproxy.NFTChainTargets{},
+	}
+	for _, s := range t.Sets {
+		for _, e := range s.Elements {
+			switch s.Name {
+			case kubeproxy.NFTServiceIPs, kubeproxy.NFTNoEndpointServices:
+				a, proto, port, ok := nftables.ConcatAddrProtoPort(e.Key, t.Family)
+				if !ok {
+					continue
+				}
+				k := kubeproxy.NFTAddrKey{Addr: a, Protocol: protocolNames[proto], Port: port}
+				if s.Name == kubeproxy.NFTServiceIPs {
+					l.ServiceIPs[k] = e.Chain
+				} else {
+					l.NoEndpoints[k] = kubeproxy.NFTNoEndpointFromVerdict(e.Verdict, e.Chain, e.Comment)
+				}
+			case kubeproxy.NFTServiceNodePorts, kubeproxy.NFTNoEndpointNodePorts:
+				proto, port, ok := nftables.ConcatProtoPort(e.Key)
+				if !ok {
+					continue
+				}
+				k := kubeproxy.NFTPortKey{Protocol: protocolNames[proto], Port: port}
+				if s.Name == kubeproxy.NFTServiceNodePorts {
+					l.NodePorts[k] = e.Chain
+				} else {
+					l.NoEndpointNodePorts[k] = kubeproxy.NFTNoEndpointFromVerdict(e.Verdict, e.Chain, e.Comment)
+				}
+			}
+		}
+	}
+	// Chains without rules (flushed by kube-proxy, deleted later) are
+	// listed too, with no targets.
+	for _, name := range t.Chains {
+		if kubeproxy.IsNFTServiceChain(name) {
+			r := t.ChainRules[name]
+			l.Chains[name] = kubeproxy.NFTChainTargets{DNAT: r.DNAT, Gotos: r.Gotos}
+		}
+	}
+	return l
 }
 
 // mode detects kube-proxy's mode: nftables when its table exists, else from

@@ -137,13 +137,20 @@ func TestNFTablesCollector(t *testing.T) {
 	rulesNFTLoad(t, ns, proxyrules.NFTables(v6, 6))
 	before := rulesSnapshotText(t, ns)
 
-	c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: 50 * time.Millisecond},
+	c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: 50 * time.Millisecond, ServiceSeries: ServiceSeriesAll},
 		Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t), ns)
 	t.Cleanup(c.Close)
 	rulesNFTWait(t, c, time.Time{})
 
 	names := []string{"netinspect_nftables_map_elements", "netinspect_nftables_chains", "netinspect_nftables_rules", "netinspect_nftables_service_endpoints"}
 	got := rulesGather(t, c)
+	// The default (drift) leaves out the per-service-port series and
+	// nothing else.
+	def := in(must(NewNFTables(DefaultNFTablesConfig(), Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t), ns)
+	t.Cleanup(def.Close)
+	rulesNFTWait(t, def, time.Time{})
+	rulesDiff(t, "default output", rulesPrefixed(rulesGather(t, def), "netinspect_nftables_", "netinspect_kube_proxy_"),
+		rulesPrefixed(got, "netinspect_nftables_map_elements{", "netinspect_nftables_chains{", "netinspect_nftables_rules{", "netinspect_kube_proxy_"))
 	want := rulesNFTExpect(t, ns, nil)
 	// svc-2 has an unnamed port and no endpoints: it is only an element of
 	// no-endpoint-services, whose key carries the port number.

@@ -142,7 +142,7 @@ func TestIPTablesRealKubeProxy(t *testing.T) {
 			node := rulesKPNode(t, cp, "kp"+backend)
 			kp := cp.StartKubeProxy(t, node, cpl.KubeProxyOptions{NodeName: "node-1", Mode: "iptables"})
 
-			c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: 100 * time.Millisecond},
+			c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: 100 * time.Millisecond, ServiceSeries: ServiceSeriesAll},
 				Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t), node)
 			t.Cleanup(c.Close)
 
@@ -256,7 +256,7 @@ func TestNFTablesRealKubeProxy(t *testing.T) {
 	node := rulesKPNode(t, cp, "kpnft")
 	kp := cp.StartKubeProxy(t, node, cpl.KubeProxyOptions{NodeName: "node-1", Mode: "nftables"})
 
-	c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: 100 * time.Millisecond},
+	c := in(must(NewNFTables(NFTablesConfig{RefreshInterval: 100 * time.Millisecond, ServiceSeries: ServiceSeriesAll},
 		Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(t), node)
 	t.Cleanup(c.Close)
 	ipt := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour},

@@ -56,6 +56,11 @@ type refresher[T any] struct {
 	// timeout bounds one read; 0 leaves it to the read.
 	timeout time.Duration
 	now     func() time.Time
+	// next, when set, says after a successful read how soon the next one
+	// is due, from the start of that read: a result that wants a second
+	// look soon (kube-proxy drift pending its grace) shortens the wait.
+	// The interval stays the longest wait; next cannot lengthen it.
+	next func(T) time.Duration
 
 	snap    atomic.Pointer[snapshot[T]]
 	kick    chan struct{}
@@ -78,6 +83,10 @@ func newRefresher[T any](source string, interval, timeout time.Duration, read fu
 		stopped:  make(chan struct{}),
 	}
 }
+
+// nextAfter makes the refresher ask next, after each successful read, when
+// the next read is due (see refresher.next). Call it before Start.
+func (r *refresher[T]) nextAfter(next func(T) time.Duration) { r.next = next }
 
 // Start starts the reading goroutine, which stops when ctx is done or at
 // Close. Calls after the first do nothing.
@@ -155,8 +164,20 @@ func (r *refresher[T]) loop(ctx context.Context) {
 		}
 		last = r.now()
 		r.refresh(ctx)
-		timer.Reset(max(r.interval-r.now().Sub(last), 0))
+		timer.Reset(max(r.wait()-r.now().Sub(last), 0))
 	}
+}
+
+// wait is how long after the start of the latest read the next one is due.
+func (r *refresher[T]) wait() time.Duration {
+	s := r.snap.Load()
+	if r.next == nil || s == nil || s.Err != nil {
+		return r.interval
+	}
+	if d := r.next(s.Value); d > 0 && d < r.interval {
+		return d
+	}
+	return r.interval
 }
 
 func (r *refresher[T]) refresh(ctx context.Context) {

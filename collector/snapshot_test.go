@@ -180,3 +180,26 @@ func (c metricsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- m
 	}
 }
+
+// A result that asks for an early second look gets it, sooner than the
+// interval; once it stops asking, the interval applies again.
+func TestRefresherNextAfter(t *testing.T) {
+	var calls atomic.Int32
+	r := newRefresher("test", time.Hour, time.Minute, func(ctx context.Context) (int, error) {
+		return int(calls.Add(1)), nil
+	})
+	r.nextAfter(func(n int) time.Duration {
+		if n < 3 {
+			return 10 * time.Millisecond
+		}
+		return 0 // nothing pending: the interval
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.Start(ctx)
+	waitSnapshot(t, r, func(s *snapshot[int]) bool { return s.Value == 3 })
+	time.Sleep(200 * time.Millisecond) // 20 early intervals: none may start a fourth read
+	if n := calls.Load(); n != 3 {
+		t.Fatalf("%d reads, want 3 (two early ones, then the hour's interval)", n)
+	}
+}

@@ -315,8 +315,9 @@ func TestKustomizeMonitoring(t *testing.T) {
 	}
 	var sm struct {
 		Spec struct {
-			JobLabel  string `json:"jobLabel"`
-			Endpoints []struct {
+			JobLabel    string `json:"jobLabel"`
+			SampleLimit int    `json:"sampleLimit"`
+			Endpoints   []struct {
 				Port            string `json:"port"`
 				Scheme          string `json:"scheme"`
 				BearerTokenFile string `json:"bearerTokenFile"`
@@ -335,6 +336,10 @@ func TestKustomizeMonitoring(t *testing.T) {
 	}
 	if sm.Spec.JobLabel != "app.kubernetes.io/name" || len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != "metrics" {
 		t.Errorf("ServiceMonitor %+v: want job from app.kubernetes.io/name (job=\"netinspect\", as NetinspectDown selects) and the metrics port", sm.Spec)
+	}
+	// docs/metrics.md derives it ("Series per node").
+	if sm.Spec.SampleLimit != 5000 {
+		t.Errorf("ServiceMonitor sampleLimit %d, want 5000", sm.Spec.SampleLimit)
 	}
 	// deploy/ serves TLS with a self-signed certificate and reviews
 	// Prometheus's ServiceAccount token.

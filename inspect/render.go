@@ -73,6 +73,17 @@ func (r Report) WriteTable(w io.Writer) error {
 		t.write(p)
 	}
 
+	if d := r.KubeProxyDrift; d != nil {
+		p.section("KUBE-PROXY DRIFT")
+		for _, fd := range d.Families {
+			p.line("  %s (%s mode): %d in sync, %d missing, %d stale, %d endpoints; oldest %ss",
+				fd.Family, d.Mode, fd.InSync, fd.Missing, fd.Stale, fd.Endpoints, num(fd.OldestSeconds))
+		}
+		if d.Pending > 0 {
+			p.line("  %d mismatches within their grace (not counted yet)", d.Pending)
+		}
+	}
+
 	p.section("SERVICES")
 	if len(r.Services) == 0 {
 		p.line("  none")
@@ -97,6 +108,11 @@ func (r Report) WriteTable(w io.Writer) error {
 				t.add(name, ip, port.Port, rd, kernel(port, s.IPVS), ct)
 				if port.IPTablesChain != "" {
 					t.note("    iptables chain " + port.IPTablesChain)
+				}
+				for _, d := range port.Drift {
+					if d.State != "in_sync" {
+						t.note(fmt.Sprintf("    drift %s: %s for %ss", d.Family, d.State, num(d.Seconds)))
+					}
 				}
 			}
 			if first {

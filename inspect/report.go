@@ -35,14 +35,47 @@ func (f Filter) service(namespace, name string) bool {
 // Report is everything `netinspect inspect` prints. Its JSON form is
 // described by inspect/report.schema.json.
 type Report struct {
-	Node          string          `json:"node"`
-	Kubernetes    string          `json:"kubernetes"`
-	KubeProxyMode string          `json:"kube_proxy_mode"`
-	Conntrack     *ConntrackUsage `json:"conntrack"`
-	Pods          []Pod           `json:"pods"`
-	Services      []Service       `json:"services"`
-	DNS           []DNSProbe      `json:"dns"`
-	Problems      []Problem       `json:"problems"`
+	Node          string `json:"node"`
+	Kubernetes    string `json:"kubernetes"`
+	KubeProxyMode string `json:"kube_proxy_mode"`
+	// KubeProxyDrift is null when drift was not judged (no Kubernetes,
+	// the index not synced, or the collector of kube-proxy's mode off).
+	KubeProxyDrift *DriftSummary   `json:"kube_proxy_drift"`
+	Conntrack      *ConntrackUsage `json:"conntrack"`
+	Pods           []Pod           `json:"pods"`
+	Services       []Service       `json:"services"`
+	DNS            []DNSProbe      `json:"dns"`
+	Problems       []Problem       `json:"problems"`
+}
+
+// DriftSummary is what kube-proxy programmed on this node against what the
+// API says it should have, per family.
+type DriftSummary struct {
+	// Mode is the kube-proxy mode whose rules were judged.
+	Mode     string        `json:"mode"`
+	Families []FamilyDrift `json:"families"`
+	// Pending counts the mismatches still within their grace (counted as
+	// in sync).
+	Pending int `json:"pending"`
+}
+
+// FamilyDrift counts one family's service ports by state.
+type FamilyDrift struct {
+	Family        string  `json:"family"`
+	InSync        int     `json:"in_sync"`
+	Missing       int     `json:"missing"`
+	Stale         int     `json:"stale"`
+	Endpoints     int     `json:"endpoints"`
+	OldestSeconds float64 `json:"oldest_seconds"`
+}
+
+// PortDrift is a service port's drift state in one family.
+type PortDrift struct {
+	Family string `json:"family"`
+	// State is in_sync, missing, stale or endpoints; Seconds how long a
+	// mismatch has lasted (0 in sync).
+	State   string  `json:"state"`
+	Seconds float64 `json:"seconds"`
 }
 
 // ConntrackUsage is the table's fill against its limit and who fills it.
@@ -116,6 +149,9 @@ type ServicePort struct {
 	IPTablesChain     string   `json:"iptables_chain"`
 	IPTablesEndpoints *float64 `json:"iptables_endpoints"`
 	NFTablesEndpoints *float64 `json:"nftables_endpoints"`
+	// Drift is the port's kube-proxy drift state per family judged; null
+	// when drift was not judged.
+	Drift []PortDrift `json:"drift"`
 }
 
 // DNSProbe is the last result of one DNS probe.
@@ -145,9 +181,11 @@ func Build(node, kubeState string, index *kube.Index, res Results, problems []Pr
 	case res.NFTables != nil:
 		r.KubeProxyMode = res.NFTables.Mode
 	}
+	drift := driftOf(res)
+	r.KubeProxyDrift = driftSummary(drift)
 	r.Conntrack = conntrackUsage(res, f)
 	r.Pods = pods(index, res, f)
-	r.Services = services(index, res, f, r.KubeProxyMode)
+	r.Services = services(index, res, f, r.KubeProxyMode, drift)
 	if res.DNS != nil {
 		for _, p := range res.DNS.Probes {
 			r.DNS = append(r.DNS, DNSProbe{Server: p.Server, Name: p.Name, Success: p.OK})
@@ -268,7 +306,91 @@ func pods(index *kube.Index, res Results, f Filter) []Pod {
 	return out
 }
 
-func services(index *kube.Index, res Results, f Filter, mode string) []Service {
+// driftOf is the drift judgment of the collector of kube-proxy's mode (at
+// most one judges), or nil.
+func driftOf(res Results) *collector.DriftResult {
+	switch {
+	case res.IPTables != nil && res.IPTables.Drift != nil:
+		return res.IPTables.Drift
+	case res.NFTables != nil && res.NFTables.Drift != nil:
+		return res.NFTables.Drift
+	case res.IPVS != nil:
+		return res.IPVS.Drift
+	}
+	return nil
+}
+
+func driftSummary(d *collector.DriftResult) *DriftSummary {
+	if d == nil {
+		return nil
+	}
+	s := &DriftSummary{Mode: d.Mode, Families: []FamilyDrift{}, Pending: d.Pending}
+	for _, fd := range d.Families {
+		s.Families = append(s.Families, FamilyDrift{Family: fd.Family.String(),
+			InSync: fd.ServicePorts[kubeproxy.InSync], Missing: fd.ServicePorts[kubeproxy.Missing],
+			Stale: fd.ServicePorts[kubeproxy.Stale], Endpoints: fd.ServicePorts[kubeproxy.EndpointsDiffer],
+			OldestSeconds: fd.Oldest.Seconds()})
+	}
+	return s
+}
+
+// addDrift sets the drift state of the ports of the services in the index,
+// in each family they have and drift was judged in, and adds the stale
+// ones, which only the rules still name.
+func addDrift(index *kube.Index, d *collector.DriftResult, f Filter, add func(ns, name string) *Service, port func(*Service, string) *ServicePort) {
+	if d == nil {
+		return
+	}
+	judged := map[kubeproxy.IPFamily]bool{}
+	for _, fd := range d.Families {
+		judged[fd.Family] = true
+	}
+	counted := make(map[kubeproxy.DriftKey]kubeproxy.DriftSeries, len(d.Counted))
+	for _, m := range d.Counted {
+		counted[m.Key] = m
+	}
+	for _, si := range index.Services() {
+		if !f.service(si.Namespace, si.Name) || len(si.ClusterIPs) == 0 {
+			continue
+		}
+		s := add(si.Namespace, si.Name)
+		for _, p := range si.Ports {
+			name := p.Name
+			if name == "" {
+				name = strconv.Itoa(int(p.Port))
+			}
+			sp := port(s, name)
+			if sp.Drift == nil {
+				sp.Drift = []PortDrift{}
+			}
+			for _, ip := range si.ClusterIPs {
+				fam := kubeproxy.IPv4
+				if ip.Is6() {
+					fam = kubeproxy.IPv6
+				}
+				if !judged[fam] {
+					continue
+				}
+				m := counted[kubeproxy.DriftKey{Family: fam, Namespace: si.Namespace, Service: si.Name, Port: name}]
+				sp.Drift = append(sp.Drift, PortDrift{Family: fam.String(), State: m.State.String(), Seconds: m.Age.Seconds()})
+			}
+		}
+	}
+	for _, m := range d.Counted {
+		if m.State != kubeproxy.Stale || m.Key.Service == "" || !f.service(m.Key.Namespace, m.Key.Service) {
+			continue
+		}
+		sp := port(add(m.Key.Namespace, m.Key.Service), m.Key.Port)
+		if sp.Drift == nil {
+			sp.Drift = []PortDrift{}
+		}
+		if !slices.ContainsFunc(sp.Drift, func(p PortDrift) bool { return p.Family == m.Key.Family.String() }) {
+			sp.Drift = append(sp.Drift, PortDrift{Family: m.Key.Family.String(), State: m.State.String(), Seconds: m.Age.Seconds()})
+		}
+	}
+}
+
+func services(index *kube.Index, res Results, f Filter, mode string, drift *collector.DriftResult) []Service {
 	type key struct{ ns, name string }
 	byKey := map[key]*Service{}
 	add := func(ns, name string) *Service {
@@ -312,6 +434,7 @@ func services(index *kube.Index, res Results, f Filter, mode string) []Service {
 		}
 	}
 	addKernelState(res, f, add, port)
+	addDrift(index, drift, f, add, port)
 	out := make([]Service, 0, len(byKey))
 	for _, s := range byKey {
 		slices.SortFunc(s.Ports, func(a, b ServicePort) int { return cmp.Compare(a.Port, b.Port) })

@@ -5,15 +5,18 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/netinspect/netinspect/collector"
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/kubeproxy"
 	"github.com/netinspect/netinspect/source/conntrack"
 )
 
@@ -53,7 +56,7 @@ func testSources() []Source {
 		}}}},
 		{Name: "iptables", Collector: fake[*collector.IPTablesResult]{v: &collector.IPTablesResult{Mode: "iptables", Families: []collector.IPTablesFamily{
 			{Family: "ipv4", Endpoints: []collector.ServicePortCount{{ServicePortRef: kube.ServicePortRef{Namespace: "shop", Service: "cart", Port: "http"}, N: 2}}},
-		}}}},
+		}, Drift: testDrift()}}},
 		{Name: "conntrack-attribution", Collector: fake[*collector.AttributionResult]{v: &collector.AttributionResult{
 			Pods: []collector.AttributedCount{
 				{Namespace: "shop", Name: "cart-0", Protocol: "tcp", Entries: 100},
@@ -63,6 +66,17 @@ func testSources() []Source {
 		}}},
 		{Name: "ipvs", Collector: fake[*collector.IPVSResult]{err: errors.Join(errors.New("/proc/net/ip_vs absent, ip_vs is not loaded"), collector.ErrNoData)}},
 	}
+}
+
+// testDrift: cart's unnamed port 9090 is missing on this node, and a
+// deleted Service old/gone still has rules.
+func testDrift() *collector.DriftResult {
+	missing := kubeproxy.DriftSeries{Key: kubeproxy.DriftKey{Family: kubeproxy.IPv4, Namespace: "shop", Service: "cart", Port: "9090"}, State: kubeproxy.Missing, Age: 45 * time.Second}
+	stale := kubeproxy.DriftSeries{Key: kubeproxy.DriftKey{Family: kubeproxy.IPv4, Namespace: "old", Service: "gone", Port: "grpc"}, State: kubeproxy.Stale, Age: 90 * time.Second}
+	return &collector.DriftResult{Mode: "iptables", DriftReport: kubeproxy.DriftReport{
+		Families: []kubeproxy.FamilyDrift{{Family: kubeproxy.IPv4, ServicePorts: [4]int{1, 1, 1, 0}, Oldest: 90 * time.Second}},
+		Series:   []kubeproxy.DriftSeries{stale, missing}, Counted: []kubeproxy.DriftSeries{stale, missing},
+	}}
 }
 
 func TestBuildJoinsKernelViewToKubernetes(t *testing.T) {
@@ -87,15 +101,23 @@ func TestBuildJoinsKernelViewToKubernetes(t *testing.T) {
 	if cart == nil || len(cart.Interfaces) != 1 || cart.Interfaces[0].HostInterface != "veth1a2b3c4d" || *cart.ConntrackEntries != 120 || cart.Netns != "/run/netns/cni-1234" {
 		t.Fatalf("cart-0 %+v", cart)
 	}
-	if len(r.Services) != 1 || len(r.Services[0].Ports) != 2 {
+	// old/gone is only in the rules (stale); cart is in the index.
+	if len(r.Services) != 2 || r.Services[0].Name != "gone" || len(r.Services[1].Ports) != 2 {
 		t.Fatalf("services %+v", r.Services)
 	}
-	http := r.Services[0].Ports[0] // ports sort by name: "9090" before "http"
-	if http.Port != "http" {
-		http = r.Services[0].Ports[1]
-	}
+	cartSvc := r.Services[1]
+	http, unnamed := cartSvc.Ports[1], cartSvc.Ports[0] // ports sort by name: "9090" before "http"
 	if http.Port != "http" || http.IPTablesEndpoints == nil || *http.IPTablesEndpoints != 2 {
 		t.Errorf("port http %+v", http)
+	}
+	if fmt.Sprint(http.Drift) != "[{ipv4 in_sync 0}]" || fmt.Sprint(unnamed.Drift) != "[{ipv4 missing 45}]" {
+		t.Errorf("drift of cart's ports: http %v, 9090 %v", http.Drift, unnamed.Drift)
+	}
+	if g := r.Services[0]; g.Namespace != "old" || len(g.Ports) != 1 || fmt.Sprint(g.Ports[0].Drift) != "[{ipv4 stale 90}]" {
+		t.Errorf("stale service %+v", g)
+	}
+	if d := r.KubeProxyDrift; d == nil || d.Mode != "iptables" || fmt.Sprint(d.Families) != "[{ipv4 1 1 1 0 90}]" {
+		t.Errorf("drift summary %+v", d)
 	}
 	if len(r.Problems) != 1 || r.Problems[0].Source != "ipvs" || !r.Problems[0].Absent {
 		t.Errorf("problems %+v", r.Problems)
@@ -118,7 +140,8 @@ func TestTableFitsEightyColumns(t *testing.T) {
 			t.Errorf("line %d is %d columns: %q", i+1, len(line), line)
 		}
 	}
-	for _, want := range []string{"196608 of 262144 entries (75.0%)", "shop/cart-0", "veth1a2b3c4d/netns", "ipt 2", "ipvs (absent)"} {
+	for _, want := range []string{"196608 of 262144 entries (75.0%)", "shop/cart-0", "veth1a2b3c4d/netns", "ipt 2", "ipvs (absent)",
+		"ipv4 (iptables mode): 1 in sync, 1 missing, 1 stale, 0 endpoints; oldest 90s", "drift ipv4: missing for 45s", "drift ipv4: stale for 90s"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}

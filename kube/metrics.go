@@ -32,16 +32,25 @@ const podLabelsHelp = "Allowlisted Kubernetes labels of a pod of this node (--ku
 type Collector struct {
 	index  *Index
 	synced func(resource string) bool
+	// podLabels: pod_labels is exported (an allowlist is set).
+	podLabels bool
 }
 
 // NewCollector returns the collector for an index. synced reports each
 // resource's cache state; nil reports every resource as synced.
 func NewCollector(ix *Index, synced func(resource string) bool) *Collector {
-	return &Collector{index: ix, synced: synced}
+	return &Collector{index: ix, synced: synced, podLabels: true}
 }
 
-// Collector returns the watcher's metrics collector.
-func (w *Watcher) Collector() *Collector { return NewCollector(w.index, w.Synced) }
+// Collector returns the watcher's metrics collector. Without an allowlist
+// (--kube.pod-labels empty, the default) it exports no pod_labels: one
+// series per pod that would carry only namespace and pod, which pod_info
+// has already.
+func (w *Watcher) Collector() *Collector {
+	c := NewCollector(w.index, w.Synced)
+	c.podLabels = !w.cfg.PodLabels.Empty()
+	return c
+}
 
 // Describe sends nothing: the collector is unchecked.
 func (c *Collector) Describe(chan<- *prometheus.Desc) {}
@@ -98,6 +107,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(podIPInfoDesc, prometheus.GaugeValue, 1,
 				p.Namespace, p.Name, ip.String(), family)
+		}
+		if !c.podLabels {
+			continue
 		}
 		values[0], values[1] = p.Namespace, p.Name
 		for i, k := range keys {

@@ -119,6 +119,12 @@ func NewWatcher(cfg Config) (*Watcher, error) {
 	w.informers[ResourceServices] = clusterFactory.Core().V1().Services().Informer()
 	w.informers[ResourceEndpointSlices] = clusterFactory.Discovery().V1().EndpointSlices().Informer()
 	w.informers[ResourceNodes] = nodeFactory.Core().V1().Nodes().Informer()
+	// What kube-proxy reads: until it is all in, the index cannot say
+	// what kube-proxy should have programmed (the node's pods do not
+	// matter to that).
+	w.index.SetSynced(func() bool {
+		return w.Synced(ResourceServices) && w.Synced(ResourceEndpointSlices) && w.Synced(ResourceNodes)
+	})
 
 	transforms := map[string]cache.TransformFunc{
 		ResourcePods:           w.slimPod,

@@ -312,3 +312,24 @@ func TestSlimNodeKeepsTheZone(t *testing.T) {
 		t.Errorf("another node's zone taken: %q", z)
 	}
 }
+
+// Without an allowlist (--kube.pod-labels unset, the default) the watcher
+// exports no pod_labels; with one, a series per pod.
+func TestPodLabelsOnlyWithAnAllowlist(t *testing.T) {
+	for _, tc := range []struct {
+		allow string
+		want  int
+	}{{"", 0}, {"app", 1}} {
+		w, err := NewWatcher(Config{REST: &rest.Config{Host: "https://127.0.0.1:1"}, NodeName: "n", PodLabels: ParseLabelAllowlist(tc.allow)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Index().SetPod(PodInfo{Namespace: "ns", Name: "web", Node: "n", Labels: w.cfg.PodLabels.Filter(map[string]string{"app": "web"})})
+		if n := testutil.CollectAndCount(w.Collector(), "netinspect_pod_labels"); n != tc.want {
+			t.Errorf("allowlist %q: %d pod_labels series, want %d", tc.allow, n, tc.want)
+		}
+		if n := testutil.CollectAndCount(w.Collector(), "netinspect_pod_info"); n != 1 {
+			t.Errorf("allowlist %q: %d pod_info series, want 1", tc.allow, n)
+		}
+	}
+}

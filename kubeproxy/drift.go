@@ -179,9 +179,11 @@ type DriftReport struct {
 	// InSync.
 	Families []FamilyDrift
 	// Series are the counted mismatches, oldest first (then by key), at
-	// most MaxSeries of them; SeriesDropped counts the rest.
+	// most MaxSeries of them; SeriesDropped counts the rest. Counted holds
+	// them all (Series is its start), for a one-shot report.
 	Series        []DriftSeries
 	SeriesDropped int
+	Counted       []DriftSeries
 	// Pending counts the mismatches still within their grace.
 	Pending int
 	// Durations is how long each mismatch that cleared had lasted (counted
@@ -309,10 +311,42 @@ func (t *DriftTracker) reportLocked(at time.Time, cost time.Duration) DriftRepor
 		return cmp.Or(a.Since.Compare(b.Since), compareKeys(a.Key, b.Key))
 	})
 	n := min(len(counted), t.cfg.MaxSeries)
-	r.Series, r.SeriesDropped = counted[:n:n], len(counted)-n
+	r.Series, r.SeriesDropped, r.Counted = counted[:n:n], len(counted)-n, counted
 	r.NextRelist = t.cfg.RefreshInterval
 	if r.Pending > 0 {
 		r.NextRelist = min(max(t.cfg.FastRelistInterval, 4*cost), t.cfg.RefreshInterval)
 	}
 	return r
+}
+
+// staleSet adds stale service ports to a comparison once each: a key that
+// is already a mismatch is left as it is, and one that is an expected
+// service port's (a leftover of a port that changed, such as an old node
+// port) does not count as another service port.
+type staleSet struct {
+	c          *Comparison
+	expected   map[DriftKey]bool
+	mismatched map[DriftKey]bool
+}
+
+func newStaleSet(c *Comparison, ports []ExpectedPort) *staleSet {
+	s := &staleSet{c: c, expected: make(map[DriftKey]bool, len(ports)), mismatched: map[DriftKey]bool{}}
+	for i := range ports {
+		s.expected[ports[i].driftKey()] = true
+	}
+	for _, m := range c.Mismatches {
+		s.mismatched[m.Key] = true
+	}
+	return s
+}
+
+func (s *staleSet) add(k DriftKey) {
+	if s.mismatched[k] {
+		return
+	}
+	s.mismatched[k] = true
+	if !s.expected[k] {
+		s.c.ServicePorts++
+	}
+	s.c.Mismatches = append(s.c.Mismatches, Mismatch{Key: k, State: Stale})
 }

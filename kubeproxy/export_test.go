@@ -18,3 +18,9 @@ func EndpointChain(id ServicePortID, ep netip.AddrPort) string {
 
 // Union is union.
 func Union(a, b EndpointSet) EndpointSet { return union(a, b) }
+
+// NFTChains are the port's service-, local- and external- chain names.
+func NFTChains(id ServicePortID) (cluster, local, external string) {
+	n := nftChainNames(id)
+	return n.cluster, n.local, n.external
+}

@@ -15,6 +15,11 @@ const (
 	// NFTNoEndpointServices holds the service IPs and ports without
 	// endpoints, with the service port's name as the element comment.
 	NFTNoEndpointServices = "no-endpoint-services"
+	// NFTServiceNodePorts maps "proto . port" of every node port to the
+	// service port's external chain; NFTNoEndpointNodePorts holds the node
+	// ports without endpoints for external traffic.
+	NFTServiceNodePorts    = "service-nodeports"
+	NFTNoEndpointNodePorts = "no-endpoint-nodeports"
 	// NFTAffinityPrefix starts the names of the per-endpoint session
 	// affinity sets.
 	NFTAffinityPrefix = "affinity-"
@@ -92,3 +97,8 @@ func SplitNFTServicePort(s string) (namespace, name, protocol, port string, ok b
 	}
 	return parts[0], parts[1], parts[2], parts[3], true
 }
+
+// IsNFTServiceChain reports whether chain is one of kube-proxy's
+// per-service or per-endpoint chains: only those contain "/"
+// (isServiceChainName).
+func IsNFTServiceChain(chain string) bool { return strings.Contains(chain, "/") }

@@ -9,13 +9,14 @@ import (
 )
 
 // IPTablesListing is what one family's iptables-save listing shows of
-// kube-proxy's per-service rules, as the rule parser reads it (one field per
-// field of the parser's ServiceChains and NoEndpoints).
+// kube-proxy's per-service rules. The rule parser (source/iptables) fills
+// its maps directly: Services from the nat table, Rejected from the filter
+// table.
 type IPTablesListing struct {
 	// Services maps the 16-character hash shared by a service port's
 	// KUBE-SVC-, KUBE-SVL-, KUBE-EXT- and KUBE-FW- chains (nat table) to
 	// what the listing shows of them.
-	Services map[string]IPTablesServicePort
+	Services map[string]*IPTablesServicePort
 	// Rejected maps the service port names ("namespace/name[:port]") that a
 	// filter-table rule rejects as having no endpoints to the port of that
 	// rule (0 when unknown).
@@ -27,15 +28,16 @@ type IPTablesServicePort struct {
 	// PortName is "namespace/name[:port]" from a rule comment ("" when
 	// none was seen).
 	PortName string
-	// Port is the destination port of the KUBE-SERVICES rule that sends the
-	// ClusterIP to the port's chain ("... cluster IP"); 0 when there is no
-	// such rule.
-	Port int
+	// Protocol (lower case) and Port are those of the KUBE-SERVICES rule
+	// that sends the ClusterIP to the port's chain ("... cluster IP"); ""
+	// and 0 when there is no such rule.
+	Protocol string
+	Port     int
 	// HasSVC and HasSVL say whether the KUBE-SVC- and KUBE-SVL- chains
 	// exist.
 	HasSVC, HasSVL bool
-	// Endpoints are the KUBE-SEP- chains the KUBE-SVC- and KUBE-SVL- chains
-	// jump to.
+	// Endpoints are the distinct KUBE-SEP- chains the KUBE-SVC- and
+	// KUBE-SVL- chains jump to.
 	Endpoints map[string]struct{}
 }
 
@@ -78,6 +80,9 @@ func (e *Expectation) CompareIPTables(f IPFamily, l *IPTablesListing) Comparison
 		p := &ports[i]
 		c.ServicePorts++
 		got := l.Services[string(h.servicePort(p.ID))]
+		if got == nil {
+			got = &IPTablesServicePort{}
+		}
 		if got.Port != 0 {
 			jumpsMatched++
 		}
@@ -96,6 +101,13 @@ func (e *Expectation) CompareIPTables(f IPFamily, l *IPTablesListing) Comparison
 			jumps++
 		}
 	}
+	var stale *staleSet
+	addStale := func(k DriftKey) {
+		if stale == nil {
+			stale = newStaleSet(&c, ports)
+		}
+		stale.add(k)
+	}
 	if jumps > jumpsMatched {
 		expected := make(map[string]struct{}, len(ports))
 		for i := range ports {
@@ -105,8 +117,7 @@ func (e *Expectation) CompareIPTables(f IPFamily, l *IPTablesListing) Comparison
 			if _, ok := expected[hash]; ok || s.Port == 0 {
 				continue // expected, or not reached from KUBE-SERVICES
 			}
-			c.ServicePorts++
-			c.Mismatches = append(c.Mismatches, Mismatch{Key: staleKey(f, s.PortName, s.Port), State: Stale})
+			addStale(staleKey(f, s.PortName, s.Port))
 		}
 	}
 	if len(l.Rejected) > rejectsMatched {
@@ -118,14 +129,13 @@ func (e *Expectation) CompareIPTables(f IPFamily, l *IPTablesListing) Comparison
 			if _, ok := names[name]; ok {
 				continue
 			}
-			c.ServicePorts++
-			c.Mismatches = append(c.Mismatches, Mismatch{Key: staleKey(f, name, port), State: Stale})
+			addStale(staleKey(f, name, port))
 		}
 	}
 	return c
 }
 
-func compareIPTablesPort(p *ExpectedPort, got IPTablesServicePort, gotReject, large bool, h *hasher) DriftState {
+func compareIPTablesPort(p *ExpectedPort, got *IPTablesServicePort, gotReject, large bool, h *hasher) DriftState {
 	wantSVC, wantSVL, wantReject := len(p.Cluster) > 0, len(p.Local) > 0, !p.HasEndpoints
 	wantJump := p.Internal().Verdict == Forward
 	gotJump := got.Port != 0

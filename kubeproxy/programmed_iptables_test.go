@@ -13,9 +13,9 @@ import (
 // programmedAsExpected is the listing of a kube-proxy that programmed
 // exactly what e expects for family f.
 func programmedAsExpected(e *Expectation, f IPFamily) *IPTablesListing {
-	l := &IPTablesListing{Services: map[string]IPTablesServicePort{}, Rejected: map[string]int{}}
+	l := &IPTablesListing{Services: map[string]*IPTablesServicePort{}, Rejected: map[string]int{}}
 	for _, p := range e.Family(f) {
-		s := IPTablesServicePort{PortName: p.ID.String(), HasSVC: len(p.Cluster) > 0, HasSVL: len(p.Local) > 0, Endpoints: map[string]struct{}{}}
+		s := &IPTablesServicePort{PortName: p.ID.String(), HasSVC: len(p.Cluster) > 0, HasSVL: len(p.Local) > 0, Endpoints: map[string]struct{}{}}
 		if p.Internal().Verdict == Forward {
 			s.Port = int(p.Port)
 		}
@@ -95,7 +95,7 @@ func TestCompareIPTables(t *testing.T) {
 			[]Mismatch{{Key: key("empty"), State: Missing}}, 4},
 		{"the drop-only port still sends to its old chain", func(l *IPTablesListing) {
 			id := ServicePortID{Family: IPv4, Namespace: "ns", Name: "droponly", Port: "http", Protocol: "tcp"}
-			old := IPTablesServicePort{PortName: "ns/droponly:http", Port: 80, HasSVL: true,
+			old := &IPTablesServicePort{PortName: "ns/droponly:http", Port: 80, HasSVL: true,
 				Endpoints: map[string]struct{}{sep(id, "10.244.1.3:8080"): {}}}
 			l.Services[ServicePortHash(id)] = old
 		}, []Mismatch{{Key: key("droponly"), State: EndpointsDiffer}}, 4},
@@ -105,15 +105,15 @@ func TestCompareIPTables(t *testing.T) {
 			// The empty port's old KUBE-SVC- chain, no longer jumped to:
 			// kube-proxy deletes it on its next sync in a small cluster.
 			id := ServicePortID{Family: IPv4, Namespace: "ns", Name: "empty", Port: "http", Protocol: "tcp"}
-			old := IPTablesServicePort{PortName: "ns/empty:http", HasSVC: true,
+			old := &IPTablesServicePort{PortName: "ns/empty:http", HasSVC: true,
 				Endpoints: map[string]struct{}{sep(id, "10.244.1.5:8080"): {}}}
 			l.Services[ServicePortHash(id)] = old
 		}, []Mismatch{{Key: key("empty"), State: EndpointsDiffer}}, 4},
 		{"stale service port", func(l *IPTablesListing) {
-			l.Services["ABCDEFGHIJKLMNOP"] = IPTablesServicePort{PortName: "old/gone:grpc", Port: 9000, HasSVC: true, Endpoints: map[string]struct{}{"KUBE-SEP-AAAAAAAAAAAAAAAA": {}}}
+			l.Services["ABCDEFGHIJKLMNOP"] = &IPTablesServicePort{PortName: "old/gone:grpc", Port: 9000, HasSVC: true, Endpoints: map[string]struct{}{"KUBE-SEP-AAAAAAAAAAAAAAAA": {}}}
 		}, []Mismatch{{Key: DriftKey{Family: IPv4, Namespace: "old", Service: "gone", Port: "grpc"}, State: Stale}}, 5},
 		{"stale unreferenced chain is harmless", func(l *IPTablesListing) {
-			l.Services["ABCDEFGHIJKLMNOP"] = IPTablesServicePort{PortName: "old/gone:grpc", HasSVC: true}
+			l.Services["ABCDEFGHIJKLMNOP"] = &IPTablesServicePort{PortName: "old/gone:grpc", HasSVC: true}
 		}, nil, 4},
 		{"stale REJECT of an unnamed port", func(l *IPTablesListing) { l.Rejected["old/gone"] = 5353 },
 			[]Mismatch{{Key: DriftKey{Family: IPv4, Namespace: "old", Service: "gone", Port: "5353"}, State: Stale}}, 5},

@@ -27,14 +27,14 @@ type collectorSpec struct {
 }
 
 // collectorSpecs lists every collector the binary knows, in the order their
-// flags appear in --help.
-func collectorSpecs() []collectorSpec {
+// flags appear in --help. The rule collectors share the drift flags.
+func collectorSpecs(drift *driftFlags) []collectorSpec {
 	return []collectorSpec{
 		conntrackSpec(),
 		vethSpec(),
-		ipvsSpec(),
-		iptablesSpec(),
-		nftablesSpec(),
+		ipvsSpec(drift),
+		iptablesSpec(drift),
+		nftablesSpec(drift),
 		attributionSpec(),
 		dnsSpec(),
 	}

@@ -32,6 +32,7 @@ type config struct {
 
 	paths collector.Paths
 	kube  *kubeFlags
+	drift *driftFlags
 
 	// collectors lists every collector with whether it runs and its
 	// constructor.
@@ -142,8 +143,9 @@ func parseFlags(args []string, stdout, stderr io.Writer) (cfg *config, code int,
 	app.Flag("path.netns", "Directory of the container runtime's network namespace bind mounts.").Default("/run/netns").StringVar(&cfg.paths.NetNS)
 	cfg.kube = addKubeFlags(app)
 	addWebGuardFlags(app, &cfg.guard)
+	cfg.drift = addDriftFlags(app)
 
-	for _, spec := range collectorSpecs() {
+	for _, spec := range collectorSpecs(cfg.drift) {
 		help := fmt.Sprintf("Enable the %s collector (default: %s).", spec.name, onOff(spec.defaultEnabled))
 		enabled := app.Flag("collector."+spec.name, help).Default(fmt.Sprint(spec.defaultEnabled)).Bool()
 		cfg.collectors = append(cfg.collectors, enabledCollector{
@@ -173,6 +175,12 @@ func parseFlags(args []string, stdout, stderr io.Writer) (cfg *config, code int,
 		return nil, exitBadFlags, perr
 	}
 	cfg.command = command
+	if err := cfg.drift.check(); err != nil {
+		fmt.Fprintf(stderr, "netinspect: %v\n\n", err)
+		app.UsageWriter(stderr)
+		app.Usage(nil)
+		return nil, exitBadFlags, err
+	}
 	// The collectors' constructors validate their configs; building them
 	// once here, with no Kubernetes index, makes a rejected value a bad
 	// flag (exit 2, with usage) before anything starts.

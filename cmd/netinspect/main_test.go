@@ -372,6 +372,14 @@ func TestBinaryStartupErrors(t *testing.T) {
 		// before the Kubernetes client (here a kubeconfig that does not
 		// exist, which would exit 1) is started.
 		{"collector value rejected before start", []string{"--collector.veth.methods=arp", "--kubeconfig=/nonexistent", "--web.listen-address=127.0.0.1:0"}, 2, regexp.MustCompile(`collector veth: unknown veth mapping method "arp"(?s:.*)usage: netinspect`)},
+		// kube-proxy drift: a cap below 0 and a negative or unreadable
+		// grace are bad flags; a cap of 0 (no per-port series) and a grace
+		// of 0 (count at once) are accepted (and not in this table).
+		{"negative drift series cap", []string{"--kube-proxy.drift.max-series=-1", "--web.listen-address=127.0.0.1:0"}, 2, regexp.MustCompile(`--kube-proxy.drift.max-series=-1: must be 0 \(no per-port series\) or more(?s:.*)usage: netinspect`)},
+		{"negative drift grace", []string{"--kube-proxy.drift.grace=-30s", "--web.listen-address=127.0.0.1:0"}, 2, regexp.MustCompile(`--kube-proxy.drift.grace=-30s: .*must not be negative(?s:.*)usage: netinspect`)},
+		{"negative drift grace in intervals", []string{"--kube-proxy.drift.grace=-1x", "--web.listen-address=127.0.0.1:0"}, 2, regexp.MustCompile(`--kube-proxy.drift.grace=-1x: .*non-negative multiple of the refresh interval`)},
+		{"unreadable drift grace", []string{"--kube-proxy.drift.grace=soon", "--web.listen-address=127.0.0.1:0"}, 2, regexp.MustCompile(`--kube-proxy.drift.grace=soon: .*invalid duration`)},
+		{"unknown service-series mode", []string{"--collector.nftables.service-series=some", "--web.listen-address=127.0.0.1:0"}, 2, regexp.MustCompile(`enum value must be one of drift,all`)},
 		{"bad log level", []string{"--log.level=loud", "--web.listen-address=127.0.0.1:0"}, 1, regexp.MustCompile(`--log.level="loud" is not a log level; use one of debug, info, warn, error`)},
 		{"port in use", []string{"--web.listen-address=" + busy.Addr().String()}, 1, regexp.MustCompile(`listen on 127\.0\.0\.1:\d+: .*address already in use; choose a free address with --web.listen-address`)},
 		{"unreadable web config", []string{"--web.listen-address=127.0.0.1:0", "--web.config.file=" + unreadable}, 1, regexp.MustCompile(`web config file ".*missing-web.yml" \(--web.config.file\) is not usable: .*no such file`)},
@@ -415,7 +423,7 @@ func TestHelpExitsZero(t *testing.T) {
 	if err != nil {
 		t.Fatalf("--help: %v\n%s", err, out)
 	}
-	for _, flag := range []string{"--web.listen-address", "--web.config.file", "--web.telemetry-path", "--web.max-requests", "--[no-]web.kubernetes-auth", "--[no-]web.tls.self-signed", "--web.tls.cert-file", "--[no-]collector.conntrack", "collector.conntrack.per-cpu", "--path.procfs", "--log.format"} {
+	for _, flag := range []string{"--web.listen-address", "--web.config.file", "--web.telemetry-path", "--web.max-requests", "--[no-]web.kubernetes-auth", "--[no-]web.tls.self-signed", "--web.tls.cert-file", "--[no-]collector.conntrack", "collector.conntrack.per-cpu", "--path.procfs", "--log.format", "--kube-proxy.drift.max-series", "--kube-proxy.drift.grace", "--collector.iptables.service-series", "--collector.nftables.service-series", "--collector.ipvs.service-series"} {
 		if !strings.Contains(string(out), flag) {
 			t.Errorf("--help does not mention %s", flag)
 		}

@@ -184,6 +184,9 @@ type Index struct {
 	node      string
 	nodeZone  string
 	nodeKnown bool // this node's Node object has been seen
+	// synced says whether the informers filling the index have synced;
+	// nil for an index filled by hand, which is complete.
+	synced func() bool
 
 	pods    map[objKey]*PodInfo
 	podByIP map[netip.Addr]PodRef
@@ -241,6 +244,23 @@ func (ix *Index) SetNodeZone(zone string) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ix.nodeZone, ix.nodeKnown = zone, true
+}
+
+// SetSynced sets how the index tells whether it holds the whole cluster
+// (kube.Watcher: its Service, EndpointSlice and Node informers have
+// synced). Call it before the index is shared.
+func (ix *Index) SetSynced(fn func() bool) { ix.synced = fn }
+
+// Synced reports whether the index holds every Service and EndpointSlice
+// of the cluster and this node's Node, so that what is absent from it is
+// absent from the API: a judgment that something should not exist (kube-
+// proxy drift) waits for it. An index filled by hand is synced; a nil one
+// is not.
+func (ix *Index) Synced() bool {
+	if ix == nil {
+		return false
+	}
+	return ix.synced == nil || ix.synced()
 }
 
 // NodeKnown reports whether this node's Node object has been seen.

@@ -38,7 +38,8 @@ type Table struct {
 	// Chains maps every chain declared in the table to its number of rules.
 	Chains map[string]int
 	// Services holds, per service-port hash (the 16 characters after
-	// KUBE-SVC-, KUBE-SVL-, KUBE-EXT-, KUBE-FW-), what the rules say of it.
+	// KUBE-SVC-, KUBE-SVL-, KUBE-EXT-, KUBE-FW-), what the rules say of it,
+	// in the form kube-proxy's drift comparison reads (KubeProxyListing).
 	Services map[string]*ServiceChains
 	// NoEndpoints maps the service port names that kube-proxy rejects
 	// because they have no endpoints ("ns/name:port has no endpoints") to
@@ -52,20 +53,27 @@ type Table struct {
 	tokBuf    []byte
 }
 
-// ServiceChains is one service port as seen in the chains sharing its hash.
-type ServiceChains struct {
-	// PortName is "namespace/name[:port]" from a rule comment; empty when
-	// kube-proxy dropped the comments (large clusters) and none was seen.
-	PortName string
-	// Protocol (lower case) and Port come from the cluster IP rule in
-	// KUBE-SERVICES; empty and 0 when that rule is absent.
-	Protocol string
-	Port     int
-	// HasSVC and HasSVL say whether the KUBE-SVC- / KUBE-SVL- chain exists.
-	HasSVC, HasSVL bool
-	// Endpoints are the distinct KUBE-SEP- chains the KUBE-SVC- and
-	// KUBE-SVL- chains jump to.
-	Endpoints map[string]struct{}
+// ServiceChains is one service port as seen in the chains sharing its hash:
+// kubeproxy.IPTablesServicePort, filled by the parser (PortName from a rule
+// comment, empty when kube-proxy dropped the comments in a large cluster and
+// none was seen; Protocol and Port from the cluster IP rule in
+// KUBE-SERVICES; HasSVC and HasSVL; the distinct KUBE-SEP- chains the
+// KUBE-SVC- and KUBE-SVL- chains jump to).
+type ServiceChains = kubeproxy.IPTablesServicePort
+
+// KubeProxyListing is what the listing shows of kube-proxy's per-service
+// rules, for kubeproxy's drift comparison: the nat table's service chains
+// and the filter table's "has no endpoints" rejects, shared with r (not
+// copied).
+func (r *Ruleset) KubeProxyListing() *kubeproxy.IPTablesListing {
+	l := &kubeproxy.IPTablesListing{}
+	if nat := r.Table("nat"); nat != nil {
+		l.Services = nat.Services
+	}
+	if filter := r.Table("filter"); filter != nil {
+		l.Rejected = filter.NoEndpoints
+	}
+	return l
 }
 
 // ErrMalformed is wrapped by parse errors.

@@ -255,3 +255,40 @@ func LocalAddrs(ctx context.Context, target netns.Target) (map[netip.Addr]bool, 
 	}
 	return out, nil
 }
+
+// AddrsExcept lists the addresses of every interface of target except the
+// one named dev, and reports whether dev exists (kube-proxy's IPVS mode
+// binds every service address to its dummy interface kube-ipvs0; the
+// others are the node's own, where its node-port virtual servers are).
+// Loopback and IPv6 link-local addresses are left out, as kube-proxy's
+// GetAllLocalAddressesExcept does (pkg/proxy/ipvs/netlink_linux.go
+// isValidForSet).
+func AddrsExcept(ctx context.Context, target netns.Target, dev string) (addrs map[netip.Addr]bool, devFound bool, err error) {
+	r, err := Open(ctx, target)
+	if err != nil {
+		return nil, false, err
+	}
+	defer r.Close()
+	devIndex := -1
+	if l, err := r.h.LinkByName(dev); err == nil {
+		devIndex, devFound = l.Attrs().Index, true
+	} else if !errors.As(err, new(netlink.LinkNotFoundError)) {
+		return nil, false, fmt.Errorf("look up link %s: %w", dev, err)
+	}
+	list, err := r.h.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return nil, false, fmt.Errorf("list interface addresses: %w", err)
+	}
+	addrs = map[netip.Addr]bool{}
+	for _, a := range list {
+		if a.LinkIndex == devIndex || a.IPNet == nil {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(a.IPNet.IP)
+		if ip = ip.Unmap(); !ok || ip.IsLoopback() || (ip.Is6() && ip.IsLinkLocalUnicast()) {
+			continue
+		}
+		addrs[ip] = true
+	}
+	return addrs, devFound, nil
+}

@@ -9,11 +9,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
@@ -65,11 +67,20 @@ type Set struct {
 // Element is one element of a set or map.
 type Element struct {
 	Key []byte
+	// Verdict is a verdict map element's verdict: "drop", "accept",
+	// "goto", "jump", "return", "continue" ("" in a set or data map).
+	Verdict string
 	// Chain is the chain a verdict map's element jumps or goes to.
 	Chain   string
 	Comment string
 	// IntervalEnd marks the closing element of an interval.
 	IntervalEnd bool
+}
+
+// verdictNames names the verdicts of set elements (expr.VerdictKind).
+var verdictNames = map[expr.VerdictKind]string{
+	expr.VerdictDrop: "drop", expr.VerdictAccept: "accept", expr.VerdictGoto: "goto",
+	expr.VerdictJump: "jump", expr.VerdictReturn: "return", expr.VerdictContinue: "continue",
 }
 
 // Reader reads the tables of one network namespace.
@@ -82,6 +93,11 @@ type Reader struct {
 	// SkipSet, when set, names the sets that are left out of a listing
 	// (their elements cost a netlink request each).
 	SkipSet func(name string) bool
+	// Targets, when set, names the chains whose DNAT targets and verdicts
+	// are resolved through the anonymous maps their rules look up (one
+	// netlink request per map): RuleStats.DNAT and Gotos then hold them.
+	// Other chains keep only what their rules say literally.
+	Targets func(chain string) bool
 }
 
 func (r Reader) conn(opts ...nftables.ConnOption) (*nftables.Conn, error) {
@@ -180,9 +196,14 @@ func (r Reader) readTable(ctx context.Context, conn *nftables.Conn, table *nftab
 	if err != nil {
 		return t, fmt.Errorf("list sets of %s: %w", where, err)
 	}
+	anonymous := map[string]*nftables.Set{}
 	for _, s := range sets {
 		// nft names anonymous sets __set<N> (and __map<N>).
-		if s.Anonymous || strings.HasPrefix(s.Name, "__") || (r.SkipSet != nil && r.SkipSet(s.Name)) {
+		if s.Anonymous || strings.HasPrefix(s.Name, "__") {
+			anonymous[s.Name] = s
+			continue
+		}
+		if r.SkipSet != nil && r.SkipSet(s.Name) {
 			continue
 		}
 		elems, err := conn.GetSetElements(s)
@@ -191,11 +212,7 @@ func (r Reader) readTable(ctx context.Context, conn *nftables.Conn, table *nftab
 		}
 		set := Set{Name: s.Name, Elements: make([]Element, 0, len(elems))}
 		for _, e := range elems {
-			el := Element{Key: e.Key, Comment: e.Comment, IntervalEnd: e.IntervalEnd}
-			if e.VerdictData != nil {
-				el.Chain = e.VerdictData.Chain
-			}
-			set.Elements = append(set.Elements, el)
+			set.Elements = append(set.Elements, element(s, e))
 		}
 		t.Sets = append(t.Sets, set)
 		if err := ctx.Err(); err != nil {
@@ -206,7 +223,99 @@ func (r Reader) readTable(ctx context.Context, conn *nftables.Conn, table *nftab
 	if t.Rules, t.ChainRules, err = r.ruleStats(ctx, table); err != nil {
 		return t, fmt.Errorf("count rules of %s: %w", where, err)
 	}
+	if r.Targets != nil {
+		if err := r.resolveTargets(ctx, conn, &t, anonymous); err != nil {
+			return t, fmt.Errorf("read the anonymous maps of %s: %w", where, err)
+		}
+	}
 	return t, nil
+}
+
+func element(s *nftables.Set, e nftables.SetElement) Element {
+	el := Element{Key: e.Key, Comment: e.Comment, IntervalEnd: e.IntervalEnd}
+	if isVerdictMap(s) {
+		el.Verdict, el.Chain = decodeVerdict(e.Val)
+	}
+	return el
+}
+
+// isVerdictMap: the kernel reports a verdict map's data type as
+// NFT_DATA_VERDICT (0xffffff00), which google/nftables v0.3.0 does not
+// know and lists as data type 0; a data map's type (an address, a
+// concatenation) is one it knows.
+func isVerdictMap(s *nftables.Set) bool {
+	m := s.DataType.GetNFTMagic()
+	return s.IsMap && (m == 0 || m == unix.NFT_DATA_VERDICT || m == nftables.TypeVerdict.GetNFTMagic())
+}
+
+// decodeVerdict decodes the verdict of a verdict map element. google/nftables
+// v0.3.0 does not (SetElement.VerdictData stays nil when listing): its
+// element decoder leaves the NFTA_DATA_VERDICT attribute's nested
+// NFTA_VERDICT_CODE and NFTA_VERDICT_CHAIN in Val.
+func decodeVerdict(b []byte) (verdict, chain string) {
+	a := netlinkattr.NewAttrs(b)
+	code, hasCode := int32(0), false
+	for a.Next() {
+		switch a.Type() {
+		case unix.NFTA_VERDICT_CODE:
+			code, hasCode = int32(netlinkattr.BE32(a.Value())), true
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = netlinkattr.String(a.Value())
+		}
+	}
+	if a.Err() != nil || !hasCode {
+		return "", ""
+	}
+	return verdictNames[expr.VerdictKind(code)], chain
+}
+
+// resolveTargets reads the elements of the anonymous maps the rules of the
+// chains r.Targets selects look up, and turns them into DNAT targets and
+// gotos. An anonymous map belongs to the one rule that uses it, so each is
+// read once. A map the rule names but the listing did not have (the ruleset
+// changed in between) leaves the chain without those targets.
+func (r Reader) resolveTargets(ctx context.Context, conn *nftables.Conn, t *Table, anonymous map[string]*nftables.Set) error {
+	for chain, st := range t.ChainRules {
+		if (len(st.DNATMaps) == 0 && len(st.VerdictMaps) == 0) || !r.Targets(chain) {
+			continue
+		}
+		for _, m := range st.DNATMaps {
+			set := anonymous[m.Set]
+			if set == nil {
+				continue
+			}
+			elems, err := conn.GetSetElements(set)
+			if err != nil {
+				return fmt.Errorf("set %s of chain %s: %w", m.Set, chain, err)
+			}
+			for _, e := range elems {
+				if ep, ok := m.DNATTarget(e.Val); ok {
+					st.DNAT = append(st.DNAT, ep)
+				}
+			}
+		}
+		for _, name := range st.VerdictMaps {
+			set := anonymous[name]
+			if set == nil {
+				continue
+			}
+			elems, err := conn.GetSetElements(set)
+			if err != nil {
+				return fmt.Errorf("set %s of chain %s: %w", name, chain, err)
+			}
+			for _, e := range elems {
+				if v, chain := decodeVerdict(e.Val); (v == "goto" || v == "jump") && chain != "" {
+					st.Gotos = append(st.Gotos, chain)
+				}
+			}
+		}
+		st.DNATMaps, st.VerdictMaps = nil, nil
+		t.ChainRules[chain] = st
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func familyName(f nftables.TableFamily) string {
@@ -256,8 +365,7 @@ func (r Reader) ruleStats(ctx context.Context, table *nftables.Table) (int, map[
 			return 0, nil, fmt.Errorf("decode rule: %w", err)
 		}
 		cur := chains[chain]
-		cur.Modulus = max(cur.Modulus, stats.Modulus)
-		cur.NAT = cur.NAT || stats.NAT
+		cur.merge(stats)
 		chains[chain] = cur
 	}
 	return n, chains, nil
@@ -275,4 +383,27 @@ func ConcatPort(key []byte, family string) (int, bool) {
 		return 0, false
 	}
 	return int(netlinkattr.BE16(key[addrLen+4:])), true
+}
+
+// ConcatAddrProtoPort decodes a "<addr> . inet_proto . inet_service" key of
+// a table of family ("ipv4" or "ipv6"): each field padded to 4 bytes, the
+// port big-endian.
+func ConcatAddrProtoPort(key []byte, family string) (addr netip.Addr, proto uint8, port uint16, ok bool) {
+	addrLen := 4
+	if family == "ipv6" {
+		addrLen = 16
+	}
+	if len(key) != addrLen+8 {
+		return netip.Addr{}, 0, 0, false
+	}
+	addr, _ = netip.AddrFromSlice(key[:addrLen])
+	return addr, key[addrLen], netlinkattr.BE16(key[addrLen+4:]), true
+}
+
+// ConcatProtoPort decodes an "inet_proto . inet_service" key.
+func ConcatProtoPort(key []byte) (proto uint8, port uint16, ok bool) {
+	if len(key) != 8 {
+		return 0, 0, false
+	}
+	return key[0], netlinkattr.BE16(key[4:]), true
 }

@@ -145,6 +145,9 @@ type ControlPlane struct {
 	etcd    *process
 	mu      sync.Mutex
 	servers map[int]*process // API servers by port
+	// forwarded holds the namespaces KubeconfigIn forwards to the API
+	// server from (by name), so a second call reuses the forwarder.
+	forwarded map[string]bool
 	// components are kube-controller-manager and kube-scheduler.
 	components []*process
 }
@@ -397,9 +400,15 @@ func (cp *ControlPlane) ServiceAccountConfig(t testing.TB, namespace, name strin
 // EnsureNamespace creates a namespace if it does not exist.
 func (cp *ControlPlane) EnsureNamespace(t testing.TB, name string) {
 	t.Helper()
+	EnsureNamespaceWith(t, cp.Client, name)
+}
+
+// EnsureNamespaceWith is EnsureNamespace through client.
+func EnsureNamespaceWith(t testing.TB, client kubernetes.Interface, name string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err := cp.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	_, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatalf("create namespace %s: %v", name, err)
 	}
@@ -408,12 +417,28 @@ func (cp *ControlPlane) EnsureNamespace(t testing.TB, name string) {
 // KubeconfigIn makes the primary API server reachable from inside another
 // network namespace at 127.0.0.1:6443 (a forwarder in the test process,
 // closed when the test ends) and returns an admin kubeconfig for processes
-// running there. For cp.NS itself it returns AdminKubeconfig.
+// running there. For cp.NS itself it returns AdminKubeconfig. A second call
+// for the same namespace (kube-proxy and the exporter on one node) reuses
+// the forwarder.
 func (cp *ControlPlane) KubeconfigIn(t testing.TB, ns *netns.NS) string {
 	t.Helper()
 	if ns.Name == cp.NS.Name {
 		return cp.AdminKubeconfig
 	}
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	if cp.forwarded[ns.Name] {
+		return cp.AdminKubeconfig
+	}
+	if cp.forwarded == nil {
+		cp.forwarded = map[string]bool{}
+	}
+	cp.forwarded[ns.Name] = true
+	t.Cleanup(func() {
+		cp.mu.Lock()
+		delete(cp.forwarded, ns.Name)
+		cp.mu.Unlock()
+	})
 	addr := fmt.Sprintf("127.0.0.1:%d", APIServerPort)
 	l, err := ListenIn(ns.Path(), "tcp", addr)
 	if err != nil {
@@ -526,11 +551,13 @@ func (pr *process) running() bool {
 }
 
 // stop sends SIGTERM to the process (by its PID), and SIGKILL if it has not
-// exited within 10 s.
+// exited within 10 s. A process stopped with SIGSTOP is continued first, so
+// that it gets the SIGTERM.
 func (pr *process) stop() {
 	if !pr.running() {
 		return
 	}
+	_ = pr.cmd.Process.Signal(syscall.SIGCONT)
 	_ = pr.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-pr.done:

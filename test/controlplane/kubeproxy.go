@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"syscall"
 	"testing"
 	"time"
 
@@ -113,6 +114,24 @@ func WaitKubeProxy(t testing.TB, nsPath string, running func() bool, tail func()
 
 // Stop stops kube-proxy (it leaves its rules in place, as on a node).
 func (kp *KubeProxy) Stop() { kp.pr.stop() }
+
+// Pause stops kube-proxy with SIGSTOP, by its PID: its rules stay as they
+// are and it follows no change of the API until Resume, as a kube-proxy
+// stuck on the xtables lock or with a broken watch. Stop resumes it first.
+func (kp *KubeProxy) Pause(t testing.TB) {
+	t.Helper()
+	if err := kp.pr.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP kube-proxy: %v", err)
+	}
+}
+
+// Resume continues a paused kube-proxy (SIGCONT).
+func (kp *KubeProxy) Resume(t testing.TB) {
+	t.Helper()
+	if err := kp.pr.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatalf("SIGCONT kube-proxy: %v", err)
+	}
+}
 
 // Tail returns the end of kube-proxy's log, for failure messages.
 func (kp *KubeProxy) Tail() string { return kp.pr.tail() }

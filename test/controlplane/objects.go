@@ -2,6 +2,8 @@ package controlplane
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
 )
 
 func (cp *ControlPlane) ctx() (context.Context, context.CancelFunc) {
@@ -21,9 +24,16 @@ func (cp *ControlPlane) ctx() (context.Context, context.CancelFunc) {
 // (kube-proxy programs rules only once its Node has an InternalIP).
 func (cp *ControlPlane) CreateNode(t testing.TB, name string, internalIPs ...string) *corev1.Node {
 	t.Helper()
-	ctx, cancel := cp.ctx()
+	return CreateNodeWith(t, cp.Client, name, internalIPs...)
+}
+
+// CreateNodeWith is CreateNode through client (a test that has only a
+// kubeconfig, such as one inside the qemu VM).
+func CreateNodeWith(t testing.TB, client kubernetes.Interface, name string, internalIPs ...string) *corev1.Node {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	n, err := cp.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/hostname": name}}}, metav1.CreateOptions{})
+	n, err := client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"kubernetes.io/hostname": name}}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("create node %s: %v", name, err)
 	}
@@ -32,7 +42,7 @@ func (cp *ControlPlane) CreateNode(t testing.TB, name string, internalIPs ...str
 	}
 	n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeHostName, Address: name})
 	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now(), Reason: "KubeletReady"}}
-	n, err = cp.Client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+	n, err = client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
 	if err != nil {
 		t.Fatalf("set status of node %s: %v", name, err)
 	}
@@ -238,4 +248,72 @@ func Eventually(t interface {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// CreateServices creates the ClusterIP Services svc-<from> to svc-<to-1> in
+// namespace (which must exist), each with the port "http" 80/TCP and one
+// EndpointSlice of eps ready endpoints on no node (10.244.0.0/16 and up,
+// distinct over the whole range, target port 8080), through 8 clients in
+// parallel: a fixture of thousands of objects is made in about a minute,
+// where kubectl takes several.
+func (cp *ControlPlane) CreateServices(t testing.TB, namespace string, from, to, eps int) {
+	t.Helper()
+	start := time.Now()
+	jobs := make(chan int)
+	errs := make(chan error, 8)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx := context.Background()
+			for i := range jobs {
+				name := fmt.Sprintf("svc-%d", i)
+				_, err := cp.Client.CoreV1().Services(namespace).Create(ctx, &corev1.Service{
+					ObjectMeta: metav1.ObjectMeta{Name: name},
+					Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(8080)}}},
+				}, metav1.CreateOptions{})
+				if err != nil {
+					errs <- fmt.Errorf("create service %s: %w", name, err)
+					return
+				}
+				pname, port, proto, ready := "http", int32(8080), corev1.ProtocolTCP, true
+				es := &discoveryv1.EndpointSlice{
+					ObjectMeta:  metav1.ObjectMeta{Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+					AddressType: discoveryv1.AddressTypeIPv4,
+					Ports:       []discoveryv1.EndpointPort{{Name: &pname, Port: &port, Protocol: &proto}},
+				}
+				for e := range eps {
+					k := i*eps + e
+					es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{
+						Addresses:  []string{fmt.Sprintf("10.%d.%d.%d", 244+k/(250*256), (k/250)%256, k%250+1)},
+						Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+					})
+				}
+				if _, err := cp.Client.DiscoveryV1().EndpointSlices(namespace).Create(ctx, es, metav1.CreateOptions{}); err != nil {
+					errs <- fmt.Errorf("create EndpointSlice %s: %w", es.Name, err)
+					return
+				}
+			}
+		}()
+	}
+	var failed error
+	for i := from; i < to && failed == nil; i++ {
+		select {
+		case jobs <- i:
+		case failed = <-errs:
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if failed == nil {
+		select {
+		case failed = <-errs:
+		default:
+		}
+	}
+	if failed != nil {
+		t.Fatal(failed)
+	}
+	t.Logf("created %d Services and EndpointSlices (%d endpoints each) in %v", to-from, eps, time.Since(start).Round(time.Second))
 }

@@ -77,7 +77,14 @@ func TestConntrackFullAlertIsDelivered(t *testing.T) {
 	// The exporter sees kube-proxy's rules for the Service and the pod on
 	// its node through the control plane.
 	n.prom.WaitQuery(t, `netinspect_kube_proxy_mode_info{mode="iptables"} == 1`, time.Minute)
-	n.prom.WaitQuery(t, `netinspect_iptables_service_endpoints{namespace="shop",service="web",port="http"} == 1`, time.Minute)
+	// With the default flags no series per Service port: what kube-proxy
+	// programmed is judged against the API instead, and it is in sync
+	// (default/kubernetes and shop/web).
+	n.prom.WaitQuery(t, `netinspect_kube_proxy_service_ports{family="ipv4",state="in_sync"} >= 2`, 2*time.Minute)
+	n.prom.WaitQuery(t, `sum(netinspect_kube_proxy_service_ports{state!="in_sync"}) == 0`, time.Minute)
+	if got := queryScalar(t, n, `count(netinspect_iptables_service_endpoints) or vector(0)`); got != 0 {
+		t.Errorf("%v iptables_service_endpoints series with the default flags, want none", got)
+	}
 	n.prom.WaitQuery(t, `netinspect_pod_info{namespace="shop",pod="web-0",node="`+nodeName+`"} == 1`, time.Minute)
 	n.prom.WaitQuery(t, `netinspect_pod_interface_info{namespace="shop",pod="web-0",host_interface="veth-web0"} == 1`, time.Minute)
 	limit := queryScalar(t, n, `netinspect_conntrack_entries_limit`)

@@ -66,11 +66,13 @@ func Generate(ns string, n, eps, family int) []Service {
 	return out
 }
 
+// addr is the i-th address of a range: 10.<net>.0.0/16 and the next ones
+// (fd00:0:0:<net>::/64) for more than 65,536.
 func addr(family int, net byte, i int) netip.Addr {
 	if family == 6 {
-		return netip.AddrFrom16([16]byte{0xfd, 0, 0, net, 14: byte(i >> 8), 15: byte(i)})
+		return netip.AddrFrom16([16]byte{0xfd, 0, 0, net, 13: byte(i >> 16), 14: byte(i >> 8), 15: byte(i)})
 	}
-	return netip.AddrFrom4([4]byte{10, net, byte(i >> 8), byte(i)})
+	return netip.AddrFrom4([4]byte{10, net + byte(i>>16), byte(i >> 8), byte(i)})
 }
 
 // IPTablesRestore returns iptables-restore input for the services, as
@@ -199,8 +201,17 @@ func fullMask(family int) string {
 // service-nodeports and no-endpoint-services. Endpoints get endpoint-
 // chains reached through "numgen random mod N vmap": the layout kube-proxy
 // 1.37 keeps for services with session affinity (without it, 1.37 DNATs
-// from the service chain directly; the real kube-proxy tests cover that).
-func NFTables(svcs []Service, family int) []byte {
+// from the service chain directly: NFTablesDNAT).
+func NFTables(svcs []Service, family int) []byte { return nftables(svcs, family, false) }
+
+// NFTablesDNAT is NFTables with kube-proxy 1.37's layout for services
+// without session affinity: the service chain DNATs itself, "dnat ip addr
+// . port to numgen random mod N map { ... }" (an anonymous map per
+// service), or "dnat to ip:port" for one endpoint
+// (writeServiceToEndpointDNATs).
+func NFTablesDNAT(svcs []Service, family int) []byte { return nftables(svcs, family, true) }
+
+func nftables(svcs []Service, family int, dnat bool) []byte {
 	fam, addrType, ipKw, loop, pods := "ip", "ipv4_addr", "ip", "127.0.0.0/8", "10.0.0.0/8"
 	if family == 6 {
 		fam, addrType, ipKw, loop, pods = "ip6", "ipv6_addr", "ip6", "::1", "fd00::/8"
@@ -249,6 +260,20 @@ func NFTables(svcs []Service, family int) []byte {
 		fmt.Fprintf(&b, "add chain %s %s\n", t, svc)
 		fmt.Fprintf(&b, "add rule %s %s %s daddr %s %s dport %d %s saddr != %s jump mark-for-masquerade\n",
 			t, svc, ipKw, s.ClusterIP, s.Protocol, s.Port, ipKw, pods)
+		if dnat && !s.SessionAffinity {
+			if len(s.Endpoints) == 1 {
+				fmt.Fprintf(&b, "add rule %s %s meta l4proto %s dnat to %s\n", t, svc, s.Protocol, s.Endpoints[0])
+			} else {
+				var m []string
+				for i, ep := range s.Endpoints {
+					m = append(m, fmt.Sprintf("%d : %s . %d", i, ep.Addr(), ep.Port()))
+				}
+				fmt.Fprintf(&b, "add rule %s %s meta l4proto %s dnat %s addr . port to numgen random mod %d map { %s }\n",
+					t, svc, s.Protocol, ipKw, len(s.Endpoints), strings.Join(m, " , "))
+			}
+			nftServiceElements(&b, t, s, svc)
+			continue
+		}
 		eps := make([]string, len(s.Endpoints))
 		for i, ep := range s.Endpoints {
 			ip := strings.ReplaceAll(ep.Addr().String(), ":", ".")
@@ -263,13 +288,19 @@ func NFTables(svcs []Service, family int) []byte {
 			vm = append(vm, fmt.Sprintf("%d : goto %s", i, eps[i]))
 		}
 		fmt.Fprintf(&b, "add rule %s %s numgen random mod %d vmap { %s }\n", t, svc, len(eps), strings.Join(vm, " , "))
-		fmt.Fprintf(&b, "add element %s service-ips { %s . %s . %d : goto %s }\n", t, s.ClusterIP, s.Protocol, s.Port, svc)
-		if s.NodePort != 0 {
-			fmt.Fprintf(&b, "add element %s service-nodeports { %s . %d : goto %s }\n", t, s.Protocol, s.NodePort, svc)
-		}
-		for _, ip := range append(append([]netip.Addr(nil), s.ExternalIPs...), s.LoadBalancerIPs...) {
-			fmt.Fprintf(&b, "add element %s service-ips { %s . %s . %d : goto %s }\n", t, ip, s.Protocol, s.Port, svc)
-		}
+		nftServiceElements(&b, t, s, svc)
 	}
 	return b.Bytes()
+}
+
+// nftServiceElements adds the map elements that send a service's
+// destinations to its chain svc.
+func nftServiceElements(b *bytes.Buffer, t string, s Service, svc string) {
+	fmt.Fprintf(b, "add element %s service-ips { %s . %s . %d : goto %s }\n", t, s.ClusterIP, s.Protocol, s.Port, svc)
+	if s.NodePort != 0 {
+		fmt.Fprintf(b, "add element %s service-nodeports { %s . %d : goto %s }\n", t, s.Protocol, s.NodePort, svc)
+	}
+	for _, ip := range append(append([]netip.Addr(nil), s.ExternalIPs...), s.LoadBalancerIPs...) {
+		fmt.Fprintf(b, "add element %s service-ips { %s . %s . %d : goto %s }\n", t, ip, s.Protocol, s.Port, svc)
+	}
 }
