@@ -167,7 +167,9 @@ func TestConntrackCleanupMirrorsCleanStaleEntries(t *testing.T) {
 // service port numbered like another Service's node port can make it
 // stale.
 func TestConntrackCleanupFallsThroughToNodePorts(t *testing.T) {
-	a := dnsSvc(func(s *index.ServiceInfo) { s.Ports = []index.ServicePortInfo{{Name: "dns", Port: 30080, Protocol: "udp"}} })
+	a := dnsSvc(func(s *index.ServiceInfo) {
+		s.Ports = []index.ServicePortInfo{{Name: "dns", Port: 30080, Protocol: "udp"}}
+	})
 	b := dnsSvc(nodePort, func(s *index.ServiceInfo) { s.Name, s.ClusterIPs = "other", addrs("10.96.0.20") })
 	c := cleanup(t, []index.ServiceInfo{a, b}, map[string][]index.EndpointInfo{
 		"kube-dns": {dnsEP("10.244.1.1")}, "other": {dnsEP("10.244.1.2")},
