@@ -1,0 +1,308 @@
+package nftables
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/netinspect/netinspect/source"
+	"github.com/netinspect/netinspect/source/netlinkattr"
+)
+
+// NATPortRange is the source port range of one source-NAT rule: the
+// ports NAT picks translated source ports from.
+type NATPortRange struct {
+	// Family is "ipv4" or "ipv6".
+	Family string
+	Lo, Hi uint16
+	// Table and Chain name where the rule is, as nft names them.
+	Table, Chain string
+}
+
+// Which rules name a range, and how they say it
+// (include/uapi/linux/netfilter/nf_tables.h, nf_nat.h):
+//
+//   - nft "masquerade to :lo-hi" and "snat to addr:lo-hi": a masq or nat
+//     (type snat) expression whose NFTA_*_REG_PROTO_MIN/MAX registers an
+//     immediate expression loaded with the big-endian ports just before.
+//   - iptables-nft's -j MASQUERADE/SNAT --to-ports / --to-source addr:lo-hi:
+//     an xt "target" expression (nft_compat) carrying x_tables' own struct:
+//     struct nf_nat_ipv4_multi_range_compat for IPv4 MASQUERADE and SNAT
+//     revision 0, struct nf_nat_range / nf_nat_range2 (same leading
+//     fields) for IPv6 MASQUERADE and SNAT revisions 1 and 2; the range
+//     counts only with NF_NAT_RANGE_PROTO_SPECIFIED.
+//
+// iptables-legacy keeps its rules in x_tables, which netlink does not show;
+// rules there are not read.
+
+// NAT family numbers of nfgenmsg and NFTA_NAT_FAMILY.
+const (
+	nfprotoInet = 1
+	nfprotoIPv4 = 2
+	nfprotoIPv6 = 10
+)
+
+// ReadNATPortRanges dumps every rule of every nf_tables table of the
+// namespace (one NFT_MSG_GETRULE dump) and returns the port ranges of its
+// source-NAT rules, in dump order. An error matching source.ErrAbsent says
+// nf_tables is not loaded (asking would load it).
+func (r Reader) ReadNATPortRanges(ctx context.Context) ([]NATPortRange, error) {
+	if !Loaded(r.ProcFS) {
+		return nil, source.Absentf("nf_tables module not loaded")
+	}
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: r.Target.FD()})
+	if err != nil {
+		return nil, fmt.Errorf("dial netfilter netlink: %w", err)
+	}
+	defer conn.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		if err := conn.SetDeadline(deadline); err != nil {
+			return nil, err
+		}
+	}
+	msgs, err := conn.Execute(netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
+			Flags: netlink.Request | netlink.Dump,
+		},
+		Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dump nftables rules: %w", err)
+	}
+	var out []NATPortRange
+	for _, m := range msgs {
+		if m.Header.Type != netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWRULE) || len(m.Data) < netlinkattr.NfgenLen {
+			continue
+		}
+		ranges, err := DecodeNATPortRanges(m.Data[0], m.Data[netlinkattr.NfgenLen:])
+		if err != nil {
+			return nil, fmt.Errorf("decode rule: %w", err)
+		}
+		out = append(out, ranges...)
+	}
+	return out, nil
+}
+
+// DecodeNATPortRanges reads the attributes of an NFT_MSG_NEWRULE message
+// (after the nfgenmsg, whose family is family) and returns the source port
+// ranges its source-NAT expressions name; none for other rules.
+func DecodeNATPortRanges(family uint8, b []byte) ([]NATPortRange, error) {
+	var table, chain string
+	var exprs []byte
+	a := netlinkattr.NewAttrs(b)
+	for a.Next() {
+		switch a.Type() {
+		case unix.NFTA_RULE_TABLE:
+			table = netlinkattr.String(a.Value())
+		case unix.NFTA_RULE_CHAIN:
+			chain = netlinkattr.String(a.Value())
+		case unix.NFTA_RULE_EXPRESSIONS:
+			exprs = a.Value()
+		}
+	}
+	if err := a.Err(); err != nil {
+		return nil, err
+	}
+	var (
+		out  []NATPortRange
+		regs registers
+	)
+	emit := func(fam uint8, lo, hi uint16) {
+		if lo == 0 && hi == 0 {
+			return
+		}
+		if hi < lo {
+			lo, hi = hi, lo
+		}
+		for _, f := range natFamilies(fam) {
+			out = append(out, NATPortRange{Family: f, Lo: lo, Hi: hi, Table: table, Chain: chain})
+		}
+	}
+	list := netlinkattr.NewAttrs(exprs)
+	for list.Next() {
+		if list.Type() != unix.NFTA_LIST_ELEM {
+			continue
+		}
+		var name string
+		var data []byte
+		e := netlinkattr.NewAttrs(list.Value())
+		for e.Next() {
+			switch e.Type() {
+			case unix.NFTA_EXPR_NAME:
+				name = netlinkattr.String(e.Value())
+			case unix.NFTA_EXPR_DATA:
+				data = e.Value()
+			}
+		}
+		if err := e.Err(); err != nil {
+			return nil, err
+		}
+		var err error
+		switch name {
+		case "immediate":
+			err = regs.immediate(data)
+		case "masq":
+			var min, max uint32
+			var hasMin bool
+			err = netlinkattr.Walk(data, func(typ uint16, v []byte) error {
+				switch typ {
+				case unix.NFTA_MASQ_REG_PROTO_MIN:
+					min, hasMin = netlinkattr.BE32(v), true
+				case unix.NFTA_MASQ_REG_PROTO_MAX:
+					max = netlinkattr.BE32(v)
+				}
+				return nil
+			})
+			if hasMin {
+				if max == 0 {
+					max = min
+				}
+				emit(family, regs.port(min), regs.port(max))
+			}
+		case "nat":
+			var typ, fam, min, max uint32
+			var hasMin bool
+			err = netlinkattr.Walk(data, func(t uint16, v []byte) error {
+				switch t {
+				case unix.NFTA_NAT_TYPE:
+					typ = netlinkattr.BE32(v)
+				case unix.NFTA_NAT_FAMILY:
+					fam = netlinkattr.BE32(v)
+				case unix.NFTA_NAT_REG_PROTO_MIN:
+					min, hasMin = netlinkattr.BE32(v), true
+				case unix.NFTA_NAT_REG_PROTO_MAX:
+					max = netlinkattr.BE32(v)
+				}
+				return nil
+			})
+			if typ == unix.NFT_NAT_SNAT && hasMin {
+				if max == 0 {
+					max = min
+				}
+				emit(uint8(fam), regs.port(min), regs.port(max))
+			}
+		case "target":
+			var tname string
+			var rev uint32
+			var info []byte
+			err = netlinkattr.Walk(data, func(t uint16, v []byte) error {
+				switch t {
+				case unix.NFTA_TARGET_NAME:
+					tname = netlinkattr.String(v)
+				case unix.NFTA_TARGET_REV:
+					rev = netlinkattr.BE32(v)
+				case unix.NFTA_TARGET_INFO:
+					info = v
+				}
+				return nil
+			})
+			if lo, hi, ok := xtNATRange(family, tname, rev, info); ok {
+				emit(family, lo, hi)
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, list.Err()
+}
+
+// natFamilies are the families a rule of nft family fam applies to.
+func natFamilies(fam uint8) []string {
+	switch fam {
+	case nfprotoIPv4:
+		return []string{"ipv4"}
+	case nfprotoIPv6:
+		return []string{"ipv6"}
+	case nfprotoInet:
+		return []string{"ipv4", "ipv6"}
+	}
+	return nil
+}
+
+// registers models nf_tables' register file as the immediate expressions
+// of one rule fill it: 4 16-byte registers (NFT_REG_1..4), addressed also
+// as 16 32-bit ones (NFT_REG32_00..15), as nft_parse_register maps them.
+type registers [20 * 4]byte
+
+// offset is the byte offset of register reg in the file, or -1.
+func (r *registers) offset(reg uint32) int {
+	switch {
+	case reg <= 4: // NFT_REG_VERDICT .. NFT_REG_4
+		return int(reg) * 16
+	case reg >= 8 && reg <= 23: // NFT_REG32_00 .. NFT_REG32_15
+		return (int(reg) + 4 - 8) * 4
+	}
+	return -1
+}
+
+func (r *registers) immediate(data []byte) error {
+	var dreg uint32
+	var val []byte
+	err := netlinkattr.Walk(data, func(t uint16, v []byte) error {
+		switch t {
+		case unix.NFTA_IMMEDIATE_DREG:
+			dreg = netlinkattr.BE32(v)
+		case unix.NFTA_IMMEDIATE_DATA:
+			return netlinkattr.Walk(v, func(t uint16, v []byte) error {
+				if t == unix.NFTA_DATA_VALUE {
+					val = v
+				}
+				return nil
+			})
+		}
+		return nil
+	})
+	if off := r.offset(dreg); off > 0 && val != nil {
+		copy(r[off:], val)
+	}
+	return err
+}
+
+// port is the big-endian port at the start of register reg, as
+// nft_reg_load16 reads it.
+func (r *registers) port(reg uint32) uint16 {
+	off := r.offset(reg)
+	if off <= 0 || off+2 > len(r) {
+		return 0
+	}
+	return binary.BigEndian.Uint16(r[off:])
+}
+
+// Offsets of the range in x_tables' NAT target structs
+// (include/uapi/linux/netfilter/nf_nat.h): struct
+// nf_nat_ipv4_multi_range_compat is rangesize, then flags, min_ip, max_ip,
+// min, max (u32, be32, be32, be16, be16); struct nf_nat_range and
+// nf_nat_range2 are flags, min_addr, max_addr (16 bytes each), min_proto,
+// max_proto.
+const (
+	xtCompatFlags, xtCompatMin = 4, 16
+	xtRangeFlags, xtRangeMin   = 0, 36
+)
+
+// xtNATRange decodes the port range of an iptables MASQUERADE or SNAT
+// target of a table of family.
+func xtNATRange(family uint8, name string, rev uint32, info []byte) (lo, hi uint16, ok bool) {
+	if name != "MASQUERADE" && name != "SNAT" {
+		return 0, 0, false
+	}
+	flagsAt, minAt := xtRangeFlags, xtRangeMin
+	if family == nfprotoIPv4 && rev == 0 {
+		flagsAt, minAt = xtCompatFlags, xtCompatMin
+	}
+	if len(info) < minAt+4 {
+		return 0, 0, false
+	}
+	if binary.NativeEndian.Uint32(info[flagsAt:])&unix.NF_NAT_RANGE_PROTO_SPECIFIED == 0 {
+		return 0, 0, false
+	}
+	lo, hi = binary.BigEndian.Uint16(info[minAt:]), binary.BigEndian.Uint16(info[minAt+2:])
+	if hi < lo {
+		lo, hi = hi, lo
+	}
+	return lo, hi, true
+}
