@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"syscall"
 	"testing"
 	"time"
 
@@ -107,3 +108,23 @@ func (kp *KubeProxy) Stop() { kp.pr.stop() }
 
 // Tail returns the end of kube-proxy's log, for failure messages.
 func (kp *KubeProxy) Tail() string { return kp.pr.tail() }
+
+// Pause stops kube-proxy with SIGSTOP, as a hung or starved kube-proxy
+// stands still: it syncs nothing, so it neither reprograms rules nor
+// deletes stale conntrack entries, until Resume. The test's end resumes it
+// before stopping it.
+func (kp *KubeProxy) Pause(t testing.TB) {
+	t.Helper()
+	if err := kp.pr.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP kube-proxy: %v", err)
+	}
+	t.Cleanup(kp.Resume)
+}
+
+// Resume continues a paused kube-proxy (SIGCONT); it syncs at once the
+// changes it missed.
+func (kp *KubeProxy) Resume() {
+	if kp.pr.running() {
+		_ = kp.pr.cmd.Process.Signal(syscall.SIGCONT)
+	}
+}
