@@ -36,6 +36,7 @@ func collectorSpecs() []collectorSpec {
 		iptablesSpec(),
 		nftablesSpec(),
 		attributionSpec(),
+		neighbourSpec(),
 		dnsSpec(),
 	}
 }
