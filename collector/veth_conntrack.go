@@ -3,7 +3,6 @@ package collector
 import (
 	"cmp"
 	"context"
-	"fmt"
 	"slices"
 
 	"go.uber.org/zap"
@@ -21,49 +20,48 @@ import (
 // rules never has any). A namespace that vanished, or whose path now names
 // another one, is skipped with a debug log. Call with c.mu held.
 func (c *Veth) podConntrack(ctx context.Context, ifaces []PodInterface) []PodConntrack {
-	var out []PodConntrack
+	var (
+		paths []string
+		ids   []netns.ID
+		pods  []kube.PodRef
+	)
 	seen := map[netns.ID]bool{}
 	for _, i := range ifaces {
 		if i.NetNS == "" || i.Pod.Name == "" || seen[i.netnsID] {
 			continue
 		}
 		seen[i.netnsID] = true
-		entries, limit, err := readPodConntrack(ctx, i.NetNS, i.netnsID)
-		if err != nil {
-			c.logger.Debug("pod network namespace's conntrack table not read; its series are left out",
-				zap.String("pod", i.Pod.Namespace+"/"+i.Pod.Name), zap.String("netns", i.NetNS), zap.Error(err))
-			continue
-		}
-		if entries > 0 {
-			c.ctInUse[i.netnsID] = true
-		}
-		if !c.ctInUse[i.netnsID] {
-			continue
-		}
-		out = append(out, PodConntrack{Pod: kube.PodRef{Namespace: i.Pod.Namespace, Name: i.Pod.Name}, Entries: entries, Limit: limit})
+		paths, ids = append(paths, i.NetNS), append(ids, i.netnsID)
+		pods = append(pods, kube.PodRef{Namespace: i.Pod.Namespace, Name: i.Pod.Name})
 	}
 	for id := range c.ctInUse {
 		if !seen[id] {
 			delete(c.ctInUse, id)
 		}
 	}
+	if len(paths) == 0 {
+		return nil
+	}
+	counts, err := conntrack.ReadCounts(ctx, paths, ids)
+	if err != nil {
+		c.logger.Debug("pod network namespaces' conntrack tables not read", zap.Error(err))
+	}
+	var out []PodConntrack
+	for i, n := range counts {
+		if n.Err != nil {
+			c.logger.Debug("pod network namespace's conntrack table not read; its series are left out",
+				zap.String("pod", pods[i].Namespace+"/"+pods[i].Name), zap.String("netns", paths[i]), zap.Error(n.Err))
+			continue
+		}
+		if n.Entries > 0 {
+			c.ctInUse[ids[i]] = true
+		}
+		if c.ctInUse[ids[i]] {
+			out = append(out, PodConntrack{Pod: pods[i], Entries: n.Entries, Limit: n.Limit})
+		}
+	}
 	slices.SortFunc(out, func(a, b PodConntrack) int {
 		return cmp.Or(cmp.Compare(a.Pod.Namespace, b.Pod.Namespace), cmp.Compare(a.Pod.Name, b.Pod.Name))
 	})
 	return out
-}
-
-// readPodConntrack opens the namespace at path, checks that it is still
-// the one with id (a pid or a bind mount may have been reused), and reads
-// its table's entries and limit.
-func readPodConntrack(ctx context.Context, path string, id netns.ID) (entries, limit uint64, err error) {
-	f, err := netns.Open(path)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer f.Close()
-	if got, err := f.ID(); err != nil || got != id {
-		return 0, 0, fmt.Errorf("%s no longer names the pod's network namespace", path)
-	}
-	return conntrack.ReadCount(ctx, netns.FromFD(f.FD()))
 }

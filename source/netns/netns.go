@@ -145,3 +145,58 @@ func do(name string, target func() (fd int, release func(), err error), fn func(
 	}()
 	return <-errc
 }
+
+// Visit enters the namespaces at paths one after the other on one locked
+// OS thread and calls fn(i, nil) inside path i, so that the sockets fn
+// creates belong to it: for a caller that reads many namespaces at once,
+// one thread and one return trip instead of one per namespace. A path that
+// cannot be opened or entered, or that no longer names the namespace
+// want[i] (when want is given and want[i] is not zero), is reported as
+// fn(i, err) without entering it. The thread goes back to its own
+// namespace afterwards; if it cannot, it stays locked and the Go runtime
+// discards it with its goroutine, and Visit returns that error.
+func Visit(paths []string, want []ID, fn func(i int, err error)) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		own, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open own network namespace: %w", err)
+			return
+		}
+		defer own.Close()
+		moved := false
+		for i, path := range paths {
+			f, err := Open(path)
+			if err != nil {
+				fn(i, err)
+				continue
+			}
+			if i < len(want) && want[i] != (ID{}) {
+				if got, err := f.ID(); err != nil || got != want[i] {
+					f.Close()
+					fn(i, fmt.Errorf("%s no longer names the network namespace it did", path))
+					continue
+				}
+			}
+			err = unix.Setns(f.FD(), unix.CLONE_NEWNET)
+			f.Close()
+			if err != nil {
+				fn(i, fmt.Errorf("enter network namespace %s (needs CAP_SYS_ADMIN): %w", path, err))
+				continue
+			}
+			moved = true
+			fn(i, nil)
+		}
+		if moved {
+			if err := unix.Setns(int(own.Fd()), unix.CLONE_NEWNET); err != nil {
+				errc <- fmt.Errorf("return to own network namespace: %w", err)
+				return // the thread stays locked and is discarded
+			}
+		}
+		runtime.UnlockOSThread()
+		errc <- nil
+	}()
+	return <-errc
+}
