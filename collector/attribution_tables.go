@@ -255,15 +255,12 @@ type SNATResult struct {
 }
 
 func snatResult(c *conntrack.SNATCounter, ranges []conntrack.PortRange, k int) SNATResult {
-	r := SNATResult{Entries: c.Entries(), Tuples: c.Tuples(), Undercount: c.Undercount(), Ranges: ranges}
-	all := conntrack.TopSNAT(c, ranges, 0)
-	if len(all) > 0 {
-		r.Worst = all[0].Ratio
+	r := SNATResult{Entries: c.Entries(), Tuples: c.Tuples(), Undercount: c.Undercount(), Ranges: slices.Clone(ranges)}
+	if k > 0 {
+		r.Top, r.Worst = conntrack.TopSNAT(c, ranges, k)
+	} else {
+		_, r.Worst = conntrack.TopSNAT(c, ranges, 1)
 	}
-	if k > 0 && len(all) > k {
-		all = all[:k]
-	}
-	r.Top = slices.Clone(all)
 	return r
 }
 

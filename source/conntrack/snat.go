@@ -232,21 +232,43 @@ type SNATUsage struct {
 }
 
 // TopSNAT returns the k tuples of c with the highest usage ratio against
-// ranges (ties: more entries first, then by tuple), highest first; k <= 0
-// returns all.
-func TopSNAT(c *SNATCounter, ranges []PortRange, k int) []SNATUsage {
-	var out []SNATUsage
+// ranges (ties: more entries first, then by tuple), highest first, and
+// the highest ratio of all; k <= 0 returns all. It keeps only k tuples
+// at a time, so a counter full of tuples costs no copy of them.
+func TopSNAT(c *SNATCounter, ranges []PortRange, k int) (top []SNATUsage, worst float64) {
+	if k <= 0 {
+		c.Each(func(n SNATCount) {
+			p := SNATPorts(n, ranges)
+			top = append(top, SNATUsage{SNATCount: n, Ports: p, Ratio: float64(n.Entries) / float64(p)})
+		})
+		slices.SortFunc(top, compareUsage)
+		if len(top) > 0 {
+			worst = top[0].Ratio
+		}
+		return top, worst
+	}
+	// top is kept sorted best first; a candidate enters when it beats the
+	// last one (k is small: the default is 10).
 	c.Each(func(n SNATCount) {
 		p := SNATPorts(n, ranges)
-		out = append(out, SNATUsage{SNATCount: n, Ports: p, Ratio: float64(n.Entries) / float64(p)})
+		u := SNATUsage{SNATCount: n, Ports: p, Ratio: float64(n.Entries) / float64(p)}
+		worst = max(worst, u.Ratio)
+		if len(top) == k && compareUsage(u, top[k-1]) >= 0 {
+			return
+		}
+		i, _ := slices.BinarySearchFunc(top, u, compareUsage)
+		top = slices.Insert(top, i, u)
+		if len(top) > k {
+			top = top[:k]
+		}
 	})
-	slices.SortFunc(out, func(a, b SNATUsage) int {
-		return cmp.Or(cmp.Compare(b.Ratio, a.Ratio), cmp.Compare(b.Entries, a.Entries),
-			a.Translated.Compare(b.Translated), a.Destination.Compare(b.Destination),
-			cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Zone, b.Zone))
-	})
-	if k > 0 && len(out) > k {
-		out = out[:k]
-	}
-	return out
+	return top, worst
+}
+
+// compareUsage orders usages best first: higher ratio, then more entries,
+// then by tuple.
+func compareUsage(a, b SNATUsage) int {
+	return cmp.Or(cmp.Compare(b.Ratio, a.Ratio), cmp.Compare(b.Entries, a.Entries),
+		a.Translated.Compare(b.Translated), a.Destination.Compare(b.Destination),
+		cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Zone, b.Zone))
 }

@@ -72,7 +72,7 @@ func TestSNATCounterPastItsCapKeepsTheHeavyTuples(t *testing.T) {
 	if bound := c.Entries() / 5; c.Undercount() > bound {
 		t.Errorf("undercount %d, above entries/(max+1) = %d", c.Undercount(), bound)
 	}
-	top := TopSNAT(&c, nil, 1)
+	top, _ := TopSNAT(&c, nil, 1)
 	if len(top) != 1 || top[0].Destination != netip.MustParseAddrPort("10.0.0.1:443") {
 		t.Fatalf("top tuple %+v, want 10.0.0.1:443", top)
 	}
@@ -87,7 +87,7 @@ func TestSNATCounterMerge(t *testing.T) {
 	b.Add(snatEntry(6, "10.244.0.6", 1, "10.0.0.1:443", "192.168.1.10", 2000))
 	b.Add(snatEntry(6, "10.244.0.6", 2, "10.0.0.2:443", "192.168.1.10", 2000))
 	a.Merge(&b)
-	top := TopSNAT(&a, nil, 0)
+	top, _ := TopSNAT(&a, nil, 0)
 	if len(top) != 2 || top[0].Entries != 2 || top[0].MinPort != 2000 || top[0].MaxPort != 3000 || a.Entries() != 3 {
 		t.Fatalf("merged %+v (entries %d)", top, a.Entries())
 	}
