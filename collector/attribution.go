@@ -300,10 +300,11 @@ func (a *Attribution) scan(ctx context.Context) (*tally, conntrack.ScanStats, er
 		return nil, conntrack.ScanStats{}, noData(err)
 	}
 	a.prepareTables(ctx)
+	lookup := newPassLookup(a.index)
 	var parts [2]*tally
 	st, err := a.scanner.Scan(ctx, a.target, func(i int) func(*conntrack.Entry) {
 		a.snat[i].Reset()
-		t := newTally(&a.snat[i])
+		t := newTally(&a.snat[i], lookup)
 		parts[i] = t
 		return func(e *conntrack.Entry) { t.add(a, e) }
 	})
@@ -319,6 +320,7 @@ func (a *Attribution) scan(ctx context.Context) (*tally, conntrack.ScanStats, er
 	if st.Dumps == 2 {
 		parts[0].merge(parts[1])
 	}
+	parts[0].finish()
 	return parts[0], st, nil
 }
 
@@ -328,20 +330,30 @@ type attrKey struct {
 	proto           uint8
 }
 
-// tally is what one dump (or one part of a split pass) counts.
+// tally is what one dump (or one part of a split pass) counts: pods and
+// services by the pass's numbering (fast) until finish turns them into
+// pods and services by name.
 type tally struct {
+	lookup         *passLookup
+	fast           fastCounts
 	pods, services map[attrKey]int64
 	states         stateTally
 	stale          staleTally
 	snat           *conntrack.SNATCounter
 }
 
-func newTally(snat *conntrack.SNATCounter) *tally {
-	return &tally{pods: map[attrKey]int64{}, services: map[attrKey]int64{}, snat: snat}
+func newTally(snat *conntrack.SNATCounter, lookup *passLookup) *tally {
+	return &tally{lookup: lookup, fast: fastCounts{pods: map[uint64]int64{}, services: map[uint64]int64{}}, snat: snat}
+}
+
+// finish turns the counts by number into counts by name.
+func (t *tally) finish() {
+	t.pods = attrCounts(t.fast.pods, t.lookup.podKeys)
+	t.services = attrCounts(t.fast.services, t.lookup.svcKeys)
 }
 
 func (t *tally) add(a *Attribution, e *conntrack.Entry) {
-	a.count(e, t.pods, t.services, 1)
+	t.fast.count(t.lookup, e)
 	t.states.add(e)
 	t.snat.Add(e)
 	if e.Orig.Proto == ipProtoUDP {
@@ -349,13 +361,14 @@ func (t *tally) add(a *Attribution, e *conntrack.Entry) {
 	}
 }
 
-// merge adds the counts of o to t.
+// merge adds the counts of o (the other part of a split pass, counted
+// against the same lookup) to t.
 func (t *tally) merge(o *tally) {
-	for k, n := range o.pods {
-		t.pods[k] += n
+	for k, n := range o.fast.pods {
+		t.fast.pods[k] += n
 	}
-	for k, n := range o.services {
-		t.services[k] += n
+	for k, n := range o.fast.services {
+		t.fast.services[k] += n
 	}
 	for i := range t.states.tcp {
 		for j := range t.states.tcp[i] {

@@ -112,6 +112,9 @@ type staleKey struct {
 
 // staleTally is what one dump counts of stale entries.
 type staleTally struct {
+	// held caches staleJudge.index.HoldsAddr per reply source: stale
+	// entries come by the thousand to the few addresses that left.
+	held               map[netip.Addr]bool
 	byTarget           map[int32]StaleCount
 	pairs              map[staleKey]uint64
 	entries, blackhole uint64
@@ -130,12 +133,17 @@ func (t *staleTally) add(j *staleJudge, e *conntrack.Entry) {
 		return
 	}
 	if t.byTarget == nil {
-		t.byTarget, t.pairs = map[int32]StaleCount{}, map[staleKey]uint64{}
+		t.byTarget, t.pairs, t.held = map[int32]StaleCount{}, map[staleKey]uint64{}, map[netip.Addr]bool{}
 	}
 	c := t.byTarget[int32(ti)]
 	c.Entries++
 	t.entries++
-	if j.refreshed(e) || !j.index.HoldsAddr(e.Reply.Src) {
+	held, ok := t.held[e.Reply.Src]
+	if !ok {
+		held = j.index.HoldsAddr(e.Reply.Src)
+		t.held[e.Reply.Src] = held
+	}
+	if j.refreshed(e) || !held {
 		c.Blackhole++
 		t.blackhole++
 	}

@@ -29,3 +29,36 @@ func (ix *Index) HoldsAddr(ip netip.Addr) bool {
 	ix.mu.RUnlock()
 	return pod || ep
 }
+
+// EachPodIP calls fn for every address of a pod of this node, as PodByIP
+// finds it (hostNetwork pods are not indexed by IP), under one read lock:
+// for a collector that copies the lookup once instead of taking the lock
+// per address. fn must be quick.
+func (ix *Index) EachPodIP(fn func(ip netip.Addr, pod PodRef)) {
+	if ix == nil {
+		return
+	}
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	for ip, ref := range ix.podByIP {
+		fn(ip, ref)
+	}
+}
+
+// EachServiceAddrPort calls fn for every address, port and protocol
+// ServiceByAddrPort finds a service port at (ClusterIPs, external IPs,
+// load-balancer IPs), under one read lock; protocol is "tcp", "udp",
+// "sctp", or "" for another. fn must be quick.
+func (ix *Index) EachServiceAddrPort(fn func(protocol string, ap netip.AddrPort, ref ServicePortRef)) {
+	if ix == nil {
+		return
+	}
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	for k, ref := range ix.svcByAddrPort {
+		fn(protoNames[k.proto], netip.AddrPortFrom(k.addr, k.port), ref)
+	}
+}
+
+// protoNames are the names of the protoKey values.
+var protoNames = [...]string{protoUnknown: "", protoTCP: "tcp", protoUDP: "udp", protoSCTP: "sctp"}
