@@ -33,6 +33,9 @@ var contractAlerts = []string{
 	"NetinspectRulesSnapshotStale",
 	"NetinspectCollectorFailing",
 	"NetinspectDown",
+	"NetinspectConntrackStaleEntries",
+	"NetinspectSNATPortsNearlyExhausted",
+	"NetinspectNeighbourTableNearlyFull",
 }
 
 type ruleFileDoc struct {
