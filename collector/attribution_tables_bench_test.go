@@ -281,7 +281,7 @@ func BenchmarkAttributionGuestMillion(b *testing.B) {
 	vm.RequireGuest(b)
 	const size = 1 << 20
 	for path, v := range map[string]string{
-		"/proc/sys/net/netfilter/nf_conntrack_max":    fmt.Sprint(size + size/16),
+		"/proc/sys/net/netfilter/nf_conntrack_max":     fmt.Sprint(size + size/16),
 		"/sys/module/nf_conntrack/parameters/hashsize": fmt.Sprint(size / 4),
 	} {
 		if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
