@@ -10,12 +10,15 @@ import (
 // needsFeature lists, by metric name prefix, the series the test node cannot
 // have and why. A dashboard query that returns nothing must use one of them.
 var needsFeature = map[string]string{
-	"netinspect_ipvs_":                        "IPVS: the test kernel has no ip_vs, and no kube-proxy runs in ipvs mode",
-	"netinspect_nftables_":                    "kube-proxy in nftables mode: the test node's kube-proxy runs in iptables mode",
-	"netinspect_conntrack_pod_entries":        "conntrack entries whose source is a pod of the node (the table is filled from non-pod addresses)",
-	"netinspect_conntrack_service_entries":    "conntrack entries to a Service address (the table is filled toward non-service addresses)",
-	"netinspect_pod_network_receive_dropped":  "drops on a pod's veth (the query keeps only rates above 0)",
-	"netinspect_pod_network_transmit_dropped": "drops on a pod's veth (the query keeps only rates above 0)",
+	"netinspect_ipvs_":                             "IPVS: the test kernel has no ip_vs, and no kube-proxy runs in ipvs mode",
+	"netinspect_nftables_":                         "kube-proxy in nftables mode: the test node's kube-proxy runs in iptables mode",
+	"netinspect_conntrack_pod_entries":             "conntrack entries whose source is a pod of the node (the table is filled from non-pod addresses)",
+	"netinspect_conntrack_service_entries":         "conntrack entries to a Service address (the table is filled toward non-service addresses)",
+	"netinspect_pod_network_receive_dropped":       "drops on a pod's veth (the query keeps only rates above 0)",
+	"netinspect_pod_network_transmit_dropped":      "drops on a pod's veth (the query keeps only rates above 0)",
+	"netinspect_conntrack_stale_blackhole_entries": "stale conntrack entries of a Service (a healthy node has none; the node totals are there at 0)",
+	"netinspect_conntrack_snat_tuple_":             "masqueraded connections (the test node masquerades none; the worst ratio is there at 0)",
+	"netinspect_pod_conntrack_":                    "a pod namespace that tracks connections itself (a sidecar's NAT rules)",
 }
 
 // checkDashboardQueries runs every dashboard query against the e2e
