@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/netinspect/netinspect/source"
+	"github.com/netinspect/netinspect/source/netlinkattr"
 	"github.com/netinspect/netinspect/test/netns"
 	"github.com/netinspect/netinspect/test/testenv"
 )
@@ -107,8 +110,50 @@ func TestReadNATPortRangesWithoutNFTables(t *testing.T) {
 	}
 }
 
+// masqRuleMsg is an NFT_MSG_NEWRULE payload (after the nfgenmsg) as the
+// kernel sends "masquerade to :lo-hi": two immediates loading the ports
+// into registers 1 and 2, then masq reading them.
+func masqRuleMsg(lo, hi uint16) []byte {
+	nest := func(typ uint16, parts ...[]byte) []byte {
+		var b []byte
+		for _, p := range parts {
+			b = append(b, p...)
+		}
+		return netlinkattr.Append(nil, typ|unix.NLA_F_NESTED, b)
+	}
+	be16 := func(v uint16) []byte { return []byte{byte(v >> 8), byte(v), 0, 0} }
+	imm := func(reg uint32, port uint16) []byte {
+		return nest(unix.NFTA_LIST_ELEM,
+			netlinkattr.AppendString(nil, unix.NFTA_EXPR_NAME, "immediate"),
+			nest(unix.NFTA_EXPR_DATA,
+				netlinkattr.AppendBE32(nil, unix.NFTA_IMMEDIATE_DREG, reg),
+				nest(unix.NFTA_IMMEDIATE_DATA, netlinkattr.Append(nil, unix.NFTA_DATA_VALUE, be16(port)))))
+	}
+	masq := nest(unix.NFTA_LIST_ELEM,
+		netlinkattr.AppendString(nil, unix.NFTA_EXPR_NAME, "masq"),
+		nest(unix.NFTA_EXPR_DATA,
+			netlinkattr.AppendBE32(nil, unix.NFTA_MASQ_FLAGS, 0x12),
+			netlinkattr.AppendBE32(nil, unix.NFTA_MASQ_REG_PROTO_MIN, 1),
+			netlinkattr.AppendBE32(nil, unix.NFTA_MASQ_REG_PROTO_MAX, 2)))
+	b := netlinkattr.AppendString(nil, unix.NFTA_RULE_TABLE, "t")
+	b = netlinkattr.AppendString(b, unix.NFTA_RULE_CHAIN, "post")
+	return append(b, nest(unix.NFTA_RULE_EXPRESSIONS, imm(1, lo), imm(2, hi), masq)...)
+}
+
+func TestDecodeNATPortRanges(t *testing.T) {
+	got, err := DecodeNATPortRanges(nfprotoInet, masqRuleMsg(40000, 40009))
+	want := []NATPortRange{{"ipv4", 40000, 40009, "t", "post"}, {"ipv6", 40000, 40009, "t", "post"}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("got %v, %v; want %v", got, err, want)
+	}
+	if got, err := DecodeNATPortRanges(nfprotoIPv4, masqRuleMsg(40000, 40009)[:20]); err != nil || len(got) != 0 {
+		t.Errorf("a rule cut short: %v, %v; want nothing", got, err)
+	}
+}
+
 func FuzzDecodeNATPortRanges(f *testing.F) {
 	f.Add(uint8(nfprotoIPv4), []byte{8, 0, 1, 0, 't', 0, 0, 0})
+	f.Add(uint8(nfprotoInet), masqRuleMsg(1024, 2047))
 	f.Fuzz(func(t *testing.T, family uint8, b []byte) {
 		ranges, err := DecodeNATPortRanges(family, b)
 		if err != nil {
