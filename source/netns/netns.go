@@ -115,35 +115,20 @@ func Do(path string, fn func() error) error {
 }
 
 func do(name string, target func() (fd int, release func(), err error), fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		own, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open own network namespace: %w", err)
-			return
-		}
-		defer own.Close()
+	var ferr error
+	err := visit(1, func(int) (string, int, func(), error) {
 		fd, release, err := target()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
+		return name, fd, release, err
+	}, func(_ int, err error) {
+		if err == nil {
+			err = fn()
 		}
-		defer release()
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace %s (needs CAP_SYS_ADMIN): %w", name, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(own.Fd()), unix.CLONE_NEWNET); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
+		ferr = err
+	})
+	if err != nil {
+		return err
+	}
+	return ferr
 }
 
 // Visit enters the namespaces at paths one after the other on one locked
@@ -156,6 +141,24 @@ func do(name string, target func() (fd int, release func(), err error), fn func(
 // namespace afterwards; if it cannot, it stays locked and the Go runtime
 // discards it with its goroutine, and Visit returns that error.
 func Visit(paths []string, want []ID, fn func(i int, err error)) error {
+	return visit(len(paths), func(i int) (string, int, func(), error) {
+		f, err := Open(paths[i])
+		if err != nil {
+			return paths[i], 0, nil, err
+		}
+		if i < len(want) && want[i] != (ID{}) {
+			if got, err := f.ID(); err != nil || got != want[i] {
+				f.Close()
+				return paths[i], 0, nil, fmt.Errorf("%s no longer names the network namespace it did", paths[i])
+			}
+		}
+		return paths[i], f.FD(), func() { f.Close() }, nil
+	}, fn)
+}
+
+// visit is Visit over n namespaces that enter(i) names, opens (an fd and
+// the function that releases it) or fails to.
+func visit(n int, enter func(i int) (name string, fd int, release func(), err error), fn func(i int, err error)) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -167,23 +170,16 @@ func Visit(paths []string, want []ID, fn func(i int, err error)) error {
 		}
 		defer own.Close()
 		moved := false
-		for i, path := range paths {
-			f, err := Open(path)
+		for i := range n {
+			name, fd, release, err := enter(i)
 			if err != nil {
 				fn(i, err)
 				continue
 			}
-			if i < len(want) && want[i] != (ID{}) {
-				if got, err := f.ID(); err != nil || got != want[i] {
-					f.Close()
-					fn(i, fmt.Errorf("%s no longer names the network namespace it did", path))
-					continue
-				}
-			}
-			err = unix.Setns(f.FD(), unix.CLONE_NEWNET)
-			f.Close()
+			err = unix.Setns(fd, unix.CLONE_NEWNET)
+			release()
 			if err != nil {
-				fn(i, fmt.Errorf("enter network namespace %s (needs CAP_SYS_ADMIN): %w", path, err))
+				fn(i, fmt.Errorf("enter network namespace %s (needs CAP_SYS_ADMIN): %w", name, err))
 				continue
 			}
 			moved = true

@@ -156,74 +156,35 @@ func DecodeNATPortRanges(family uint8, b []byte) ([]NATPortRange, error) {
 			out = append(out, NATPortRange{Family: f, Lo: lo, Hi: hi, Table: table, Chain: chain})
 		}
 	}
-	list := netlinkattr.NewAttrs(exprs)
-	for list.Next() {
-		if list.Type() != unix.NFTA_LIST_ELEM {
-			continue
-		}
-		var name string
-		var data []byte
-		e := netlinkattr.NewAttrs(list.Value())
-		for e.Next() {
-			switch e.Type() {
-			case unix.NFTA_EXPR_NAME:
-				name = netlinkattr.String(e.Value())
-			case unix.NFTA_EXPR_DATA:
-				data = e.Value()
-			}
-		}
-		if err := e.Err(); err != nil {
-			return nil, err
-		}
-		var err error
+	err := eachExpr(exprs, func(name string, data []byte) error {
 		switch name {
 		case "immediate":
-			err = regs.immediate(data)
+			return regs.immediate(data)
 		case "masq":
-			var min, max uint32
-			var hasMin bool
-			err = netlinkattr.Walk(data, func(typ uint16, v []byte) error {
-				switch typ {
-				case unix.NFTA_MASQ_REG_PROTO_MIN:
-					min, hasMin = netlinkattr.BE32(v), true
-				case unix.NFTA_MASQ_REG_PROTO_MAX:
-					max = netlinkattr.BE32(v)
-				}
-				return nil
-			})
-			if hasMin {
-				if max == 0 {
-					max = min
-				}
-				emit(family, regs.port(min), regs.port(max))
+			lo, hi, ok, err := protoRegs(data, unix.NFTA_MASQ_REG_PROTO_MIN, unix.NFTA_MASQ_REG_PROTO_MAX, nil)
+			if ok {
+				emit(family, regs.port(lo), regs.port(hi))
 			}
+			return err
 		case "nat":
-			var typ, fam, min, max uint32
-			var hasMin bool
-			err = netlinkattr.Walk(data, func(t uint16, v []byte) error {
+			var typ, fam uint32
+			lo, hi, ok, err := protoRegs(data, unix.NFTA_NAT_REG_PROTO_MIN, unix.NFTA_NAT_REG_PROTO_MAX, func(t uint16, v []byte) {
 				switch t {
 				case unix.NFTA_NAT_TYPE:
 					typ = netlinkattr.BE32(v)
 				case unix.NFTA_NAT_FAMILY:
 					fam = netlinkattr.BE32(v)
-				case unix.NFTA_NAT_REG_PROTO_MIN:
-					min, hasMin = netlinkattr.BE32(v), true
-				case unix.NFTA_NAT_REG_PROTO_MAX:
-					max = netlinkattr.BE32(v)
 				}
-				return nil
 			})
-			if typ == unix.NFT_NAT_SNAT && hasMin {
-				if max == 0 {
-					max = min
-				}
-				emit(uint8(fam), regs.port(min), regs.port(max))
+			if ok && typ == unix.NFT_NAT_SNAT {
+				emit(uint8(fam), regs.port(lo), regs.port(hi))
 			}
+			return err
 		case "target":
 			var tname string
 			var rev uint32
 			var info []byte
-			err = netlinkattr.Walk(data, func(t uint16, v []byte) error {
+			err := netlinkattr.Walk(data, func(t uint16, v []byte) error {
 				switch t {
 				case unix.NFTA_TARGET_NAME:
 					tname = netlinkattr.String(v)
@@ -237,12 +198,34 @@ func DecodeNATPortRanges(family uint8, b []byte) ([]NATPortRange, error) {
 			if lo, hi, ok := xtNATRange(family, tname, rev, info); ok {
 				emit(family, lo, hi)
 			}
+			return err
 		}
-		if err != nil {
-			return nil, err
+		return nil
+	})
+	return out, err
+}
+
+// protoRegs reads the registers of a NAT expression's port range (the
+// attributes minAttr and maxAttr; max defaults to min), handing its other
+// attributes to other; ok is false when the expression names no range.
+func protoRegs(data []byte, minAttr, maxAttr uint16, other func(typ uint16, v []byte)) (lo, hi uint32, ok bool, err error) {
+	err = netlinkattr.Walk(data, func(t uint16, v []byte) error {
+		switch t {
+		case minAttr:
+			lo, ok = netlinkattr.BE32(v), true
+		case maxAttr:
+			hi = netlinkattr.BE32(v)
+		default:
+			if other != nil {
+				other(t, v)
+			}
 		}
+		return nil
+	})
+	if hi == 0 {
+		hi = lo
 	}
-	return out, list.Err()
+	return lo, hi, ok, err
 }
 
 // natFamilies are the families a rule of nft family fam applies to.

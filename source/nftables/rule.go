@@ -50,6 +50,26 @@ func DecodeRule(b []byte) (string, RuleStats, error) {
 }
 
 func decodeExprs(b []byte, st *RuleStats) error {
+	return eachExpr(b, func(name string, data []byte) error {
+		switch name {
+		case "nat":
+			st.NAT = true
+		case "numgen":
+			ng := netlinkattr.NewAttrs(data)
+			for ng.Next() {
+				if ng.Type() == unix.NFTA_NG_MODULUS {
+					st.Modulus = max(st.Modulus, netlinkattr.BE32(ng.Value()))
+				}
+			}
+			return ng.Err()
+		}
+		return nil
+	})
+}
+
+// eachExpr calls fn with the name and the data of each expression of a
+// rule's NFTA_RULE_EXPRESSIONS, in order, stopping at fn's first error.
+func eachExpr(b []byte, fn func(name string, data []byte) error) error {
 	list := netlinkattr.NewAttrs(b)
 	for list.Next() {
 		if list.Type() != unix.NFTA_LIST_ELEM {
@@ -69,19 +89,8 @@ func decodeExprs(b []byte, st *RuleStats) error {
 		if err := e.Err(); err != nil {
 			return err
 		}
-		switch name {
-		case "nat":
-			st.NAT = true
-		case "numgen":
-			ng := netlinkattr.NewAttrs(data)
-			for ng.Next() {
-				if ng.Type() == unix.NFTA_NG_MODULUS {
-					st.Modulus = max(st.Modulus, netlinkattr.BE32(ng.Value()))
-				}
-			}
-			if err := ng.Err(); err != nil {
-				return err
-			}
+		if err := fn(name, data); err != nil {
+			return err
 		}
 	}
 	return list.Err()
