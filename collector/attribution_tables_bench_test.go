@@ -292,6 +292,9 @@ func BenchmarkAttributionGuestMillion(b *testing.B) {
 	specs := fullTableSpecs(0, size/fullClients)
 	for i := range specs {
 		specs[i].Assured = i%2 == 0
+		// The fill takes minutes under emulation: no entry may expire
+		// before the passes are done.
+		specs[i].TimeoutSeconds = 6 * 3600
 	}
 	for _, s := range specs {
 		if n, err := ctfill.Create(0, s); err != nil || n != s.Count {
