@@ -3,11 +3,16 @@ package collector
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 
@@ -232,5 +237,39 @@ func TestHealthyNodeHasNoStaleEntries(t *testing.T) {
 	}, "netinspect_conntrack_stale_")
 	if n := a.current().Scanned; n != 600 {
 		t.Errorf("scanned %d entries, want 600", n)
+	}
+}
+
+// TestStaleEntriesWithUnreadableTimeouts: a procfs without the UDP timeout
+// sysctls (and without the modules file) still counts stale entries, judges
+// refreshes by the kernel's default timeouts, and says so once at debug
+// level; the pass succeeds.
+func TestStaleEntriesWithUnreadableTimeouts(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := netns.New(t, "stale-noproc")
+	natfill.FillDNAT(t, ns, staleServices[4:]) // statsd: 90 stale entries
+	root := t.TempDir()
+	dir := filepath.Join(root, "sys/net/netfilter")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "nf_conntrack_max"), []byte("262144\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.DebugLevel)
+	a := in(must(NewAttribution(AttributionConfig{Interval: time.Hour},
+		Deps{Logger: zap.New(core), Paths: Paths{ProcFS: root}, Index: staleIndex()}))(t), ns)
+	for range 2 {
+		mustPass(t, a)
+	}
+	r := a.current().Stale
+	if r.Entries != 90 || r.Blackhole != 90 {
+		t.Errorf("stale %d, black-holing %d; want 90 and 90", r.Entries, r.Blackhole)
+	}
+	if a.judge.udpTimeout != defaultUDPTimeout || a.judge.udpStream != defaultUDPStreamTimeout {
+		t.Errorf("UDP timeouts %d/%d, want the kernel defaults", a.judge.udpTimeout, a.judge.udpStream)
+	}
+	if n := logs.FilterMessageSnippet("use defaults").FilterLevelExact(zapcore.DebugLevel).Len(); n != 1 {
+		t.Errorf("%d debug logs about the defaults, want 1: %v", n, logs.All())
 	}
 }
