@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/netinspect/netinspect/source/conntrack"
 	"github.com/netinspect/netinspect/test/natfill"
+	"github.com/netinspect/netinspect/test/netns"
 	"github.com/netinspect/netinspect/test/testenv"
 )
 
@@ -166,4 +168,32 @@ func TestSNATHealthyNodeReportsZero(t *testing.T) {
 		"netinspect_conntrack_snat_tuples":                   0,
 		"netinspect_conntrack_snat_tuple_undercount_entries": 0,
 	}, "netinspect_conntrack_snat_")
+}
+
+// TestSNATTupleSeriesAreBounded: 500 source-NATed flows to 500 destination
+// ports are 500 tuples; the tuple series are the top-K (10) twice, the
+// node series 4.
+func TestSNATTupleSeriesAreBounded(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "conntrack")
+	ns := netns.New(t, "snat-bound")
+	sendNATTraffic(t, ns, 1) // the namespace's link and nat table
+	sendSNATTraffic(t, ns, 500)
+	a := in(must(NewAttribution(DefaultAttributionConfig(), Deps{Logger: zaptest.NewLogger(t), Paths: Paths{ProcFS: "/proc"}}))(t), ns)
+	mustPass(t, a)
+	if r := a.current().SNAT; r.Tuples != 500 || r.Entries != 500 {
+		t.Fatalf("%d tuples of %d entries, want 500 and 500", r.Tuples, r.Entries)
+	}
+	tuple, node := 0, 0
+	for k := range gather(t, a) {
+		switch {
+		case strings.HasPrefix(k, "netinspect_conntrack_snat_tuple_entries{"), strings.HasPrefix(k, "netinspect_conntrack_snat_tuple_port_usage_ratio{"):
+			tuple++
+		case strings.HasPrefix(k, "netinspect_conntrack_snat_"):
+			node++
+		}
+	}
+	if tuple != 2*10 || node != 4 {
+		t.Errorf("%d tuple series and %d node series, want 20 and 4", tuple, node)
+	}
 }

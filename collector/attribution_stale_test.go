@@ -17,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/test/ctfill"
 	"github.com/netinspect/netinspect/test/natfill"
 	"github.com/netinspect/netinspect/test/netns"
 	"github.com/netinspect/netinspect/test/testenv"
@@ -271,5 +272,55 @@ func TestStaleEntriesWithUnreadableTimeouts(t *testing.T) {
 	}
 	if n := logs.FilterMessageSnippet("use defaults").FilterLevelExact(zapcore.DebugLevel).Len(); n != 1 {
 		t.Errorf("%d debug logs about the defaults, want 1: %v", n, logs.All())
+	}
+}
+
+// TestStaleSeriesAreBounded: with 10,000 UDP Services in the index and
+// stale entries for 500 of them, the stale series are the top-K (100) plus
+// one sum per protocol, twice (stale and black-holing); with every entry
+// DNATed to a serving endpoint, none at all. The node series are 3 either
+// way.
+func TestStaleSeriesAreBounded(t *testing.T) {
+	testenv.RequireRoot(t)
+	const services, staleFor = 10000, 500
+	build := func(withEndpoints bool) *kube.Index {
+		ix := kube.NewIndex(attrNode)
+		for i := range services {
+			name := fmt.Sprintf("svc-%d", i)
+			ix.SetService(kube.ServiceInfo{Namespace: "bench", Name: name, Type: "ClusterIP",
+				ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})},
+				Ports:      []kube.ServicePortInfo{{Name: "dns", Port: 53, Protocol: "udp"}}})
+			if withEndpoints {
+				ix.SetEndpointSlice("bench", name+"-1", name, []kube.EndpointInfo{{IP: netip.AddrFrom4([4]byte{10, 244, byte(i >> 8), byte(i)}),
+					Ready: true, Serving: true, Ports: []kube.EndpointPort{{Name: "dns", Port: 53, Protocol: "udp"}}}})
+			}
+		}
+		return ix
+	}
+	ns := netns.New(t, "stale-bound")
+	var specs []ctfill.Spec
+	for i := range staleFor {
+		specs = append(specs, ctfill.Spec{Count: 1 + i%3, Src: ip("10.1.0.1"), Dst: netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}), DstPort: 53,
+			ReplySrc: netip.AddrFrom4([4]byte{10, 244, byte(i >> 8), byte(i)})})
+	}
+	fillFlows(t, ns, specs)
+	count := func(ix *kube.Index) (perService, node int) {
+		a := newNetnsAttribution(t, ns, ix, 100)
+		mustPass(t, a)
+		for k := range gather(t, a) {
+			switch {
+			case strings.HasPrefix(k, "netinspect_conntrack_stale_entries{"), strings.HasPrefix(k, "netinspect_conntrack_stale_blackhole_entries{"):
+				perService++
+			case strings.HasPrefix(k, "netinspect_conntrack_stale_"):
+				node++
+			}
+		}
+		return perService, node
+	}
+	if s, n := count(build(false)); s != 2*(100+1) || n != 3 {
+		t.Errorf("stale for %d of %d Services: %d per-service and %d node series, want %d and 3", staleFor, services, s, n, 2*(100+1))
+	}
+	if s, n := count(build(true)); s != 0 || n != 3 {
+		t.Errorf("healthy: %d per-service and %d node series, want 0 and 3", s, n)
 	}
 }

@@ -212,7 +212,7 @@ func BenchmarkAttributionPassNATTableVsRawRead(b *testing.B) {
 // one UDP datagram to each of n ports of 10.244.0.22, which an nft rule
 // source-NATs to 10.244.0.13: n entries with IPS_SRC_NAT, one SNAT tuple
 // per destination port.
-func sendSNATTraffic(b *testing.B, ns *netns.NS, n int) {
+func sendSNATTraffic(b testing.TB, ns *netns.NS, n int) {
 	b.Helper()
 	ns.MustRun("ip", "addr", "add", "10.244.0.12/24", "dev", "n0")
 	ns.MustRun("ip", "addr", "add", "10.244.0.13/24", "dev", "n0")
