@@ -34,6 +34,9 @@ var contractAlerts = []string{
 	"NetinspectCollectorFailing",
 	"NetinspectDown",
 	"NetinspectKubeProxyDrift",
+	"NetinspectConntrackStaleEntries",
+	"NetinspectSNATPortsNearlyExhausted",
+	"NetinspectNeighbourTableNearlyFull",
 }
 
 type ruleFileDoc struct {

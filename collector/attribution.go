@@ -14,8 +14,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/netinspect/netinspect/kube"
+	"github.com/netinspect/netinspect/kubeproxy"
 	"github.com/netinspect/netinspect/source/conntrack"
 	"github.com/netinspect/netinspect/source/netns"
+	"github.com/netinspect/netinspect/source/nftables"
 )
 
 // AttributionName is the conntrack-attribution collector's name in flags
@@ -34,6 +36,10 @@ type AttributionConfig struct {
 	TopServices int
 	// Mode is AttributionModePass or AttributionModeEvents.
 	Mode string
+	// TopSNATTuples is how many translated source-NAT tuples are exported
+	// with their entries and port usage, the highest usage first; 0 means
+	// none (conntrack_snat_port_usage_ratio still gives the worst).
+	TopSNATTuples int
 }
 
 // Attribution modes.
@@ -52,7 +58,7 @@ var AttributionModes = []string{AttributionModePass, AttributionModeEvents}
 // DefaultAttributionConfig is the collector's configuration when no flag
 // says otherwise.
 func DefaultAttributionConfig() AttributionConfig {
-	return AttributionConfig{Interval: 30 * time.Second, TopServices: 100, Mode: AttributionModePass}
+	return AttributionConfig{Interval: 30 * time.Second, TopServices: 100, Mode: AttributionModePass, TopSNATTuples: 10}
 }
 
 // withDefaults fills the unset fields from DefaultAttributionConfig
@@ -88,8 +94,20 @@ type Attribution struct {
 	// (and lastAbsent, the reason last logged for an absent table).
 	scanner    *conntrack.Scanner
 	lastAbsent string
+	// cleanup, judge, snat, nft and the NAT port ranges are the pass
+	// goroutine's too: what stale and SNAT counting need (attribution_tables.go).
+	cleanup     *kubeproxy.ConntrackCleanup
+	judge       *staleJudge
+	snat        [2]conntrack.SNATCounter
+	nft         nftables.Reader
+	natRanges   []conntrack.PortRange
+	natRangesAt time.Time
+	lastTables  string // the last reason logged for reading the timeouts or rules failing
 
 	podEntries, svcEntries, stateEntries, dumps, duration, scanned, lastSuccess, errorsTotal, passesTotal, eventsLostTotal *prometheus.Desc
+
+	staleEntries, staleBlackhole, staleNode, staleNodeBlackhole, staleMaxTimeout, staleOldestAge *prometheus.Desc
+	snatRatio, snatEntries, snatTuples, snatUndercount, snatTupleEntries, snatTupleRatio         *prometheus.Desc
 
 	// r holds the result of the latest pass; in events mode the counts
 	// that events keep current since are in events.
@@ -112,6 +130,10 @@ type AttributionResult struct {
 	Scanned, Dumps int
 	Duration       time.Duration
 	Finished       time.Time
+	// Stale and SNAT are what the pass counted of stale entries and
+	// source-NAT port pressure (in events mode: at the last full pass).
+	Stale StaleResult
+	SNAT  SNATResult
 }
 
 // AttributedCount is the number of entries of one pod or service over one
@@ -140,6 +162,8 @@ func NewAttribution(cfg AttributionConfig, deps Deps) (*Attribution, error) {
 		logger:           deps.logger(),
 		index:            deps.Index,
 		scanner:          conntrack.NewScanner(),
+		cleanup:          &kubeproxy.ConntrackCleanup{},
+		nft:              nftables.Reader{ProcFS: deps.Paths.ProcFS},
 		eventsReadBuffer: defaultEventsReadBuffer,
 		podEntries: identityDesc("conntrack", "pod_entries",
 			"Conntrack entries whose original source (the client) or reply source (the backend serving it, after DNAT) is this pod, at the last pass.",
@@ -164,6 +188,35 @@ func NewAttribution(cfg AttributionConfig, deps Deps) (*Attribution, error) {
 			"Passes over the conntrack table that finished successfully.", nil, nil),
 		eventsLostTotal: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack_attribution", "events_lost_total"),
 			"Times conntrack events were lost (receive buffer overrun) in events mode, each followed by a full pass.", nil, nil),
+
+		staleEntries: identityDesc("conntrack", "stale_entries",
+			"Stale conntrack entries per service at the last full pass, as kube-proxy v1.37.2 judges them (and deletes them after its next sync): UDP entries addressed to a service port's ClusterIP, load-balancer VIP, external IP or node port whose reply source is not one of that port's serving endpoints; services beyond the top-K are summed into namespace=\"\", service=\"\".",
+			serviceIdentity, "protocol"),
+		staleBlackhole: identityDesc("conntrack", "stale_blackhole_entries",
+			"Of conntrack_stale_entries, those that black-hole traffic: refreshed by a packet since the previous pass (the client keeps sending), or DNATed to an address no pod of this node and no EndpointSlice endpoint holds; same services as conntrack_stale_entries.",
+			serviceIdentity, "protocol"),
+		staleNode: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "stale_node_entries"),
+			"Stale conntrack entries on this node, all services (the sum of conntrack_stale_entries), at the last full pass; 0 on a healthy node.", nil, nil),
+		staleNodeBlackhole: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "stale_node_blackhole_entries"),
+			"Stale conntrack entries on this node that black-hole traffic (the sum of conntrack_stale_blackhole_entries), at the last full pass; 0 on a healthy node.", nil, nil),
+		staleMaxTimeout: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "stale_max_timeout_seconds"),
+			"The longest remaining timeout (CTA_TIMEOUT) of a stale entry at the last full pass: how long the last of them stays if no packet refreshes it; 0 without stale entries.", nil, nil),
+		staleOldestAge: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "stale_oldest_age_seconds"),
+			"Age of the oldest stale entry at the last full pass, from its start timestamp; only present when stale entries carry one (net.netfilter.nf_conntrack_timestamp was 1 when they were created; off by default).", nil, nil),
+		snatRatio: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "snat_port_usage_ratio"),
+			"Source-NAT port usage of the worst translated tuple (translated source address, destination address and port, protocol) at the last full pass: its entries divided by the ports NAT can pick from (65535-1024+1, or the rule's port range); new connections of that tuple fail at 1.", nil, nil),
+		snatEntries: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "snat_entries"),
+			"Source-NATed (masqueraded) conntrack entries at the last full pass.", nil, nil),
+		snatTuples: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "snat_tuples"),
+			"Distinct translated tuples (translated source address, destination address and port, protocol) of the source-NATed entries at the last full pass; at most 65,536 are counted exactly.", nil, nil),
+		snatUndercount: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "snat_tuple_undercount_entries"),
+			"How far below the truth any translated tuple's count may be: 0 while there are at most 65,536 tuples, else the bound of the summary that counts them (the heaviest tuples are kept).", nil, nil),
+		snatTupleEntries: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "snat_tuple_entries"),
+			"Source-NATed entries of the translated tuples of the highest port usage (top-K), at the last full pass.",
+			snatTupleLabels, nil),
+		snatTupleRatio: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "snat_tuple_port_usage_ratio"),
+			"Port usage of the translated tuples of the highest port usage (top-K), at the last full pass: entries divided by the ports NAT can pick from.",
+			snatTupleLabels, nil),
 	}
 	// A pass is bounded by the interval.
 	a.r = newRefresher(AttributionName, cfg.Interval, cfg.Interval, a.pass)
@@ -172,7 +225,7 @@ func NewAttribution(cfg AttributionConfig, deps Deps) (*Attribution, error) {
 
 // setTarget makes the collector read the table of the network namespace t
 // (tests).
-func (a *Attribution) setTarget(t netns.Target) { a.target = t }
+func (a *Attribution) setTarget(t netns.Target) { a.target, a.nft.Target = t, t }
 
 // Start implements Starter. In pass mode it runs a first pass at once, then
 // one every Interval, each only after the previous one finished; in events
@@ -218,6 +271,8 @@ func (a *Attribution) pass(ctx context.Context) (*AttributionResult, error) {
 		Dumps:    st.Dumps,
 		Duration: elapsed,
 		Finished: time.Now(),
+		Stale:    t.stale.result(a.cleanup, a.cfg.TopServices),
+		SNAT:     snatResult(t.snat, a.natRanges, a.cfg.TopSNATTuples),
 	}, nil
 }
 
@@ -244,9 +299,12 @@ func (a *Attribution) scan(ctx context.Context) (*tally, conntrack.ScanStats, er
 	if err := conntrack.CheckTable(a.procfs); err != nil {
 		return nil, conntrack.ScanStats{}, noData(err)
 	}
+	a.prepareTables(ctx)
+	lookup := newPassLookup(a.index)
 	var parts [2]*tally
 	st, err := a.scanner.Scan(ctx, a.target, func(i int) func(*conntrack.Entry) {
-		t := newTally()
+		a.snat[i].Reset()
+		t := newTally(&a.snat[i], lookup)
 		parts[i] = t
 		return func(e *conntrack.Entry) { t.add(a, e) }
 	})
@@ -262,6 +320,7 @@ func (a *Attribution) scan(ctx context.Context) (*tally, conntrack.ScanStats, er
 	if st.Dumps == 2 {
 		parts[0].merge(parts[1])
 	}
+	parts[0].finish()
 	return parts[0], st, nil
 }
 
@@ -271,28 +330,45 @@ type attrKey struct {
 	proto           uint8
 }
 
-// tally is what one dump (or one part of a split pass) counts.
+// tally is what one dump (or one part of a split pass) counts: pods and
+// services by the pass's numbering (fast) until finish turns them into
+// pods and services by name.
 type tally struct {
+	lookup         *passLookup
+	fast           fastCounts
 	pods, services map[attrKey]int64
 	states         stateTally
+	stale          staleTally
+	snat           *conntrack.SNATCounter
 }
 
-func newTally() *tally {
-	return &tally{pods: map[attrKey]int64{}, services: map[attrKey]int64{}}
+func newTally(snat *conntrack.SNATCounter, lookup *passLookup) *tally {
+	return &tally{lookup: lookup, fast: fastCounts{pods: map[uint64]int64{}, services: map[uint64]int64{}}, snat: snat}
+}
+
+// finish turns the counts by number into counts by name.
+func (t *tally) finish() {
+	t.pods = attrCounts(t.fast.pods, t.lookup.podKeys)
+	t.services = attrCounts(t.fast.services, t.lookup.svcKeys)
 }
 
 func (t *tally) add(a *Attribution, e *conntrack.Entry) {
-	a.count(e, t.pods, t.services, 1)
+	t.fast.count(t.lookup, e)
 	t.states.add(e)
+	t.snat.Add(e)
+	if e.Orig.Proto == ipProtoUDP {
+		t.stale.add(a.judge, e)
+	}
 }
 
-// merge adds the counts of o to t.
+// merge adds the counts of o (the other part of a split pass, counted
+// against the same lookup) to t.
 func (t *tally) merge(o *tally) {
-	for k, n := range o.pods {
-		t.pods[k] += n
+	for k, n := range o.fast.pods {
+		t.fast.pods[k] += n
 	}
-	for k, n := range o.services {
-		t.services[k] += n
+	for k, n := range o.fast.services {
+		t.fast.services[k] += n
 	}
 	for i := range t.states.tcp {
 		for j := range t.states.tcp[i] {
@@ -304,6 +380,8 @@ func (t *tally) merge(o *tally) {
 			t.states.other[i][j] += o.states.other[i][j]
 		}
 	}
+	t.stale.merge(&o.stale)
+	t.snat.Merge(o.snat)
 }
 
 // stateTally counts the entries of a pass by protocol, TCP state and
@@ -314,7 +392,10 @@ type stateTally struct {
 	other [256][2]uint64                              // by IP protocol number
 }
 
-const ipProtoTCP = 6
+const (
+	ipProtoTCP = 6
+	ipProtoUDP = 17
+)
 
 func (t *stateTally) add(e *conntrack.Entry) {
 	assured := 0
@@ -464,6 +545,11 @@ func (a *Attribution) Update(ctx context.Context, ch chan<- prometheus.Metric) e
 		return err
 	}
 	for _, c := range s.Pods {
+		// A pod deleted since the pass: its series goes at once, not
+		// with the next pass.
+		if !a.index.HasPod(c.Namespace, c.Name) {
+			continue
+		}
 		ch <- prometheus.MustNewConstMetric(a.podEntries, prometheus.GaugeValue, float64(c.Entries), podValues(kube.PodRef{Namespace: c.Namespace, Name: c.Name}, c.Protocol)...)
 	}
 	for _, c := range s.Services {
@@ -476,6 +562,7 @@ func (a *Attribution) Update(ctx context.Context, ch chan<- prometheus.Metric) e
 	ch <- prometheus.MustNewConstMetric(a.scanned, prometheus.GaugeValue, float64(s.Scanned))
 	ch <- prometheus.MustNewConstMetric(a.dumps, prometheus.GaugeValue, float64(s.Dumps))
 	ch <- prometheus.MustNewConstMetric(a.lastSuccess, prometheus.GaugeValue, unixSeconds(s.Finished))
+	a.emitTables(ch, s)
 	a.r.emitAge(ch, a.r.Snapshot())
 	return nil
 }
@@ -611,6 +698,8 @@ func (a *Attribution) resync(ctx context.Context) error {
 		Dumps:    st.Dumps,
 		Duration: end.Sub(start),
 		Finished: end,
+		Stale:    t.stale.result(a.cleanup, a.cfg.TopServices),
+		SNAT:     snatResult(t.snat, a.natRanges, a.cfg.TopSNATTuples),
 	}, start, end, nil)
 	return nil
 }

@@ -26,8 +26,16 @@ type ConntrackConfig struct {
 // flag says otherwise.
 func DefaultConntrackConfig() ConntrackConfig { return ConntrackConfig{} }
 
-// ConntrackResult is one reading of the table's size, limit and statistics.
-type ConntrackResult = conntrack.Reading
+// ConntrackResult is one reading of the table's size, limit and
+// statistics, and of its sizing and timeout sysctls.
+type ConntrackResult struct {
+	conntrack.Reading
+	// Settings are the sysctls that were read (see SettingsErr for those
+	// that were not).
+	Settings conntrack.Settings
+	// SettingsErr says which sysctls could not be read, nil when all were.
+	SettingsErr error
+}
 
 // Conntrack reports conntrack table usage and statistics of the network
 // namespace the exporter runs in, read through netlink (ctnetlink), or from
@@ -41,7 +49,13 @@ type Conntrack struct {
 	entries, limit, source *prometheus.Desc
 	stats                  [conntrack.NumStats]*prometheus.Desc
 
+	buckets, timeout, tcpLoose, tcpBeLiberal, timestamp *prometheus.Desc
+
 	fallbackOnce sync.Once
+	// lastSettingsErr is the settings problem last logged, so each is
+	// logged once.
+	settingsMu      sync.Mutex
+	lastSettingsErr string
 }
 
 // NewConntrack returns the conntrack collector.
@@ -60,6 +74,17 @@ func NewConntrack(cfg ConntrackConfig, deps Deps) (*Conntrack, error) {
 			"Maximum size of the conntrack table (nf_conntrack_max).", nil, nil),
 		source: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "source_info"),
 			"Where the conntrack figures were read from: netlink, or procfs when netlink is refused.", []string{"source"}, nil),
+		buckets: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "buckets"),
+			"Size of the conntrack hash table (net.netfilter.nf_conntrack_buckets); the kernel's default is nf_conntrack_max/4, which kube-proxy also sets when it raises the limit. Far fewer buckets than that make long hash chains (conntrack_stat_chaintoolong_total).", nil, nil),
+		timeout: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "timeout_seconds"),
+			"How long an idle conntrack entry stays in a state (net.netfilter.nf_conntrack_<protocol>_timeout_<state>): state is the TCP or SCTP state, unreplied or stream for udp and gre, empty for icmp, icmpv6 and generic.",
+			[]string{"protocol", "state"}, nil),
+		tcpLoose: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "tcp_loose"),
+			"1 when conntrack picks up TCP connections already established (net.netfilter.nf_conntrack_tcp_loose), 0 when their packets are invalid.", nil, nil),
+		tcpBeLiberal: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "tcp_be_liberal"),
+			"1 when conntrack marks only out-of-window RSTs invalid and accepts other out-of-window TCP packets (net.netfilter.nf_conntrack_tcp_be_liberal).", nil, nil),
+		timestamp: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "conntrack", "timestamp"),
+			"1 when new conntrack entries carry their start time (net.netfilter.nf_conntrack_timestamp), which conntrack_stale_oldest_age_seconds needs.", nil, nil),
 	}
 	for s := range conntrack.NumStats {
 		c.stats[s] = prometheus.NewDesc(
@@ -96,7 +121,51 @@ func (c *Conntrack) Update(ctx context.Context, ch chan<- prometheus.Metric) err
 	ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(r.Limit))
 	ch <- prometheus.MustNewConstMetric(c.source, prometheus.GaugeValue, 1, r.Source)
 	c.emitStats(ch, r.CPUs)
+	c.emitSettings(ch, r.Settings)
 	return nil
+}
+
+// emitSettings sends the sysctls that were read; an absent or unreadable
+// one has no series.
+func (c *Conntrack) emitSettings(ch chan<- prometheus.Metric, s conntrack.Settings) {
+	if s.Buckets.OK {
+		ch <- prometheus.MustNewConstMetric(c.buckets, prometheus.GaugeValue, float64(s.Buckets.Value))
+	}
+	for _, b := range []struct {
+		d *prometheus.Desc
+		v conntrack.SettingsBool
+	}{{c.tcpLoose, s.TCPLoose}, {c.tcpBeLiberal, s.TCPBeLiberal}, {c.timestamp, s.Timestamp}} {
+		if b.v.OK {
+			v := 0.0
+			if b.v.Value {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(b.d, prometheus.GaugeValue, v)
+		}
+	}
+	for _, t := range s.Timeouts {
+		ch <- prometheus.MustNewConstMetric(c.timeout, prometheus.GaugeValue, t.Timeout.Seconds(), t.Protocol, t.State)
+	}
+}
+
+// readSettings reads the sysctls as the collector's namespace sees them,
+// logging each new problem once at debug level: a kernel without some of
+// them, or a file that cannot be read, costs those series only.
+func (c *Conntrack) readSettings() (conntrack.Settings, error) {
+	s, err := conntrack.ReadSettingsIn(c.target, c.procfs)
+	why := ""
+	if err != nil {
+		why = err.Error()
+	}
+	c.settingsMu.Lock()
+	defer c.settingsMu.Unlock()
+	if why != c.lastSettingsErr {
+		c.lastSettingsErr = why
+		if err != nil {
+			c.logger.Debug("conntrack sysctls not all read; their series are left out", zap.Error(err))
+		}
+	}
+	return s, err
 }
 
 // Result reads the table once: through netlink, or from procfs when
@@ -118,7 +187,9 @@ func (c *Conntrack) Result(ctx context.Context) (*ConntrackResult, error) {
 			return nil, fmt.Errorf("read conntrack statistics from procfs: %w", err)
 		}
 	}
-	return &r, nil
+	res := &ConntrackResult{Reading: r}
+	res.Settings, res.SettingsErr = c.readSettings()
+	return res, nil
 }
 
 func (c *Conntrack) emitStats(ch chan<- prometheus.Metric, cpus []conntrack.CPUStats) {

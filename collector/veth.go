@@ -53,12 +53,16 @@ type VethConfig struct {
 	// veths stay the same. The node's link list, read on every scrape,
 	// triggers a rescan as soon as a veth appears, goes or moves.
 	RescanInterval time.Duration
+	// PodConntrack reads, on every scrape, the conntrack table of each pod
+	// network namespace the mapping entered (method netns): one ctnetlink
+	// request per pod, never per entry.
+	PodConntrack bool
 }
 
 // DefaultVethConfig is the veth collector's configuration when no flag says
 // otherwise.
 func DefaultVethConfig() VethConfig {
-	return VethConfig{Methods: VethMethods(), RescanInterval: time.Minute}
+	return VethConfig{Methods: VethMethods(), RescanInterval: time.Minute, PodConntrack: true}
 }
 
 // withDefaults fills the unset fields from DefaultVethConfig.
@@ -98,6 +102,7 @@ type Veth struct {
 
 	info, unmapped, age *prometheus.Desc
 	traffic             [numVethCounters]*prometheus.Desc
+	podCT, podCTLimit   *prometheus.Desc
 
 	// roundTrips counts netlink request/response exchanges, for the
 	// benchmark.
@@ -111,6 +116,9 @@ type Veth struct {
 	// lastUnmapped is the unmapped set last logged at debug level.
 	lastUnmapped string
 	netnsErrOnce sync.Once
+	// ctInUse holds the pod namespaces whose conntrack table has held
+	// entries since they were mapped (pruned to the mapped ones).
+	ctInUse map[netns.ID]bool
 }
 
 type vethCounter int
@@ -139,6 +147,7 @@ func NewVeth(cfg VethConfig, deps Deps) (*Veth, error) {
 		methods[m] = true
 	}
 	c := &Veth{
+		ctInUse:       map[netns.ID]bool{},
 		cfg:           cfg,
 		methods:       methods,
 		procfs:        deps.Paths.ProcFS,
@@ -154,6 +163,12 @@ func NewVeth(cfg VethConfig, deps Deps) (*Veth, error) {
 			"Host veth interfaces whose peer is in another network namespace but belongs to no known pod.", nil, nil),
 		age: prometheus.NewDesc(prometheus.BuildFQName(Namespace, "veth", "mapping_age_seconds"),
 			"Seconds since the veth-to-pod mapping was last rebuilt (network namespaces, routes, bridge tables).", nil, nil),
+		podCT: identityDesc("pod", "conntrack_entries",
+			"Entries in the conntrack table of the pod's own network namespace (which the node's conntrack_entries does not count), for pods whose namespace tracks connections (its table has held entries since the pod was mapped: a sidecar's REDIRECT or other NAT rules in the pod).",
+			podIdentity),
+		podCTLimit: identityDesc("pod", "conntrack_entries_limit",
+			"The limit of the pod namespace's conntrack table: each namespace counts its own entries against the node's global nf_conntrack_max.",
+			podIdentity),
 	}
 	help := [numVethCounters]struct{ name, help string }{
 		rxBytes:   {"receive_bytes_total", "Bytes the pod received on the interface (its host veth end transmitted)."},
@@ -194,8 +209,10 @@ type podEnd struct {
 	// interface's addresses, yet its other interfaces are the same pod's.
 	nsIPs []netip.Addr
 	// netns is the path the pod's namespace was entered through (netns
-	// only): a bind mount under --path.netns or <procfs>/<pid>/ns/net.
-	netns string
+	// only): a bind mount under --path.netns or <procfs>/<pid>/ns/net;
+	// netnsID its identity then.
+	netns   string
+	netnsID netns.ID
 }
 
 // vethScan is one mapping: for each host veth (by ifindex), what each method
@@ -226,6 +243,15 @@ type VethResult struct {
 	Unmapped []string
 	// Age is how old the mapping is.
 	Age time.Duration
+	// Conntrack are the pods' own conntrack tables, for the pods whose
+	// namespace tracks connections (VethConfig.PodConntrack).
+	Conntrack []PodConntrack
+}
+
+// PodConntrack is the conntrack table of a pod's own network namespace.
+type PodConntrack struct {
+	Pod            kube.PodRef
+	Entries, Limit uint64
 }
 
 // PodInterface is a pod interface and its host veth.
@@ -236,6 +262,8 @@ type PodInterface struct {
 	// NetNS is the path the pod's network namespace was entered through
 	// (method netns), else "". Not a metric: paths are no stable identity.
 	NetNS string
+	// netnsID is the namespace's identity when NetNS was entered.
+	netnsID netns.ID
 }
 
 // PodTraffic are the counters of one pod interface, by vethCounter.
@@ -258,6 +286,10 @@ func (c *Veth) Update(ctx context.Context, ch chan<- prometheus.Metric) error {
 		for i, v := range t.Counters {
 			ch <- prometheus.MustNewConstMetric(c.traffic[i], prometheus.CounterValue, float64(v), podValues(t.Pod, t.Interface)...)
 		}
+	}
+	for _, p := range r.Conntrack {
+		ch <- prometheus.MustNewConstMetric(c.podCT, prometheus.GaugeValue, float64(p.Entries), podValues(p.Pod)...)
+		ch <- prometheus.MustNewConstMetric(c.podCTLimit, prometheus.GaugeValue, float64(p.Limit), podValues(p.Pod)...)
 	}
 	ch <- prometheus.MustNewConstMetric(c.unmapped, prometheus.GaugeValue, float64(len(r.Unmapped)))
 	ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, r.Age.Seconds())
@@ -290,7 +322,11 @@ func (c *Veth) Result(ctx context.Context) (*VethResult, error) {
 		}
 		c.scan = s
 	}
-	return c.join(veths, c.scan, now), nil
+	res := c.join(veths, c.scan, now)
+	if c.cfg.PodConntrack {
+		res.Conntrack = c.podConntrack(ctx, res.Interfaces)
+	}
+	return res, nil
 }
 
 func (c *Veth) needScan(veths []links.Veth, now time.Time) bool {
@@ -329,7 +365,7 @@ func (c *Veth) rescan(ctx context.Context, r *links.Reader, veths []links.Veth, 
 			prev.nsIPs = end.nsIPs
 		}
 		if end.netns != "" {
-			prev.netns = end.netns
+			prev.netns, prev.netnsID = end.netns, end.netnsID
 		}
 		for _, ip := range end.ips {
 			if !slices.Contains(prev.ips, ip) {
@@ -371,7 +407,7 @@ func (c *Veth) rescan(ctx context.Context, r *links.Reader, veths []links.Veth, 
 				return nil, err
 			}
 			for _, e := range ends {
-				record(e.HostIndex, VethMethodNetNS, podEnd{iface: e.Name, ips: e.IPs, nsIPs: e.NSIPs, netns: e.NetNS})
+				record(e.HostIndex, VethMethodNetNS, podEnd{iface: e.Name, ips: e.IPs, nsIPs: e.NSIPs, netns: e.NetNS, netnsID: e.NetNSID})
 			}
 		}
 	}
@@ -399,10 +435,11 @@ func (c *Veth) rescan(ctx context.Context, r *links.Reader, veths []links.Veth, 
 
 // resolved is a host veth's pod, as the winning method found it.
 type resolved struct {
-	pod    kube.PodRef
-	iface  string
-	method string
-	netns  string
+	pod     kube.PodRef
+	iface   string
+	method  string
+	netns   string
+	netnsID netns.ID
 }
 
 // resolve joins what the methods found to pods through the index. The
@@ -427,7 +464,7 @@ func (c *Veth) resolve(v links.Veth, found map[string]podEnd, seen map[string]st
 			continue
 		}
 		if !ok {
-			win, ok = resolved{pod: ref, iface: end.iface, method: m, netns: end.netns}, true
+			win, ok = resolved{pod: ref, iface: end.iface, method: m, netns: end.netns, netnsID: end.netnsID}, true
 			continue
 		}
 		if ref.Namespace != win.pod.Namespace || ref.Name != win.pod.Name {
@@ -472,7 +509,7 @@ func (c *Veth) join(veths []links.Veth, s *vethScan, now time.Time) *VethResult 
 			r.Unmapped = append(r.Unmapped, v.Name)
 			continue
 		}
-		r.Interfaces = append(r.Interfaces, PodInterface{Pod: res.pod, Interface: res.iface, HostInterface: v.Name, Method: res.method, NetNS: res.netns})
+		r.Interfaces = append(r.Interfaces, PodInterface{Pod: res.pod, Interface: res.iface, HostInterface: v.Name, Method: res.method, NetNS: res.netns, netnsID: res.netnsID})
 		// Without the namespace the pod-side name is unknown (""), so two
 		// interfaces of one pod mapped by route or fdb share their series:
 		// their counters are summed.

@@ -22,8 +22,9 @@ import (
 // cached is a scrape reusing the mapping (the steady state); rescan rebuilds
 // the mapping by every method (a scrape right after a pod came or went);
 // rescan-route-fdb rebuilds it without entering any namespace (methods
-// route and fdb only). roundtrips/op counts netlink request/response
-// exchanges.
+// route and fdb only); cached-pod-conntrack is cached plus the pods' own
+// conntrack tables. roundtrips/op counts netlink request/response
+// exchanges of the mapping.
 func BenchmarkVethScrape(b *testing.B) {
 	const pods = 250
 	tp := topology.New(b)
@@ -44,8 +45,8 @@ func BenchmarkVethScrape(b *testing.B) {
 	for _, name := range tp.Pods() {
 		ix.SetPod(kube.PodInfo{Namespace: testNamespace, Name: name, Node: testNode, IPs: tp.Pod(name).IPs()})
 	}
-	newC := func(methods ...string) *Veth {
-		c, err := inNS(NewVeth(VethConfig{Methods: methods}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc", NetNS: tp.NetNSDir}, Index: ix}))(tp.Node)
+	newC := func(podConntrack bool, methods ...string) *Veth {
+		c, err := inNS(NewVeth(VethConfig{Methods: methods, PodConntrack: podConntrack}, Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc", NetNS: tp.NetNSDir}, Index: ix}))(tp.Node)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -63,7 +64,7 @@ func BenchmarkVethScrape(b *testing.B) {
 		return n
 	}
 	// 250 pods x (1 info + 8 counters) + unmapped + age.
-	if n := scrape(newC()); n != pods*9+2 {
+	if n := scrape(newC(false)); n != pods*9+2 {
 		b.Fatalf("one scrape sent %d metrics, want %d", n, pods*9+2)
 	}
 
@@ -80,9 +81,9 @@ func BenchmarkVethScrape(b *testing.B) {
 		}
 		b.ReportMetric(1, "roundtrips/op")
 	})
-	run := func(name string, rescan bool, methods ...string) {
+	run := func(name string, rescan, podConntrack bool, methods ...string) {
 		b.Run(name, func(b *testing.B) {
-			c := newC(methods...)
+			c := newC(podConntrack, methods...)
 			scrape(c)
 			c.roundTrips.Store(0)
 			for b.Loop() {
@@ -96,7 +97,10 @@ func BenchmarkVethScrape(b *testing.B) {
 			b.ReportMetric(float64(c.roundTrips.Load())/float64(b.N), "roundtrips/op")
 		})
 	}
-	run("cached", false)
-	run("rescan", true)
-	run("rescan-route-fdb", true, VethMethodRoute, VethMethodFDB)
+	run("cached", false, false)
+	// The same with every pod's own conntrack table read (one ctnetlink
+	// request per pod namespace, through the path the mapping recorded).
+	run("cached-pod-conntrack", false, true)
+	run("rescan", true, false)
+	run("rescan-route-fdb", true, false, VethMethodRoute, VethMethodFDB)
 }

@@ -125,9 +125,9 @@ func cluster() Dashboard {
 func node() Dashboard {
 	return Dashboard{
 		File: "node.json", UID: "netinspect-node", Title: "netinspect / Node",
-		Description:  "One node: conntrack table, who fills it, pod traffic through veths, kube-proxy rules and their drift from the API, and IPVS.",
+		Description:  "One node: conntrack table, who fills it, pod traffic through veths, kube-proxy rules and their drift from the API, IPVS, and the node's other tables (hash buckets, stale entries, SNAT ports, neighbours, pods' own conntrack tables).",
 		NodeVariable: true,
-		Panels: []Panel{
+		Panels: append([]Panel{
 			{Title: "Conntrack entries and limit", Type: "timeseries", Unit: "short", W: 12, H: 8,
 				Targets: []Target{
 					{Expr: fmt.Sprintf(`netinspect_conntrack_entries{%s}`, nodeSel), Legend: "entries"},
@@ -204,7 +204,56 @@ func node() Dashboard {
 				Targets:     []Target{{Expr: fmt.Sprintf(`netinspect_scrape_collector_success{%s}`, nodeSel), Legend: "{{collector}}"}}},
 			{Title: "Collector duration", Type: "timeseries", Unit: "s", W: 12, H: 8,
 				Targets: []Target{{Expr: fmt.Sprintf(`netinspect_scrape_collector_duration_seconds{%s}`, nodeSel), Legend: "{{collector}}"}}},
-		},
+		}, nodeTablePanels()...),
+	}
+}
+
+// nodeTablePanels are the node dashboard's rows for the tables besides the
+// conntrack table's size, each its usage against its limit: the hash
+// table, stale entries, source-NAT ports, the neighbour tables and the
+// pods' own conntrack tables.
+func nodeTablePanels() []Panel {
+	return []Panel{
+		{Title: "Conntrack hash buckets", Type: "timeseries", Unit: "short", W: 12, H: 8,
+			Description: "The hash table's size against nf_conntrack_max/4, what the kernel and kube-proxy size it to; far below it, lookups walk long chains (see the panel beside).",
+			Targets: []Target{
+				{Expr: fmt.Sprintf(`netinspect_conntrack_buckets{%s}`, nodeSel), Legend: "buckets"},
+				{Expr: fmt.Sprintf(`netinspect_conntrack_entries_limit{%s} / 4`, nodeSel), Legend: "limit/4"},
+			}},
+		{Title: "Conntrack inserts into too long chains", Type: "timeseries", Unit: "ops", W: 12, H: 8,
+			Description: "Entries the kernel inserted into an over-long hash chain per second: too few buckets for the entries (or a hash attack).",
+			Targets:     []Target{{Expr: fmt.Sprintf(`sum without (cpu) (rate(netinspect_conntrack_stat_chaintoolong_total{%s}[$__rate_interval]))`, nodeSel), Legend: "chaintoolong"}}},
+		{Title: "Stale conntrack entries", Type: "timeseries", Unit: "short", W: 12, H: 8,
+			Description: "Entries kube-proxy deletes as stale after its next sync (UDP, DNATed to an address that no longer serves the Service port), and those of them that black-hole traffic; 0 on a healthy node.",
+			Targets: []Target{
+				{Expr: fmt.Sprintf(`netinspect_conntrack_stale_node_entries{%s}`, nodeSel), Legend: "stale"},
+				{Expr: fmt.Sprintf(`netinspect_conntrack_stale_node_blackhole_entries{%s}`, nodeSel), Legend: "black-holing"},
+				{Expr: fmt.Sprintf(`topk(10, netinspect_conntrack_stale_blackhole_entries{%s})`, nodeSel), Legend: "{{namespace}}/{{service}}"},
+			}},
+		{Title: "SNAT port usage", Type: "timeseries", Unit: "percentunit", W: 12, H: 8,
+			Description: "Masqueraded entries per translated tuple (node address, destination address and port, protocol) over the ports NAT can pick from; at 100% new connections to that destination fail.",
+			Targets: []Target{
+				{Expr: fmt.Sprintf(`netinspect_conntrack_snat_port_usage_ratio{%s}`, nodeSel), Legend: "worst tuple"},
+				{Expr: fmt.Sprintf(`topk(10, netinspect_conntrack_snat_tuple_port_usage_ratio{%s})`, nodeSel), Legend: "{{protocol}} {{translated}} -> {{destination}}:{{destination_port}}"},
+			}},
+		{Title: "Neighbour table entries and gc_thresh3", Type: "timeseries", Unit: "short", W: 12, H: 8,
+			Description: "The kernel's neighbour tables (global: every namespace's entries, pods' included) against gc_thresh3, where new neighbours are refused; the entries are an upper bound (permanent ones are not collected).",
+			Targets: []Target{
+				{Expr: fmt.Sprintf(`netinspect_neighbour_entries{%s}`, nodeSel), Legend: "{{family}} entries"},
+				{Expr: fmt.Sprintf(`netinspect_neighbour_gc_threshold{%s,level="3"}`, nodeSel), Legend: "{{family}} gc_thresh3"},
+			}},
+		{Title: "Neighbour table collections and refusals", Type: "timeseries", Unit: "ops", W: 12, H: 8,
+			Description: "Forced garbage collections (the table above gc_thresh2) and entries refused (table_fulls: the table at gc_thresh3), per second.",
+			Targets: []Target{
+				{Expr: fmt.Sprintf(`rate(netinspect_neighbour_forced_gc_runs_total{%s}[$__rate_interval])`, nodeSel), Legend: "{{family}} forced gc"},
+				{Expr: fmt.Sprintf(`rate(netinspect_neighbour_table_fulls_total{%s}[$__rate_interval])`, nodeSel), Legend: "{{family}} table full"},
+			}},
+		{Title: "Pods' own conntrack tables", Type: "bargauge", Unit: "percentunit", W: 12, H: 8, Instant: true,
+			Description: "Pods whose network namespace tracks connections of its own (a sidecar's NAT rules): entries over the limit.",
+			Targets:     []Target{{Expr: fmt.Sprintf(`topk(20, netinspect_pod_conntrack_entries{%[1]s} / netinspect_pod_conntrack_entries_limit{%[1]s})`, nodeSel), Legend: "{{namespace}}/{{pod}}"}}},
+		{Title: "Conntrack timeouts", Type: "table", Unit: "s", W: 12, H: 8, Instant: true,
+			Description: "How long an idle entry stays in each state (the namespace's nf_conntrack_*_timeout* sysctls).",
+			Targets:     []Target{{Expr: fmt.Sprintf(`netinspect_conntrack_timeout_seconds{%s}`, nodeSel), Legend: "{{protocol}} {{state}}"}}},
 	}
 }
 

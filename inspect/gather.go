@@ -42,6 +42,7 @@ type Results struct {
 	NFTables    *collector.NFTablesResult
 	IPVS        *collector.IPVSResult
 	Attribution *collector.AttributionResult
+	Neighbour   *collector.NeighbourResult
 	DNS         *collector.DNSResult
 }
 
@@ -94,6 +95,8 @@ func gatherOne(ctx context.Context, c collector.Collector, r *Results) error {
 		return read(ctx, c, &r.IPVS)
 	case resulter[*collector.AttributionResult]:
 		return read(ctx, c, &r.Attribution)
+	case resulter[*collector.NeighbourResult]:
+		return read(ctx, c, &r.Neighbour)
 	case resulter[*collector.DNSResult]:
 		return read(ctx, c, &r.DNS)
 	}

@@ -137,6 +137,10 @@ func (r Report) WriteTable(w io.Writer) error {
 		t.write(p)
 	}
 
+	if r.Tables != nil {
+		p.writeTables(r.Tables)
+	}
+
 	if len(r.Problems) > 0 {
 		p.section("NOT READ")
 		for _, pr := range r.Problems {

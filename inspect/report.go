@@ -45,6 +45,7 @@ type Report struct {
 	Pods           []Pod           `json:"pods"`
 	Services       []Service       `json:"services"`
 	DNS            []DNSProbe      `json:"dns"`
+	Tables         *Tables         `json:"tables"`
 	Problems       []Problem       `json:"problems"`
 }
 
@@ -186,6 +187,7 @@ func Build(node, kubeState string, index *kube.Index, res Results, problems []Pr
 	r.Conntrack = conntrackUsage(res, f)
 	r.Pods = pods(index, res, f)
 	r.Services = services(index, res, f, r.KubeProxyMode, drift)
+	r.Tables = tables(res, f)
 	if res.DNS != nil {
 		for _, p := range res.DNS.Probes {
 			r.DNS = append(r.DNS, DNSProbe{Server: p.Server, Name: p.Name, Success: p.OK})

@@ -48,9 +48,9 @@ func testSources() []Source {
 	stats.Counters[conntrack.StatDrop], stats.Present[conntrack.StatDrop] = 12, true
 	stats.Counters[conntrack.StatEarlyDrop], stats.Present[conntrack.StatEarlyDrop] = 3, true
 	return []Source{
-		{Name: "conntrack", Collector: fake[*collector.ConntrackResult]{v: &collector.ConntrackResult{
+		{Name: "conntrack", Collector: fake[*collector.ConntrackResult]{v: &collector.ConntrackResult{Reading: conntrack.Reading{
 			Source: "netlink", Entries: 196608, Limit: 262144, CPUs: []conntrack.CPUStats{stats},
-		}}},
+		}}}},
 		{Name: "veth", Collector: fake[*collector.VethResult]{v: &collector.VethResult{Interfaces: []collector.PodInterface{
 			{Pod: shop("cart-0"), Interface: "eth0", HostInterface: "veth1a2b3c4d", Method: "netns", NetNS: "/run/netns/cni-1234"},
 		}}}},

@@ -22,6 +22,9 @@ func attributionSpec() collectorSpec {
 			app.Flag("collector.conntrack-attribution.mode",
 				"How the table is followed: pass (a full dump every interval) or events (a full dump every interval, and conntrack new/destroy events in between; lost events trigger a dump).").
 				Default(def.Mode).EnumVar(&cfg.Mode, collector.AttributionModes...)
+			app.Flag("collector.conntrack-attribution.top-snat-tuples",
+				"Number of source-NAT tuples (translated address, destination address and port, protocol) exported with their entries and port usage, highest usage first. 0 exports none; conntrack_snat_port_usage_ratio gives the worst either way.").
+				Default(itoa(def.TopSNATTuples)).IntVar(&cfg.TopSNATTuples)
 			return func(deps collector.Deps, _ enabledSet) (collector.Collector, error) {
 				return collector.NewAttribution(cfg, deps)
 			}

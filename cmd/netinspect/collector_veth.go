@@ -21,6 +21,9 @@ func vethSpec() collectorSpec {
 			app.Flag("collector.veth.rescan-interval",
 				"Longest time the veth-to-pod mapping is reused while the node's veths stay the same; a veth appearing or going triggers a rescan at the next scrape.").
 				Default(def.RescanInterval.String()).DurationVar(&cfg.RescanInterval)
+			app.Flag("collector.veth.pod-conntrack",
+				"Read, on every scrape, the conntrack table of each pod network namespace the netns method entered (one netlink request per pod): pod_conntrack_entries for pods whose namespace tracks connections.").
+				Default(btoa(def.PodConntrack)).BoolVar(&cfg.PodConntrack)
 			return func(deps collector.Deps, _ enabledSet) (collector.Collector, error) {
 				cfg.Methods = splitList(*methods)
 				return collector.NewVeth(cfg, deps)

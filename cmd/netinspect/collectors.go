@@ -36,6 +36,7 @@ func collectorSpecs(drift *driftFlags) []collectorSpec {
 		iptablesSpec(drift),
 		nftablesSpec(drift),
 		attributionSpec(),
+		neighbourSpec(),
 		dnsSpec(),
 	}
 }

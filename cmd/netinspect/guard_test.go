@@ -92,7 +92,7 @@ func parseExposition(body string) (map[string]*dto.MetricFamily, error) {
 
 // defaultCollectors are the collectors on by default (CONTRACT.md), each of
 // which reports netinspect_scrape_collector_success in every scrape.
-var defaultCollectors = []string{"conntrack", "conntrack-attribution", "iptables", "ipvs", "nftables", "veth"}
+var defaultCollectors = []string{"conntrack", "conntrack-attribution", "iptables", "ipvs", "neighbour", "nftables", "veth"}
 
 // checkComplete reports what a full scrape of the exporter lacks.
 func checkComplete(mfs map[string]*dto.MetricFamily) error {

@@ -24,13 +24,16 @@ var update = flag.Bool("update", false, "rewrite the golden files of the inspect
 
 // volatile masks what changes from run to run or machine to machine: the
 // table's total and limit (loopback connections of the test itself are
-// tracked too) and the kernel's statistics.
+// tracked too), the kernel's statistics, the host's hash size and the
+// global neighbour tables.
 var volatile = []struct {
 	re   *regexp.Regexp
 	with string
 }{
 	{regexp.MustCompile(`\d+ of \d+ entries \([\d.]+%\)`), "N of LIMIT entries (P%)"},
 	{regexp.MustCompile(`\b(chaintoolong|clash_resolve|drop|early_drop|error|found|insert|insert_failed|invalid|search_restart) \d+`), "$1 N"},
+	{regexp.MustCompile(`conntrack limit \d+, \d+ hash buckets \(limit/4 = \d+\)`), "conntrack limit LIMIT, N hash buckets (limit/4 = N)"},
+	{regexp.MustCompile(`(neighbour ipv[46]): \d+ entries, gc_thresh1/2/3 \d+/\d+/\d+, table_fulls \d+`), "$1: N entries, gc_thresh1/2/3 N/N/N, table_fulls N"},
 }
 
 func mask(s string) string {

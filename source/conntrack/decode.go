@@ -14,6 +14,7 @@
 package conntrack
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -46,6 +47,16 @@ type Entry struct {
 	TCPState uint8
 	// Zone is the conntrack zone (CTA_ZONE), 0 by default.
 	Zone uint16
+	// Timeout is the entry's remaining lifetime in whole seconds
+	// (CTA_TIMEOUT, which ctnetlink puts in every dumped entry): a packet
+	// refreshes it to the protocol's timeout for the entry's state, so an
+	// entry whose Timeout stays near that value is still in use. 0 when the
+	// kernel sent none (events of destroyed entries).
+	Timeout uint32
+	// Start is when the entry was created, in nanoseconds since the Unix
+	// epoch (CTA_TIMESTAMP_START), only when nf_conntrack_timestamp was on
+	// at that time (it is off by default); 0 otherwise.
+	Start uint64
 	// Event says what happened to the entry, for entries read by a
 	// Listener; EventNone for entries of a dump.
 	Event EventType
@@ -74,7 +85,11 @@ const (
 	ctaTupleReply = 2
 	ctaStatus     = 3
 	ctaProtoinfo  = 4
+	ctaTimeout    = 7
 	ctaZone       = 18
+	ctaTimestamp  = 20
+
+	ctaTimestampStart = 1
 
 	ctaTupleIP    = 1
 	ctaTupleProto = 2
@@ -216,9 +231,29 @@ func decodeEntry(b []byte, e *Entry) error {
 			if len(val) >= 2 {
 				e.Zone = netlinkattr.BE16(val)
 			}
+		case ctaTimeout:
+			e.Timeout = netlinkattr.BE32(val)
+		case ctaTimestamp:
+			err = decodeTimestamp(val, e)
 		}
 		if err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// decodeTimestamp reads CTA_TIMESTAMP_START (big-endian u64 nanoseconds of
+// wall-clock time) from a CTA_TIMESTAMP nest.
+func decodeTimestamp(b []byte, e *Entry) error {
+	for len(b) >= nlaHdrLen {
+		typ, val, rest, err := netlinkattr.Split(b)
+		if err != nil {
+			return wrap(err)
+		}
+		b = rest
+		if typ == ctaTimestampStart && len(val) >= 8 {
+			e.Start = binary.BigEndian.Uint64(val)
 		}
 	}
 	return nil

@@ -71,6 +71,15 @@ func entryMsg(t testing.TB, seq uint32, flags uint16, e Entry) []byte {
 	if e.Zone != 0 {
 		ae.Bytes(ctaZone, be16(e.Zone))
 	}
+	if e.Timeout != 0 {
+		ae.Bytes(ctaTimeout, binary.BigEndian.AppendUint32(nil, e.Timeout))
+	}
+	if e.Start != 0 {
+		ae.Nested(ctaTimestamp, func(ae *netlink.AttributeEncoder) error {
+			ae.Bytes(ctaTimestampStart, binary.BigEndian.AppendUint64(nil, e.Start))
+			return nil
+		})
+	}
 	attrs, err := ae.Encode()
 	if err != nil {
 		t.Fatal(err)
@@ -91,13 +100,13 @@ var (
 		Family: unix.AF_INET,
 		Orig:   Tuple{Src: netip.MustParseAddr("10.244.0.5"), Dst: netip.MustParseAddr("10.96.0.1"), SrcPort: 40000, DstPort: 443, Proto: 6},
 		Reply:  Tuple{Src: netip.MustParseAddr("10.244.1.7"), Dst: netip.MustParseAddr("10.244.0.5"), SrcPort: 6443, DstPort: 40000, Proto: 6},
-		Status: 0x18e, TCPState: 3, Zone: 5,
+		Status: 0x18e, TCPState: 3, Zone: 5, Timeout: 431999,
 	}
 	v6Entry = Entry{
 		Family: unix.AF_INET6,
 		Orig:   Tuple{Src: netip.MustParseAddr("fd00::5"), Dst: netip.MustParseAddr("fd00:10:96::a"), SrcPort: 5353, DstPort: 53, Proto: 17},
 		Reply:  Tuple{Src: netip.MustParseAddr("fd00::9"), Dst: netip.MustParseAddr("fd00::5"), SrcPort: 53, DstPort: 5353, Proto: 17},
-		Status: 0x8,
+		Status: 0x8, Timeout: 29, Start: 1_767_225_600_123_456_789,
 	}
 )
 

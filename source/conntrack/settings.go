@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/netinspect/netinspect/source/netns"
 )
 
 // SettingsDir is where the conntrack sysctls live under a procfs root.
@@ -174,6 +176,19 @@ func (e *SettingsMissingError) Is(target error) bool {
 func ReadSettings(procfs string) (Settings, error) {
 	dir := filepath.Join(procfs, SettingsDir)
 	return ParseSettings(os.DirFS(dir), dir)
+}
+
+// ReadSettingsIn is ReadSettings as the network namespace target sees
+// the sysctls: for another namespace than the caller's, on a thread that
+// has entered it.
+func ReadSettingsIn(target netns.Target, procfs string) (Settings, error) {
+	var s Settings
+	err := target.Do(func() error {
+		var err error
+		s, err = ReadSettings(procfs)
+		return err
+	})
+	return s, err
 }
 
 // ParseSettings reads the conntrack sysctls from fsys, a directory laid

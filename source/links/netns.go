@@ -35,8 +35,10 @@ type PeerEnd struct {
 	// Link-local and loopback addresses are left out.
 	IPs, NSIPs []netip.Addr
 	// NetNS is the path the namespace was entered through: a bind mount
-	// under Namespaces.Dir or <procfs>/<pid>/ns/net.
-	NetNS string
+	// under Namespaces.Dir or <procfs>/<pid>/ns/net; NetNSID is the
+	// namespace's identity, to tell whether the path still names it later.
+	NetNS   string
+	NetNSID netns.ID
 }
 
 // candidates yields the paths of network namespaces that may hold pod ends:
@@ -207,7 +209,7 @@ func (r *Reader) readPodNS(ctx context.Context, id netns.ID, path string, wanted
 		if l.Type() != "veth" {
 			continue
 		}
-		found(nsid, PeerEnd{Name: a.Name, IPs: ips[a.Index], NSIPs: nsIPs, NetNS: path}, a.Index)
+		found(nsid, PeerEnd{Name: a.Name, IPs: ips[a.Index], NSIPs: nsIPs, NetNS: path, NetNSID: id}, a.Index)
 	}
 	return nil
 }

@@ -30,6 +30,8 @@ import (
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/netinspect/netinspect/source/netlinkattr"
 )
 
 // Families of the tables, as in the contract's family label.
@@ -172,37 +174,43 @@ func ParseNeighTbl(b []byte) (t Table, ok bool, err error) {
 	case unix.AF_INET6:
 		t.Family = FamilyIPv6
 	}
-	ad, err := netlink.NewAttributeDecoder(b[ndtmsgLen:])
-	if err != nil {
-		return Table{}, false, fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
 	var hasConfig bool
-	for ad.Next() {
-		switch ad.Type() {
-		case ndtaName:
-			t.Name = ad.String()
-		case ndtaThresh1:
-			t.GCThresh1 = uint64(ad.Uint32())
-		case ndtaThresh2:
-			t.GCThresh2 = uint64(ad.Uint32())
-		case ndtaThresh3:
-			t.GCThresh3 = uint64(ad.Uint32())
-		case ndtaGCInterval:
-			t.GCInterval = time.Duration(ad.Uint64()) * time.Millisecond
-		case ndtaConfig:
-			ad.Do(func(v []byte) error {
-				if len(v) < ndtcEntriesEnd {
-					return fmt.Errorf("NDTA_CONFIG of %d bytes, want at least %d", len(v), ndtcEntriesEnd)
-				}
-				t.Entries = uint64(binary.NativeEndian.Uint32(v[4:8]))
-				hasConfig = true
-				return nil
-			})
-		case ndtaStats:
-			ad.Do(func(v []byte) error { return decodeStats(v, &t.Stats) })
+	// The kernel sends the thresholds as u32 and the interval as u64
+	// (neightbl_fill_info); another length is not its message.
+	u32 := func(name string, v []byte, dst *uint64) error {
+		if len(v) != 4 {
+			return fmt.Errorf("%s of %d bytes, want 4", name, len(v))
 		}
+		*dst = uint64(netlinkattr.Uint32(v))
+		return nil
 	}
-	if err := ad.Err(); err != nil {
+	err = netlinkattr.Walk(b[ndtmsgLen:], func(typ uint16, v []byte) error {
+		switch typ {
+		case ndtaName:
+			t.Name = netlinkattr.String(v)
+		case ndtaThresh1:
+			return u32("NDTA_THRESH1", v, &t.GCThresh1)
+		case ndtaThresh2:
+			return u32("NDTA_THRESH2", v, &t.GCThresh2)
+		case ndtaThresh3:
+			return u32("NDTA_THRESH3", v, &t.GCThresh3)
+		case ndtaGCInterval:
+			if len(v) != 8 {
+				return fmt.Errorf("NDTA_GC_INTERVAL of %d bytes, want 8", len(v))
+			}
+			t.GCInterval = time.Duration(netlinkattr.Uint64(v)) * time.Millisecond
+		case ndtaConfig:
+			if len(v) < ndtcEntriesEnd {
+				return fmt.Errorf("NDTA_CONFIG of %d bytes, want at least %d", len(v), ndtcEntriesEnd)
+			}
+			t.Entries = uint64(binary.NativeEndian.Uint32(v[4:8]))
+			hasConfig = true
+		case ndtaStats:
+			return decodeStats(v, &t.Stats)
+		}
+		return nil
+	})
+	if err != nil {
 		return Table{}, false, fmt.Errorf("%w: table %q: %v", ErrMalformed, t.Name, err)
 	}
 	if !hasConfig || t.Family == "" {

@@ -115,6 +115,50 @@ func Do(path string, fn func() error) error {
 }
 
 func do(name string, target func() (fd int, release func(), err error), fn func() error) error {
+	var ferr error
+	err := visit(1, func(int) (string, int, func(), error) {
+		fd, release, err := target()
+		return name, fd, release, err
+	}, func(_ int, err error) {
+		if err == nil {
+			err = fn()
+		}
+		ferr = err
+	})
+	if err != nil {
+		return err
+	}
+	return ferr
+}
+
+// Visit enters the namespaces at paths one after the other on one locked
+// OS thread and calls fn(i, nil) inside path i, so that the sockets fn
+// creates belong to it: for a caller that reads many namespaces at once,
+// one thread and one return trip instead of one per namespace. A path that
+// cannot be opened or entered, or that no longer names the namespace
+// want[i] (when want is given and want[i] is not zero), is reported as
+// fn(i, err) without entering it. The thread goes back to its own
+// namespace afterwards; if it cannot, it stays locked and the Go runtime
+// discards it with its goroutine, and Visit returns that error.
+func Visit(paths []string, want []ID, fn func(i int, err error)) error {
+	return visit(len(paths), func(i int) (string, int, func(), error) {
+		f, err := Open(paths[i])
+		if err != nil {
+			return paths[i], 0, nil, err
+		}
+		if i < len(want) && want[i] != (ID{}) {
+			if got, err := f.ID(); err != nil || got != want[i] {
+				f.Close()
+				return paths[i], 0, nil, fmt.Errorf("%s no longer names the network namespace it did", paths[i])
+			}
+		}
+		return paths[i], f.FD(), func() { f.Close() }, nil
+	}, fn)
+}
+
+// visit is Visit over n namespaces that enter(i) names, opens (an fd and
+// the function that releases it) or fails to.
+func visit(n int, enter func(i int) (name string, fd int, release func(), err error), fn func(i int, err error)) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -125,23 +169,30 @@ func do(name string, target func() (fd int, release func(), err error), fn func(
 			return
 		}
 		defer own.Close()
-		fd, release, err := target()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
+		moved := false
+		for i := range n {
+			name, fd, release, err := enter(i)
+			if err != nil {
+				fn(i, err)
+				continue
+			}
+			err = unix.Setns(fd, unix.CLONE_NEWNET)
+			release()
+			if err != nil {
+				fn(i, fmt.Errorf("enter network namespace %s (needs CAP_SYS_ADMIN): %w", name, err))
+				continue
+			}
+			moved = true
+			fn(i, nil)
 		}
-		defer release()
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace %s (needs CAP_SYS_ADMIN): %w", name, err)
-			return
+		if moved {
+			if err := unix.Setns(int(own.Fd()), unix.CLONE_NEWNET); err != nil {
+				errc <- fmt.Errorf("return to own network namespace: %w", err)
+				return // the thread stays locked and is discarded
+			}
 		}
-		ferr := fn()
-		if err := unix.Setns(int(own.Fd()), unix.CLONE_NEWNET); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
+		runtime.UnlockOSThread()
+		errc <- nil
 	}()
 	return <-errc
 }

@@ -73,3 +73,30 @@ func TestDoReportsAMissingNamespace(t *testing.T) {
 		t.Fatalf("Do(%s) = %v, want a not-exist error", missing, err)
 	}
 }
+
+func TestVisitEntersEachAndReportsWhatItCannot(t *testing.T) {
+	a, b := testns.New(t, "visit-a"), testns.New(t, "visit-b")
+	idA, _ := netns.Stat(a.Path())
+	idB, _ := netns.Stat(b.Path())
+	own, _ := netns.Self()
+	paths := []string{a.Path(), "/run/netns/no-such-namespace", b.Path(), a.Path()}
+	want := []netns.ID{idA, {}, idB, idB} // the last names a, not b
+	var inside []netns.ID
+	var errs []error
+	if err := netns.Visit(paths, want, func(i int, err error) {
+		errs = append(errs, err)
+		id, _ := netns.Self()
+		inside = append(inside, id)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(errs) != 4 || errs[0] != nil || !errors.Is(errs[1], fs.ErrNotExist) || errs[2] != nil || errs[3] == nil {
+		t.Fatalf("errors %v, want nil, not-exist, nil, changed", errs)
+	}
+	if inside[0] != idA || inside[2] != idB {
+		t.Errorf("ran in %v and %v, want %v and %v", inside[0], inside[2], idA, idB)
+	}
+	if after, _ := netns.Self(); after != own {
+		t.Errorf("caller's namespace after Visit = %v, want %v", after, own)
+	}
+}

@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"encoding/binary"
 	"net/netip"
 
 	"golang.org/x/sys/unix"
@@ -138,12 +139,43 @@ func (r *registers) clear(reg uint32, n int) {
 	}
 }
 
+// port is the big-endian port an immediate loaded at the start of register
+// reg, as nft_reg_load16 reads it, or 0.
+func (r *registers) port(reg uint32) uint16 {
+	s := slotOf(reg)
+	if s < 0 || len(r[s].value) < 2 {
+		return 0
+	}
+	return binary.BigEndian.Uint16(r[s].value)
+}
+
 // lookupDataMax is the longest map data whose fields are followed: an IPv6
 // address and a port.
 const lookupDataMax = 20
 
 func decodeExprs(b []byte, st *RuleStats) error {
 	var regs registers
+	return eachExpr(b, func(name string, data []byte) error {
+		switch name {
+		case "nat":
+			return decodeNAT(data, &regs, st)
+		case "numgen":
+			return decodeNumgen(data, &regs, st)
+		case "immediate":
+			return decodeImmediate(data, &regs, st)
+		case "lookup":
+			return decodeLookup(data, &regs, st)
+		}
+		if attr, ok := clobbers[name]; ok {
+			return decodeClobber(data, attr, &regs)
+		}
+		return nil
+	})
+}
+
+// eachExpr calls fn with the name and the data of each expression of a
+// rule's NFTA_RULE_EXPRESSIONS, in order, stopping at fn's first error.
+func eachExpr(b []byte, fn func(name string, data []byte) error) error {
 	list := netlinkattr.NewAttrs(b)
 	for list.Next() {
 		if list.Type() != unix.NFTA_LIST_ELEM {
@@ -163,22 +195,7 @@ func decodeExprs(b []byte, st *RuleStats) error {
 		if err := e.Err(); err != nil {
 			return err
 		}
-		var err error
-		switch name {
-		case "nat":
-			err = decodeNAT(data, &regs, st)
-		case "numgen":
-			err = decodeNumgen(data, &regs, st)
-		case "immediate":
-			err = decodeImmediate(data, &regs, st)
-		case "lookup":
-			err = decodeLookup(data, &regs, st)
-		default:
-			if attr, ok := clobbers[name]; ok {
-				err = decodeClobber(data, attr, &regs)
-			}
-		}
-		if err != nil {
+		if err := fn(name, data); err != nil {
 			return err
 		}
 	}

@@ -115,23 +115,35 @@ func WaitKubeProxy(t testing.TB, nsPath string, running func() bool, tail func()
 // Stop stops kube-proxy (it leaves its rules in place, as on a node).
 func (kp *KubeProxy) Stop() { kp.pr.stop() }
 
-// Pause stops kube-proxy with SIGSTOP, by its PID: its rules stay as they
-// are and it follows no change of the API until Resume, as a kube-proxy
-// stuck on the xtables lock or with a broken watch. Stop resumes it first.
+// Pause stops kube-proxy with SIGSTOP, by its PID, as a kube-proxy stuck on
+// the xtables lock, starved, or with a broken watch stands still: its
+// rules stay as they are and it neither reprograms them nor deletes stale
+// conntrack entries until Resume. The test's end resumes it before
+// stopping it.
 func (kp *KubeProxy) Pause(t testing.TB) {
 	t.Helper()
 	if err := kp.pr.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatalf("SIGSTOP kube-proxy: %v", err)
 	}
+	t.Cleanup(func() { _ = kp.resume() })
 }
 
-// Resume continues a paused kube-proxy (SIGCONT).
+// Resume continues a paused kube-proxy (SIGCONT); it syncs at once the
+// changes it missed.
 func (kp *KubeProxy) Resume(t testing.TB) {
 	t.Helper()
-	if err := kp.pr.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+	if err := kp.resume(); err != nil {
 		t.Fatalf("SIGCONT kube-proxy: %v", err)
 	}
 }
 
+func (kp *KubeProxy) resume() error {
+	if !kp.pr.running() {
+		return nil
+	}
+	return kp.pr.cmd.Process.Signal(syscall.SIGCONT)
+}
+
 // Tail returns the end of kube-proxy's log, for failure messages.
 func (kp *KubeProxy) Tail() string { return kp.pr.tail() }
+

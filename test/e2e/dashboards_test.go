@@ -17,6 +17,9 @@ var needsFeature = map[string]string{
 	"netinspect_pod_network_receive_dropped":           "drops on a pod's veth (the query keeps only rates above 0)",
 	"netinspect_pod_network_transmit_dropped":          "drops on a pod's veth (the query keeps only rates above 0)",
 	"netinspect_kube_proxy_drift_service_port_seconds": "a service port whose rules disagree with the API (the test node's kube-proxy is in sync)",
+	"netinspect_conntrack_stale_blackhole_entries":     "stale conntrack entries of a Service (a healthy node has none; the node totals are there at 0)",
+	"netinspect_conntrack_snat_tuple_":                 "masqueraded connections (the test node masquerades none; the worst ratio is there at 0)",
+	"netinspect_pod_conntrack_":                        "a pod namespace that tracks connections itself (a sidecar's NAT rules)",
 }
 
 // checkDashboardQueries runs every dashboard query against the e2e
