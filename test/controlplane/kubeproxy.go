@@ -146,4 +146,3 @@ func (kp *KubeProxy) resume() error {
 
 // Tail returns the end of kube-proxy's log, for failure messages.
 func (kp *KubeProxy) Tail() string { return kp.pr.tail() }
-
