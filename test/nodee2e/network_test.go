@@ -287,7 +287,12 @@ func (c *cluster) connectService(t *testing.T) string {
 	vip := net.JoinHostPort(svc.Spec.ClusterIP, "80")
 	deadline := time.Now().Add(time.Minute)
 	for i := 0; i < serviceConns; {
-		conn, err := controlplane.DialerIn(c.n.NS.Path())(ctx, "tcp", vip)
+		// Each attempt is a new connection with its own short timeout: a
+		// SYN sent before kube-proxy's first sync made a conntrack entry
+		// without DNAT, which its retransmissions would keep following.
+		dctx, dcancel := context.WithTimeout(context.Background(), 3*time.Second)
+		conn, err := controlplane.DialerIn(c.n.NS.Path())(dctx, "tcp", vip)
+		dcancel()
 		if err != nil {
 			if time.Now().After(deadline) {
 				t.Fatalf("connect to Service web at %s: %v", vip, err)
@@ -320,15 +325,17 @@ func (c *cluster) checkKubeProxy(t *testing.T, clusterIP string) {
 			{"netinspect_iptables_rules", map[string]string{"family": "ipv4", "table": "nat", "chain": "KUBE-SERVICES"}, rules},
 			{"netinspect_conntrack_service_entries", map[string]string{"namespace": appNS, "service": "web", "protocol": "tcp"}, float64(tracked)},
 		}
-		if len(s.match("netinspect_kube_proxy_service_ports", nil)) > 0 {
-			// The drift judgment: a healthy node has nothing missing or stale.
-			checks = append(checks,
-				expect{"netinspect_kube_proxy_service_ports", map[string]string{"family": "ipv4", "state": "missing"}, 0},
-				expect{"netinspect_kube_proxy_service_ports", map[string]string{"family": "ipv4", "state": "stale"}, 0})
-		} else {
-			// The per-service series (on by default until the drift
-			// judgment replaces them): web balances over its one endpoint.
-			checks = append(checks, expect{"netinspect_iptables_service_endpoints", map[string]string{"family": "ipv4", "namespace": appNS, "service": "web", "port": "http"}, 1})
+		// The drift judgment (the default output has no per-Service series):
+		// a healthy node has nothing missing, stale or with other endpoints,
+		// and web is one of the service ports in sync.
+		for _, state := range []string{"missing", "stale", "endpoints"} {
+			checks = append(checks, expect{"netinspect_kube_proxy_service_ports", map[string]string{"family": "ipv4", "state": state}, 0})
+		}
+		if v, ok := s.one("netinspect_kube_proxy_service_ports", map[string]string{"family": "ipv4", "state": "in_sync"}); !ok || v < 2 {
+			return false, fmt.Sprintf("kube_proxy_service_ports{in_sync} = %v (present %v), want at least 2 (kubernetes and web)", v, ok)
+		}
+		if n := len(s.match("netinspect_iptables_service_endpoints", nil)); n != 0 {
+			return false, fmt.Sprintf("%d iptables_service_endpoints series with the default flags, want none", n)
 		}
 		for _, ch := range checks {
 			if v, ok := s.one(ch.name, ch.labels); !ok || v != ch.value {
