@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -48,77 +47,25 @@ const (
 // ReadNATPortRanges dumps every rule of every nf_tables table of the
 // namespace (one NFT_MSG_GETRULE dump) and returns the port ranges of its
 // source-NAT rules, in dump order. The dump is decoded datagram by
-// datagram in one reused buffer: kube-proxy's rules alone are tens of
-// thousands on a large cluster, which mdlayher/netlink's Execute would
-// collect in memory first. An error matching source.ErrAbsent says
+// datagram in one reused buffer (dumpRules). An error matching source.ErrAbsent says
 // nf_tables is not loaded (asking would load it).
 func (r Reader) ReadNATPortRanges(ctx context.Context) ([]NATPortRange, error) {
 	if !Loaded(r.ProcFS) {
 		return nil, source.Absentf("nf_tables module not loaded")
 	}
-	var fd int
-	if err := r.Target.Do(func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("netfilter netlink socket: %w", err)
-	}
-	defer unix.Close(fd)
-	if dl, ok := ctx.Deadline(); ok {
-		tv := unix.NsecToTimeval(max(time.Until(dl), time.Millisecond).Nanoseconds())
-		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-			return nil, fmt.Errorf("set netlink receive timeout: %w", err)
-		}
-	}
-	const seq = 1
-	req := binary.NativeEndian.AppendUint32(nil, netlinkattr.MsgHdrLen+netlinkattr.NfgenLen)
-	req = binary.NativeEndian.AppendUint16(req, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETRULE)
-	req = binary.NativeEndian.AppendUint16(req, unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
-	req = binary.NativeEndian.AppendUint32(req, seq)
-	req = binary.NativeEndian.AppendUint32(req, 0)
-	req = append(req, unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0)
-	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, fmt.Errorf("send nftables rule dump request: %w", err)
-	}
 	var out []NATPortRange
-	buf := make([]byte, 64<<10) // the kernel caps dump datagrams at 32 KiB
-	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
+	err := r.dumpRules(ctx, unix.AF_UNSPEC, "", func(family uint8, b []byte) error {
+		ranges, err := DecodeNATPortRanges(family, b)
 		if err != nil {
-			return nil, fmt.Errorf("receive nftables rules: %w", err)
+			return fmt.Errorf("decode rule: %w", err)
 		}
-		msgs := netlinkattr.NewMessages(buf[:n])
-		for msgs.Next() {
-			h, payload := msgs.Header(), msgs.Payload()
-			if h.Seq != seq {
-				continue
-			}
-			switch h.Type {
-			case unix.NLMSG_DONE:
-				return out, nil
-			case unix.NLMSG_ERROR:
-				if err := netlinkattr.Errno(payload); err != nil {
-					return nil, fmt.Errorf("dump nftables rules: %w", err)
-				}
-				continue
-			case unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWRULE:
-			default:
-				continue
-			}
-			if len(payload) < netlinkattr.NfgenLen {
-				continue
-			}
-			ranges, err := DecodeNATPortRanges(payload[0], payload[netlinkattr.NfgenLen:])
-			if err != nil {
-				return nil, fmt.Errorf("decode rule: %w", err)
-			}
-			out = append(out, ranges...)
-		}
-		if err := msgs.Err(); err != nil {
-			return nil, fmt.Errorf("decode nftables rules: %w", err)
-		}
+		out = append(out, ranges...)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	return out, nil
 }
 
 // DecodeNATPortRanges reads the attributes of an NFT_MSG_NEWRULE message

@@ -326,47 +326,25 @@ func familyName(f nftables.TableFamily) string {
 }
 
 // ruleStats counts the rules of a table with one netlink dump
-// (NFT_MSG_GETRULE filtered by table) and decodes each with DecodeRule:
-// google/nftables lists rules one chain at a time and decodes every
-// expression into objects.
+// (NFT_MSG_GETRULE filtered by table, dumpRules) and decodes each with
+// DecodeRule: google/nftables lists rules one chain at a time and decodes
+// every expression into objects.
 func (r Reader) ruleStats(ctx context.Context, table *nftables.Table) (int, map[string]RuleStats, error) {
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: r.Target.FD()})
-	if err != nil {
-		return 0, nil, err
-	}
-	defer conn.Close()
-	if deadline, ok := ctx.Deadline(); ok {
-		if err := conn.SetDeadline(deadline); err != nil {
-			return 0, nil, err
-		}
-	}
-	// nfgenmsg: family, version, resource id.
-	req := []byte{byte(table.Family), unix.NFNETLINK_V0, 0, 0}
-	req = netlinkattr.AppendString(req, unix.NFTA_RULE_TABLE, table.Name)
-	msgs, err := conn.Execute(netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
-			Flags: netlink.Request | netlink.Dump,
-		},
-		Data: req,
-	})
-	if err != nil {
-		return 0, nil, err
-	}
 	n := 0
 	chains := map[string]RuleStats{}
-	for _, m := range msgs {
-		if m.Header.Type != netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWRULE) || len(m.Data) < netlinkattr.NfgenLen {
-			continue
-		}
+	err := r.dumpRules(ctx, byte(table.Family), table.Name, func(_ uint8, b []byte) error {
 		n++
-		chain, stats, err := DecodeRule(m.Data[netlinkattr.NfgenLen:])
+		chain, stats, err := DecodeRule(b)
 		if err != nil {
-			return 0, nil, fmt.Errorf("decode rule: %w", err)
+			return fmt.Errorf("decode rule: %w", err)
 		}
 		cur := chains[chain]
 		cur.merge(stats)
 		chains[chain] = cur
+		return nil
+	})
+	if err != nil {
+		return 0, nil, err
 	}
 	return n, chains, nil
 }

@@ -1,0 +1,93 @@
+package nftables
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/netinspect/netinspect/source/netlinkattr"
+)
+
+// dumpRules runs one NFT_MSG_GETRULE dump in the reader's namespace (of
+// family, AF_UNSPEC for all; of table, "" for all) and calls fn with the
+// nfgenmsg family and the attributes of each rule, in dump order, stopping
+// at fn's first error. fn must not keep b: the dump is read datagram by
+// datagram into one reused buffer, so that tens of thousands of rules are
+// never collected in memory.
+//
+// The buffer is what makes the dump cheap, not only small: nf_tables
+// resumes a rule dump at each datagram by walking every chain and rule of
+// the namespace up to the last one sent, and it sizes its datagrams after
+// the largest buffer recvmsg(2) was given (up to 32 KiB). mdlayher/netlink
+// reads with a page-sized buffer, so the kernel makes 4 KiB datagrams and
+// walks the table eight times as often: with kube-proxy's 5,000 Services
+// in nftables mode the dump took 1.2 s that way (BenchmarkNFTablesRefresh).
+func (r Reader) dumpRules(ctx context.Context, family uint8, table string, fn func(family uint8, b []byte) error) error {
+	var fd int
+	if err := r.Target.Do(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+		return err
+	}); err != nil {
+		return fmt.Errorf("netfilter netlink socket: %w", err)
+	}
+	defer unix.Close(fd)
+	if dl, ok := ctx.Deadline(); ok {
+		tv := unix.NsecToTimeval(max(time.Until(dl), time.Millisecond).Nanoseconds())
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return fmt.Errorf("set netlink receive timeout: %w", err)
+		}
+	}
+	const seq = 1
+	body := []byte{family, unix.NFNETLINK_V0, 0, 0} // nfgenmsg: family, version, resource id
+	if table != "" {
+		body = netlinkattr.AppendString(body, unix.NFTA_RULE_TABLE, table)
+	}
+	req := binary.NativeEndian.AppendUint32(nil, uint32(netlinkattr.MsgHdrLen+len(body)))
+	req = binary.NativeEndian.AppendUint16(req, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETRULE)
+	req = binary.NativeEndian.AppendUint16(req, unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	req = binary.NativeEndian.AppendUint32(req, seq)
+	req = binary.NativeEndian.AppendUint32(req, 0)
+	req = append(req, body...)
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("send nftables rule dump request: %w", err)
+	}
+	buf := make([]byte, 64<<10) // the kernel caps dump datagrams at 32 KiB
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return fmt.Errorf("receive nftables rules: %w", err)
+		}
+		msgs := netlinkattr.NewMessages(buf[:n])
+		for msgs.Next() {
+			h, payload := msgs.Header(), msgs.Payload()
+			if h.Seq != seq {
+				continue
+			}
+			switch h.Type {
+			case unix.NLMSG_DONE:
+				return nil
+			case unix.NLMSG_ERROR:
+				if err := netlinkattr.Errno(payload); err != nil {
+					return fmt.Errorf("dump nftables rules: %w", err)
+				}
+				continue
+			case unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWRULE:
+			default:
+				continue
+			}
+			if len(payload) < netlinkattr.NfgenLen {
+				continue
+			}
+			if err := fn(payload[0], payload[netlinkattr.NfgenLen:]); err != nil {
+				return err
+			}
+		}
+		if err := msgs.Err(); err != nil {
+			return fmt.Errorf("decode nftables rules: %w", err)
+		}
+	}
+}
