@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"runtime/metrics"
 	"strings"
 	"sync"
@@ -98,10 +99,16 @@ func BenchmarkNFTablesRefresh(b *testing.B) {
 	})
 }
 
-// rulesBenchRefresh times refresh and reports the peak heap seen.
+// rulesBenchRefresh times refresh and reports the peak heap seen, and the
+// heap live before (after a collection: the index and what else the
+// process holds), so that the refresh's own share is the difference.
 func rulesBenchRefresh(b *testing.B, refresh func(context.Context) error) {
 	var stop atomic.Bool
 	var peak atomic.Uint64
+	runtime.GC()
+	base := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	metrics.Read(base)
+	b.ReportMetric(float64(base[0].Value.Uint64())/(1<<20), "live-heap-before-MiB")
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
