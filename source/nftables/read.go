@@ -227,7 +227,7 @@ func (r Reader) readTable(ctx context.Context, conn *nftables.Conn, table *nftab
 		if r.SkipSet != nil && r.SkipSet(s.Name) {
 			continue
 		}
-		elems, err := conn.GetSetElements(s)
+		elems, err := r.setElements(ctx, byte(table.Family), table.Name, s.Name)
 		if err != nil {
 			return t, fmt.Errorf("list elements of set %s in %s: %w", s.Name, where, err)
 		}
