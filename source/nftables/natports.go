@@ -103,7 +103,7 @@ func DecodeNATPortRanges(family uint8, b []byte) ([]NATPortRange, error) {
 			out = append(out, NATPortRange{Family: f, Lo: lo, Hi: hi, Table: table, Chain: chain})
 		}
 	}
-	err := eachExpr(exprs, func(name string, data []byte) error {
+	err := EachExpr(exprs, func(name string, data []byte) error {
 		switch name {
 		case "immediate":
 			return decodeImmediate(data, &regs, &RuleStats{})

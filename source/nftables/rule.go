@@ -155,7 +155,7 @@ const lookupDataMax = 20
 
 func decodeExprs(b []byte, st *RuleStats) error {
 	var regs registers
-	return eachExpr(b, func(name string, data []byte) error {
+	return EachExpr(b, func(name string, data []byte) error {
 		switch name {
 		case "nat":
 			return decodeNAT(data, &regs, st)
@@ -173,9 +173,9 @@ func decodeExprs(b []byte, st *RuleStats) error {
 	})
 }
 
-// eachExpr calls fn with the name and the data of each expression of a
+// EachExpr calls fn with the name and the data of each expression of a
 // rule's NFTA_RULE_EXPRESSIONS, in order, stopping at fn's first error.
-func eachExpr(b []byte, fn func(name string, data []byte) error) error {
+func EachExpr(b []byte, fn func(name string, data []byte) error) error {
 	list := netlinkattr.NewAttrs(b)
 	for list.Next() {
 		if list.Type() != unix.NFTA_LIST_ELEM {
@@ -234,55 +234,71 @@ func decodeClobber(data []byte, attr uint16, regs *registers) error {
 	return a.Err()
 }
 
-// decodeImmediate follows a literal loaded into a data register, and
-// records a jump or goto loaded into the verdict register.
-func decodeImmediate(data []byte, regs *registers, st *RuleStats) error {
-	var dreg uint32
-	var value []byte
-	var verdictCode uint32
-	var verdictChain string
+// Immediate is an immediate expression: a literal Value loaded into data
+// register DReg, or (DReg NFT_REG_VERDICT) a verdict Code, with the Chain
+// of a jump or goto.
+type Immediate struct {
+	DReg  uint32
+	Value []byte
+	Code  int32
+	Chain string
+}
+
+// Verdict reports whether the immediate loads the verdict register.
+func (im Immediate) Verdict() bool { return im.DReg == unix.NFT_REG_VERDICT }
+
+// DecodeImmediate decodes the data of an immediate expression.
+func DecodeImmediate(data []byte) (Immediate, error) {
+	var im Immediate
 	a := netlinkattr.NewAttrs(data)
 	for a.Next() {
 		switch a.Type() {
 		case unix.NFTA_IMMEDIATE_DREG:
-			dreg = netlinkattr.BE32(a.Value())
+			im.DReg = netlinkattr.BE32(a.Value())
 		case unix.NFTA_IMMEDIATE_DATA:
 			d := netlinkattr.NewAttrs(a.Value())
 			for d.Next() {
 				switch d.Type() {
 				case unix.NFTA_DATA_VALUE:
-					value = d.Value()
+					im.Value = d.Value()
 				case unix.NFTA_DATA_VERDICT:
 					v := netlinkattr.NewAttrs(d.Value())
 					for v.Next() {
 						switch v.Type() {
 						case unix.NFTA_VERDICT_CODE:
-							verdictCode = netlinkattr.BE32(v.Value())
+							im.Code = int32(netlinkattr.BE32(v.Value()))
 						case unix.NFTA_VERDICT_CHAIN:
-							verdictChain = netlinkattr.String(v.Value())
+							im.Chain = netlinkattr.String(v.Value())
 						}
 					}
 					if err := v.Err(); err != nil {
-						return err
+						return im, err
 					}
 				}
 			}
 			if err := d.Err(); err != nil {
-				return err
+				return im, err
 			}
 		}
 	}
-	if err := a.Err(); err != nil {
+	return im, a.Err()
+}
+
+// decodeImmediate follows a literal loaded into a data register, and
+// records a jump or goto loaded into the verdict register.
+func decodeImmediate(data []byte, regs *registers, st *RuleStats) error {
+	im, err := DecodeImmediate(data)
+	if err != nil {
 		return err
 	}
-	if dreg == unix.NFT_REG_VERDICT {
-		if code := int32(verdictCode); (code == unix.NFT_GOTO || code == unix.NFT_JUMP) && verdictChain != "" {
-			st.Gotos = append(st.Gotos, verdictChain)
+	if im.Verdict() {
+		if (im.Code == unix.NFT_GOTO || im.Code == unix.NFT_JUMP) && im.Chain != "" {
+			st.Gotos = append(st.Gotos, im.Chain)
 		}
 		return nil
 	}
-	if value != nil {
-		regs.load(dreg, value, "", len(value))
+	if im.Value != nil {
+		regs.load(im.DReg, im.Value, "", len(im.Value))
 	}
 	return nil
 }

@@ -1,0 +1,76 @@
+package nftables
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/netinspect/netinspect/source"
+)
+
+// Chain is one chain of a family's tables, as NFT_MSG_GETCHAIN lists it.
+type Chain struct {
+	Table, Name string
+	// Base is set for a base chain, which has a Hook, a Priority and a
+	// Type ("filter", "nat", "route").
+	Base     bool
+	Hook     uint32
+	Priority int32
+	Type     string
+}
+
+// Chains lists the chains of every table of family (unix.NFPROTO_IPV4,
+// NFPROTO_IPV6) with one netlink dump bounded by ctx's deadline. An error
+// matching source.ErrAbsent says nf_tables is not loaded.
+func (r Reader) Chains(ctx context.Context, family uint8) ([]Chain, error) {
+	if !Loaded(r.ProcFS) {
+		return nil, source.Absentf("nf_tables module not loaded")
+	}
+	deadline, _ := ctx.Deadline()
+	conn, err := r.conn(nftables.AsLasting(), nftables.WithSockOptions(func(nc *netlink.Conn) error {
+		if deadline.IsZero() {
+			return nil
+		}
+		return nc.SetDeadline(deadline)
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
+	}
+	defer conn.CloseLasting()
+	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamily(family))
+	if err != nil {
+		return nil, fmt.Errorf("list chains of family %d: %w", family, err)
+	}
+	out := make([]Chain, 0, len(chains))
+	for _, c := range chains {
+		ch := Chain{Name: c.Name, Type: string(c.Type)}
+		if c.Table != nil {
+			ch.Table = c.Table.Name
+		}
+		if c.Hooknum != nil && c.Priority != nil {
+			ch.Base, ch.Hook, ch.Priority = true, uint32(*c.Hooknum), int32(*c.Priority)
+		}
+		out = append(out, ch)
+	}
+	return out, nil
+}
+
+// DumpRules calls fn with the attributes of each rule (after the nfgenmsg)
+// of family's table, in dump order, from one NFT_MSG_GETRULE dump read
+// datagram by datagram (see dumpRules); fn must not keep b. An error
+// matching source.ErrAbsent says nf_tables is not loaded.
+func (r Reader) DumpRules(ctx context.Context, family uint8, table string, fn func(b []byte) error) error {
+	if !Loaded(r.ProcFS) {
+		return source.Absentf("nf_tables module not loaded")
+	}
+	return r.dumpRules(ctx, family, table, func(_ uint8, b []byte) error { return fn(b) })
+}
+
+// Families of the iptables backends' tables.
+const (
+	FamilyIPv4 = unix.NFPROTO_IPV4
+	FamilyIPv6 = unix.NFPROTO_IPV6
+)
