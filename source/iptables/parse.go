@@ -197,22 +197,9 @@ func (t *Table) addRule(line []byte) error {
 	if !ok || len(chainB) == 0 {
 		return fmt.Errorf("rule without a chain: %w", ErrMalformed)
 	}
-	// Rules are grouped by chain, so the previous line's chain string is
-	// reused instead of allocating one per rule.
-	if t.lastChain == "" || t.lastChain != string(chainB) {
-		if _, declared := t.Chains[string(chainB)]; !declared {
-			return fmt.Errorf("rule in undeclared chain %q: %w", chainB, ErrMalformed)
-		}
-		t.lastChain = string(chainB)
-	}
-	chain := t.lastChain
-	t.Chains[chain]++
-
-	if !bytes.HasPrefix(chainB, []byte("KUBE-")) {
-		return nil
-	}
 	var target, comment, proto, dport []byte
-	for {
+	setMatches := 0
+	for bytes.HasPrefix(chainB, []byte("KUBE-")) {
 		tok, ok := tk.next()
 		if !ok {
 			break
@@ -227,12 +214,37 @@ func (t *Table) addRule(line []byte) error {
 		case bytes.Equal(tok, []byte("--dport")):
 			dport, _ = tk.next()
 		case bytes.Equal(tok, []byte("--match-set")):
-			t.SetMatches++
+			setMatches++
 		}
 	}
 	if tk.err != nil {
 		return tk.err
 	}
+	return t.addRuleFields(chainB, target, comment, proto, dport, setMatches)
+}
+
+// addRuleFields counts one rule of chain and takes from it what attributes
+// kube-proxy's chains to services, from what iptables-save prints of it:
+// its target (-j or -g), comment (--comment), protocol (-p), destination
+// port (--dport, as printed: "80" or "80:90") and the number of ipsets it
+// matches (--match-set). Only the rules of KUBE- chains need the fields.
+// Both the iptables-save parser and the nf_tables reader feed it.
+func (t *Table) addRuleFields(chainB, target, comment, proto, dport []byte, setMatches int) error {
+	// Rules are grouped by chain, so the previous rule's chain string is
+	// reused instead of allocating one per rule.
+	if t.lastChain == "" || t.lastChain != string(chainB) {
+		if _, declared := t.Chains[string(chainB)]; !declared {
+			return fmt.Errorf("rule in undeclared chain %q: %w", chainB, ErrMalformed)
+		}
+		t.lastChain = string(chainB)
+	}
+	chain := t.lastChain
+	t.Chains[chain]++
+
+	if !bytes.HasPrefix(chainB, []byte("KUBE-")) {
+		return nil
+	}
+	t.SetMatches += setMatches
 
 	portName := commentServicePortName(comment)
 	if bytes.HasSuffix(comment, []byte(" has no endpoints")) {
