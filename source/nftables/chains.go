@@ -22,12 +22,13 @@ type Chain struct {
 	Type     string
 }
 
-// Chains lists the chains of every table of family (unix.NFPROTO_IPV4,
-// NFPROTO_IPV6) with one netlink dump bounded by ctx's deadline. An error
-// matching source.ErrAbsent says nf_tables is not loaded.
-func (r Reader) Chains(ctx context.Context, family uint8) ([]Chain, error) {
+// ListChains lists the tables of family (FamilyIPv4, FamilyIPv6) and the
+// chains of every one of them, with one netlink dump each over one socket
+// bounded by ctx's deadline. An error matching source.ErrAbsent says
+// nf_tables is not loaded.
+func (r Reader) ListChains(ctx context.Context, family uint8) ([]string, []Chain, error) {
 	if !Loaded(r.ProcFS) {
-		return nil, source.Absentf("nf_tables module not loaded")
+		return nil, nil, source.Absentf("nf_tables module not loaded")
 	}
 	deadline, _ := ctx.Deadline()
 	conn, err := r.conn(nftables.AsLasting(), nftables.WithSockOptions(func(nc *netlink.Conn) error {
@@ -37,12 +38,20 @@ func (r Reader) Chains(ctx context.Context, family uint8) ([]Chain, error) {
 		return nc.SetDeadline(deadline)
 	}))
 	if err != nil {
-		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
+		return nil, nil, fmt.Errorf("open nftables netlink socket: %w", err)
 	}
 	defer conn.CloseLasting()
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamily(family))
+	if err != nil {
+		return nil, nil, fmt.Errorf("list tables of family %d: %w", family, err)
+	}
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = t.Name
+	}
 	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamily(family))
 	if err != nil {
-		return nil, fmt.Errorf("list chains of family %d: %w", family, err)
+		return nil, nil, fmt.Errorf("list chains of family %d: %w", family, err)
 	}
 	out := make([]Chain, 0, len(chains))
 	for _, c := range chains {
@@ -55,7 +64,7 @@ func (r Reader) Chains(ctx context.Context, family uint8) ([]Chain, error) {
 		}
 		out = append(out, ch)
 	}
-	return out, nil
+	return names, out, nil
 }
 
 // DumpRules calls fn with the attributes of each rule (after the nfgenmsg)

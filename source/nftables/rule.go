@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net/netip"
 
@@ -155,8 +156,8 @@ const lookupDataMax = 20
 
 func decodeExprs(b []byte, st *RuleStats) error {
 	var regs registers
-	return EachExpr(b, func(name string, data []byte) error {
-		switch name {
+	return EachExpr(b, func(name, data []byte) error {
+		switch string(name) {
 		case "nat":
 			return decodeNAT(data, &regs, st)
 		case "numgen":
@@ -166,7 +167,7 @@ func decodeExprs(b []byte, st *RuleStats) error {
 		case "lookup":
 			return decodeLookup(data, &regs, st)
 		}
-		if attr, ok := clobbers[name]; ok {
+		if attr, ok := clobbers[string(name)]; ok {
 			return decodeClobber(data, attr, &regs)
 		}
 		return nil
@@ -175,19 +176,23 @@ func decodeExprs(b []byte, st *RuleStats) error {
 
 // EachExpr calls fn with the name and the data of each expression of a
 // rule's NFTA_RULE_EXPRESSIONS, in order, stopping at fn's first error.
-func EachExpr(b []byte, fn func(name string, data []byte) error) error {
+// name is the expression's name without its NUL, and like data it points
+// into b: compare it as string(name), which does not allocate.
+func EachExpr(b []byte, fn func(name, data []byte) error) error {
 	list := netlinkattr.NewAttrs(b)
 	for list.Next() {
 		if list.Type() != unix.NFTA_LIST_ELEM {
 			continue
 		}
-		var name string
-		var data []byte
+		var name, data []byte
 		e := netlinkattr.NewAttrs(list.Value())
 		for e.Next() {
 			switch e.Type() {
 			case unix.NFTA_EXPR_NAME:
-				name = netlinkattr.String(e.Value())
+				name = e.Value()
+				if i := bytes.IndexByte(name, 0); i >= 0 {
+					name = name[:i]
+				}
 			case unix.NFTA_EXPR_DATA:
 				data = e.Value()
 			}
