@@ -105,12 +105,7 @@ func ParseSave(data []byte) (*Ruleset, error) {
 			if cur != nil {
 				return nil, fmt.Errorf("line %d: table %q starts before COMMIT of %q: %w", lineNo, line[1:], cur.Name, ErrMalformed)
 			}
-			cur = &Table{
-				Name:        string(line[1:]),
-				Chains:      map[string]int{},
-				Services:    map[string]*ServiceChains{},
-				NoEndpoints: map[string]int{},
-			}
+			cur = newTable(string(line[1:]))
 			rs.Tables = append(rs.Tables, cur)
 		case ':':
 			if cur == nil {
@@ -120,18 +115,7 @@ func ParseSave(data []byte) (*Ruleset, error) {
 			if len(name) == 0 {
 				return nil, fmt.Errorf("line %d: empty chain name: %w", lineNo, ErrMalformed)
 			}
-			chain := string(name)
-			if _, ok := cur.Chains[chain]; !ok {
-				cur.Chains[chain] = 0
-			}
-			if prefix, hash, ok := kubeproxy.HashedChain(chain); ok {
-				switch prefix {
-				case kubeproxy.PrefixSVC:
-					cur.service(hash).HasSVC = true
-				case kubeproxy.PrefixSVL:
-					cur.service(hash).HasSVL = true
-				}
-			}
+			cur.declareChain(string(name))
 		case '-':
 			if cur == nil {
 				return nil, fmt.Errorf("line %d: rule outside a table: %w", lineNo, ErrMalformed)
@@ -173,6 +157,30 @@ func truncate(b []byte, n int) []byte {
 		return b[:n]
 	}
 	return b
+}
+
+func newTable(name string) *Table {
+	return &Table{
+		Name:        name,
+		Chains:      map[string]int{},
+		Services:    map[string]*ServiceChains{},
+		NoEndpoints: map[string]int{},
+	}
+}
+
+// declareChain adds a chain of the table, with no rules yet.
+func (t *Table) declareChain(chain string) {
+	if _, ok := t.Chains[chain]; !ok {
+		t.Chains[chain] = 0
+	}
+	if prefix, hash, ok := kubeproxy.HashedChain(chain); ok {
+		switch prefix {
+		case kubeproxy.PrefixSVC:
+			t.service(hash).HasSVC = true
+		case kubeproxy.PrefixSVL:
+			t.service(hash).HasSVL = true
+		}
+	}
 }
 
 func (t *Table) service(hash string) *ServiceChains {

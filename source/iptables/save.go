@@ -15,8 +15,11 @@ import (
 	"github.com/netinspect/netinspect/source/nftables"
 )
 
-// Families of a listing, in order.
-var families = [2]string{"ipv4", "ipv6"}
+// Families of a listing, in order, and their nf_tables families.
+var (
+	families    = [2]string{"ipv4", "ipv6"}
+	nftFamilies = [2]uint8{nftables.FamilyIPv4, nftables.FamilyIPv6}
+)
 
 // saveCommands are the save commands of each backend of iptables 1.8, per
 // family.
@@ -45,6 +48,9 @@ type Reader struct {
 	// Target is the network namespace to list (through nsenter when it is
 	// not the caller's own).
 	Target netns.Target
+	// ExecOnly lists the nft backend with iptables-nft-save too, instead
+	// of reading nf_tables over netlink.
+	ExecOnly bool
 
 	detected string
 }
@@ -60,6 +66,9 @@ type Listing struct {
 	// Families are the IPv4 listing, then the IPv6 one unless the node
 	// has no ip6tables-save or no IPv6 netfilter.
 	Families []Family
+	// Fallback is why a family of the nft backend was listed with
+	// iptables-nft-save instead of over netlink (nil when none was).
+	Fallback error
 }
 
 // Family is the listing of one address family.
@@ -104,17 +113,30 @@ func (r *Reader) Read(ctx context.Context) (*Listing, error) {
 			}
 			return nil, err
 		}
-		out, err := r.run(ctx, bin)
-		if err != nil {
-			if i == 1 && isIP6Absent(err) {
-				// A kernel without IPv6 netfilter: list IPv4 only.
-				continue
+		var rs *Ruleset
+		if backend == BackendNFT && !r.ExecOnly {
+			// nf_tables answers over netlink what iptables-nft-save
+			// would print, without its cost; it stays the fallback.
+			rs, err = r.readNFT(ctx, nftFamilies[i])
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, fmt.Errorf("read %s iptables-nft rules: %w", family, err)
+				}
+				l.Fallback, rs = fmt.Errorf("%s: %w", family, err), nil
 			}
-			return nil, fmt.Errorf("list %s rules with %s: %w", family, bin, err)
 		}
-		rs, err := ParseSave(out)
-		if err != nil {
-			return nil, fmt.Errorf("parse %s output: %w", bin, err)
+		if rs == nil {
+			out, err := r.run(ctx, bin)
+			if err != nil {
+				if i == 1 && isIP6Absent(err) {
+					// A kernel without IPv6 netfilter: list IPv4 only.
+					continue
+				}
+				return nil, fmt.Errorf("list %s rules with %s: %w", family, bin, err)
+			}
+			if rs, err = ParseSave(out); err != nil {
+				return nil, fmt.Errorf("parse %s output: %w", bin, err)
+			}
 		}
 		hinted = hinted || rs.Hinted()
 		l.Families = append(l.Families, Family{Name: family, Rules: rs})
