@@ -51,7 +51,7 @@ var nftTables = []struct {
 }
 
 // readNFT reads the iptables-nft tables of one family from nf_tables over
-// netlink (one chain listing, one rule dump per table) into the Ruleset
+// netlink (one chain listing, one rule dump per chain) into the Ruleset
 // ParseSave makes of iptables-nft-save's listing. An error wrapping
 // ErrUntranslatable says iptables-nft-save must list it instead: a rule of
 // a KUBE- chain holds something not translated exactly, a table holds what
@@ -80,10 +80,12 @@ func (r *Reader) readNFT(ctx context.Context, family uint8) (*Ruleset, error) {
 		for name := range def.chains {
 			t.declareChain(name)
 		}
+		var names []string
 		for _, c := range chains {
 			if c.Table != def.name {
 				continue
 			}
+			names = append(names, c.Name)
 			if c.Base {
 				b, ok := def.chains[c.Name]
 				if !ok || b.hook != c.Hook || b.priority != c.Priority || b.typ != c.Type {
@@ -93,9 +95,12 @@ func (r *Reader) readNFT(ctx context.Context, family uint8) (*Ruleset, error) {
 			}
 			t.declareChain(c.Name)
 		}
-		err := nr.DumpRules(ctx, family, def.name, func(b []byte) error {
+		err := nr.DumpChainRules(ctx, family, def.name, names, func(chain string, b []byte) error {
 			if err := decodeNFTRule(b, family == nftables.FamilyIPv6, &rule); err != nil {
 				return err
+			}
+			if string(rule.chain) != chain {
+				return fmt.Errorf("rule of chain %s in the dump of %s: %w", rule.chain, chain, ErrMalformed)
 			}
 			if err := t.addRuleFields(rule.chain, rule.target, rule.comment, rule.proto, rule.dport, rule.setMatches); err != nil {
 				// A chain the listing did not have: the rules

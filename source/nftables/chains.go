@@ -78,6 +78,38 @@ func (r Reader) DumpRules(ctx context.Context, family uint8, table string, fn fu
 	return r.dumpRules(ctx, family, table, func(_ uint8, b []byte) error { return fn(b) })
 }
 
+// DumpChainRules calls fn with the attributes of each rule (after the
+// nfgenmsg) of each of chains of family's table, chain by chain in rule
+// order, with one NFT_MSG_GETRULE dump per chain over one socket; fn must
+// not keep b. A chain that no longer exists has no rules.
+//
+// Dumping chain by chain is what keeps a table of tens of thousands of
+// rules cheap: resuming a whole-table dump at each datagram makes the
+// kernel walk every rule of the table before the last one sent
+// (nf_tables_dump_rules), while a chain's dump looks the chain up by name
+// and walks only its own rules. For kube-proxy's iptables rules of 5,000
+// Services (40,000 rules of 16,000 chains in the nat table) the
+// whole-table dump spent about 0.5 s in the kernel.
+func (r Reader) DumpChainRules(ctx context.Context, family uint8, table string, chains []string, fn func(chain string, b []byte) error) error {
+	if !Loaded(r.ProcFS) {
+		return source.Absentf("nf_tables module not loaded")
+	}
+	d, err := r.openDumper(ctx)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	for _, chain := range chains {
+		if err := d.dump(family, table, chain, func(_ uint8, b []byte) error { return fn(chain, b) }); err != nil {
+			return fmt.Errorf("chain %s: %w", chain, err)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Families of the iptables backends' tables.
 const (
 	FamilyIPv4 = unix.NFPROTO_IPV4
