@@ -4,11 +4,10 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/google/nftables"
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/netinspect/netinspect/source"
+	"github.com/netinspect/netinspect/source/netlinkattr"
 )
 
 // Chain is one chain of a family's tables, as NFT_MSG_GETCHAIN lists it.
@@ -24,47 +23,71 @@ type Chain struct {
 
 // ListChains lists the tables of family (FamilyIPv4, FamilyIPv6) and the
 // chains of every one of them, with one netlink dump each over one socket
-// bounded by ctx's deadline. An error matching source.ErrAbsent says
-// nf_tables is not loaded.
+// bounded by ctx's deadline, read in 32 KiB datagrams (see dumpRules). An
+// error matching source.ErrAbsent says nf_tables is not loaded.
 func (r Reader) ListChains(ctx context.Context, family uint8) ([]string, []Chain, error) {
 	if !Loaded(r.ProcFS) {
 		return nil, nil, source.Absentf("nf_tables module not loaded")
 	}
-	deadline, _ := ctx.Deadline()
-	conn, err := r.conn(nftables.AsLasting(), nftables.WithSockOptions(func(nc *netlink.Conn) error {
-		if deadline.IsZero() {
-			return nil
-		}
-		return nc.SetDeadline(deadline)
-	}))
+	d, err := r.openDumper(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open nftables netlink socket: %w", err)
+		return nil, nil, err
 	}
-	defer conn.CloseLasting()
-	tables, err := conn.ListTablesOfFamily(nftables.TableFamily(family))
+	defer d.close()
+	var tables []string
+	err = d.dumpObjects(unix.NFT_MSG_GETTABLE, unix.NFT_MSG_NEWTABLE, family, "", "", func(_ uint8, b []byte) error {
+		a := netlinkattr.NewAttrs(b)
+		for a.Next() {
+			if a.Type() == unix.NFTA_TABLE_NAME {
+				tables = append(tables, netlinkattr.String(a.Value()))
+			}
+		}
+		return a.Err()
+	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("list tables of family %d: %w", family, err)
 	}
-	names := make([]string, len(tables))
-	for i, t := range tables {
-		names[i] = t.Name
-	}
-	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamily(family))
+	var chains []Chain
+	err = d.dumpObjects(unix.NFT_MSG_GETCHAIN, unix.NFT_MSG_NEWCHAIN, family, "", "", func(_ uint8, b []byte) error {
+		c, err := decodeChain(b)
+		chains = append(chains, c)
+		return err
+	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("list chains of family %d: %w", family, err)
 	}
-	out := make([]Chain, 0, len(chains))
-	for _, c := range chains {
-		ch := Chain{Name: c.Name, Type: string(c.Type)}
-		if c.Table != nil {
-			ch.Table = c.Table.Name
+	return tables, chains, nil
+}
+
+// decodeChain decodes the attributes of an NFT_MSG_NEWCHAIN message.
+func decodeChain(b []byte) (Chain, error) {
+	var c Chain
+	a := netlinkattr.NewAttrs(b)
+	for a.Next() {
+		switch a.Type() {
+		case unix.NFTA_CHAIN_TABLE:
+			c.Table = netlinkattr.String(a.Value())
+		case unix.NFTA_CHAIN_NAME:
+			c.Name = netlinkattr.String(a.Value())
+		case unix.NFTA_CHAIN_TYPE:
+			c.Type = netlinkattr.String(a.Value())
+		case unix.NFTA_CHAIN_HOOK:
+			c.Base = true
+			h := netlinkattr.NewAttrs(a.Value())
+			for h.Next() {
+				switch h.Type() {
+				case unix.NFTA_HOOK_HOOKNUM:
+					c.Hook = netlinkattr.BE32(h.Value())
+				case unix.NFTA_HOOK_PRIORITY:
+					c.Priority = int32(netlinkattr.BE32(h.Value()))
+				}
+			}
+			if err := h.Err(); err != nil {
+				return c, err
+			}
 		}
-		if c.Hooknum != nil && c.Priority != nil {
-			ch.Base, ch.Hook, ch.Priority = true, uint32(*c.Hooknum), int32(*c.Priority)
-		}
-		out = append(out, ch)
 	}
-	return names, out, nil
+	return c, a.Err()
 }
 
 // DumpRules calls fn with the attributes of each rule (after the nfgenmsg)

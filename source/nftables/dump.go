@@ -34,12 +34,12 @@ func (r Reader) dumpRules(ctx context.Context, family uint8, table string, fn fu
 	return d.dump(family, table, "", fn)
 }
 
-// ruleDumper runs rule dumps one after the other over one netfilter
+// ruleDumper runs nf_tables dumps one after the other over one netfilter
 // netlink socket, into one buffer.
 type ruleDumper struct {
-	fd  int
-	seq uint32
-	buf []byte
+	fd       int
+	seq      uint32
+	buf, req []byte
 }
 
 func (r Reader) openDumper(ctx context.Context) (*ruleDumper, error) {
@@ -66,28 +66,38 @@ func (d *ruleDumper) close() { unix.Close(d.fd) }
 // dump runs one NFT_MSG_GETRULE dump of family (AF_UNSPEC for all), of
 // table ("" for all) and of chain in it ("" for all).
 func (d *ruleDumper) dump(family uint8, table, chain string, fn func(family uint8, b []byte) error) error {
+	return d.dumpObjects(unix.NFT_MSG_GETRULE, unix.NFT_MSG_NEWRULE, family, table, chain, fn)
+}
+
+// dumpObjects runs one dump of the nf_tables objects that request get
+// lists (reply is their message type) of family, with the table and chain
+// filter attributes (NFTA_RULE_TABLE, NFTA_RULE_CHAIN) when not "".
+func (d *ruleDumper) dumpObjects(get, reply uint16, family uint8, table, chain string, fn func(family uint8, b []byte) error) error {
 	d.seq++
 	seq := d.seq
-	body := []byte{family, unix.NFNETLINK_V0, 0, 0} // nfgenmsg: family, version, resource id
-	if table != "" {
-		body = netlinkattr.AppendString(body, unix.NFTA_RULE_TABLE, table)
-		if chain != "" {
-			body = netlinkattr.AppendString(body, unix.NFTA_RULE_CHAIN, chain)
-		}
-	}
-	req := binary.NativeEndian.AppendUint32(nil, uint32(netlinkattr.MsgHdrLen+len(body)))
-	req = binary.NativeEndian.AppendUint16(req, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETRULE)
+	req := binary.NativeEndian.AppendUint32(d.req[:0], 0) // length, below
+	req = binary.NativeEndian.AppendUint16(req, unix.NFNL_SUBSYS_NFTABLES<<8|get)
 	req = binary.NativeEndian.AppendUint16(req, unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
 	req = binary.NativeEndian.AppendUint32(req, seq)
 	req = binary.NativeEndian.AppendUint32(req, 0)
-	req = append(req, body...)
-	if err := unix.Sendto(d.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("send nftables rule dump request: %w", err)
+	req = append(req, family, unix.NFNETLINK_V0, 0, 0) // nfgenmsg: family, version, resource id
+	if table != "" {
+		req = netlinkattr.AppendString(req, unix.NFTA_RULE_TABLE, table)
+		if chain != "" {
+			req = netlinkattr.AppendString(req, unix.NFTA_RULE_CHAIN, chain)
+		}
+	}
+	binary.NativeEndian.PutUint32(req, uint32(len(req)))
+	d.req = req
+	// write and read, not sendto and recvfrom: the socket talks to the
+	// kernel only, and recvfrom allocates the sender's address.
+	if _, err := unix.Write(d.fd, req); err != nil {
+		return fmt.Errorf("send nftables dump request: %w", err)
 	}
 	for {
-		n, _, err := unix.Recvfrom(d.fd, d.buf, 0)
+		n, err := unix.Read(d.fd, d.buf)
 		if err != nil {
-			return fmt.Errorf("receive nftables rules: %w", err)
+			return fmt.Errorf("receive nftables dump: %w", err)
 		}
 		msgs := netlinkattr.NewMessages(d.buf[:n])
 		for msgs.Next() {
@@ -100,10 +110,10 @@ func (d *ruleDumper) dump(family uint8, table, chain string, fn func(family uint
 				return nil
 			case unix.NLMSG_ERROR:
 				if err := netlinkattr.Errno(payload); err != nil {
-					return fmt.Errorf("dump nftables rules: %w", err)
+					return fmt.Errorf("dump nftables objects: %w", err)
 				}
 				continue
-			case unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWRULE:
+			case unix.NFNL_SUBSYS_NFTABLES<<8 | reply:
 			default:
 				continue
 			}
@@ -115,7 +125,7 @@ func (d *ruleDumper) dump(family uint8, table, chain string, fn func(family uint
 			}
 		}
 		if err := msgs.Err(); err != nil {
-			return fmt.Errorf("decode nftables rules: %w", err)
+			return fmt.Errorf("decode nftables dump: %w", err)
 		}
 	}
 }
