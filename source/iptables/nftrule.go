@@ -68,31 +68,41 @@ func (r *nftRule) kind(reg uint32) regKind {
 	return regUnset
 }
 
-// compatibleExprs are the expressions iptables-nft 1.8 accepts in a table
-// it lists (nft_is_expr_compatible); with another one (an nft-native rule
-// in an iptables table) iptables-nft-save skips the table as incompatible.
-// limit and log are compatible only with some attributes and are left to
-// iptables-nft-save.
-var compatibleExprs = map[string]bool{
-	"match": true, "target": true, "payload": true, "meta": true, "cmp": true,
-	"bitwise": true, "counter": true, "immediate": true, "lookup": true, "range": true,
+// compatibleExpr reports whether iptables-nft 1.8 accepts the expression
+// in a table it lists (nft_is_expr_compatible); with another one (an
+// nft-native rule in an iptables table) iptables-nft-save skips the table
+// as incompatible. limit and log are compatible only with some attributes
+// and are left to iptables-nft-save.
+func compatibleExpr(name []byte) bool {
+	switch string(name) {
+	case "match", "target", "payload", "meta", "cmp", "bitwise", "counter", "immediate", "lookup", "range":
+		return true
+	}
+	return false
 }
 
-// kubeMatches are the xt matches, besides those decoded (comment, tcp,
-// udp, sctp, set), that iptables-nft-save prints without any argument
-// addRuleFields reads (-j, -g, --comment, -p, --dport, --match-set): those
-// kube-proxy and kubelet write, and a few of the same kind.
-var kubeMatches = map[string]bool{
-	"statistic": true, "recent": true, "mark": true, "conntrack": true, "state": true,
-	"addrtype": true, "multiport": true, "connmark": true, "limit": true, "physdev": true,
-	"iprange": true, "mac": true,
+// kubeMatch reports whether iptables-nft-save prints the xt match, one of
+// those besides the decoded ones (comment, tcp, udp, sctp, set) that
+// kube-proxy and kubelet write and a few of the same kind, without any
+// argument addRuleFields reads (-j, -g, --comment, -p, --dport,
+// --match-set).
+func kubeMatch(name []byte) bool {
+	switch string(name) {
+	case "statistic", "recent", "mark", "conntrack", "state", "addrtype", "multiport",
+		"connmark", "limit", "physdev", "iprange", "mac":
+		return true
+	}
+	return false
 }
 
-// kubeTargets are the xt targets iptables-nft-save prints as "-j NAME"
-// with options that hold no argument addRuleFields reads.
-var kubeTargets = map[string]bool{
-	"REJECT": true, "DNAT": true, "SNAT": true, "MASQUERADE": true, "MARK": true,
-	"CONNMARK": true, "NOTRACK": true,
+// kubeTarget reports whether iptables-nft-save prints the xt target as
+// "-j NAME" with options that hold no argument addRuleFields reads.
+func kubeTarget(name []byte) bool {
+	switch string(name) {
+	case "REJECT", "DNAT", "SNAT", "MASQUERADE", "MARK", "CONNMARK", "NOTRACK":
+		return true
+	}
+	return false
 }
 
 // verdictTargets are how iptables-nft-save prints the verdicts of an
@@ -151,7 +161,7 @@ func decodeNFTRule(b []byte, ipv6 bool, r *nftRule) error {
 	kube := bytes.HasPrefix(r.chain, []byte("KUBE-"))
 	verdicts := 0
 	err := nftables.EachExpr(exprs, func(name, data []byte) error {
-		if !compatibleExprs[string(name)] {
+		if !compatibleExpr(name) {
 			return fmt.Errorf("expression %q: %w", name, ErrUntranslatable)
 		}
 		if !kube {
@@ -182,7 +192,7 @@ func decodeNFTRule(b []byte, ipv6 bool, r *nftRule) error {
 			verdicts++
 			switch {
 			case im.Code == unix.NFT_JUMP || im.Code == unix.NFT_GOTO:
-				r.target = []byte(im.Chain)
+				r.target = im.Chain
 			case verdictTargets[im.Code] != "":
 				r.target = []byte(verdictTargets[im.Code])
 			default:
@@ -195,7 +205,7 @@ func decodeNFTRule(b []byte, ipv6 bool, r *nftRule) error {
 			if err != nil {
 				return err
 			}
-			if !kubeTargets[string(name)] {
+			if !kubeTarget(name) {
 				return fmt.Errorf("target %q: %w", name, ErrUntranslatable)
 			}
 			r.target = name
@@ -469,7 +479,7 @@ func (r *nftRule) match(data []byte) error {
 			return r.setDport(binary.NativeEndian.Uint16(info[0:]), binary.NativeEndian.Uint16(info[2:]))
 		}
 	default:
-		if !kubeMatches[string(name)] {
+		if !kubeMatch(name) {
 			return fmt.Errorf("match %q: %w", name, ErrUntranslatable)
 		}
 	}

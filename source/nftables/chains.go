@@ -122,8 +122,10 @@ func (r Reader) DumpChainRules(ctx context.Context, family uint8, table string, 
 		return err
 	}
 	defer d.close()
-	for _, chain := range chains {
-		if err := d.dump(family, table, chain, func(_ uint8, b []byte) error { return fn(chain, b) }); err != nil {
+	var chain string
+	each := func(_ uint8, b []byte) error { return fn(chain, b) }
+	for _, chain = range chains {
+		if err := d.dump(family, table, chain, each); err != nil {
 			return fmt.Errorf("chain %s: %w", chain, err)
 		}
 		if err := ctx.Err(); err != nil {

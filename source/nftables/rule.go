@@ -241,12 +241,13 @@ func decodeClobber(data []byte, attr uint16, regs *registers) error {
 
 // Immediate is an immediate expression: a literal Value loaded into data
 // register DReg, or (DReg NFT_REG_VERDICT) a verdict Code, with the Chain
-// of a jump or goto.
+// of a jump or goto (without its NUL). Value and Chain point into the
+// expression's data.
 type Immediate struct {
 	DReg  uint32
 	Value []byte
 	Code  int32
-	Chain string
+	Chain []byte
 }
 
 // Verdict reports whether the immediate loads the verdict register.
@@ -273,7 +274,10 @@ func DecodeImmediate(data []byte) (Immediate, error) {
 						case unix.NFTA_VERDICT_CODE:
 							im.Code = int32(netlinkattr.BE32(v.Value()))
 						case unix.NFTA_VERDICT_CHAIN:
-							im.Chain = netlinkattr.String(v.Value())
+							im.Chain = v.Value()
+							if i := bytes.IndexByte(im.Chain, 0); i >= 0 {
+								im.Chain = im.Chain[:i]
+							}
 						}
 					}
 					if err := v.Err(); err != nil {
@@ -297,8 +301,8 @@ func decodeImmediate(data []byte, regs *registers, st *RuleStats) error {
 		return err
 	}
 	if im.Verdict() {
-		if (im.Code == unix.NFT_GOTO || im.Code == unix.NFT_JUMP) && im.Chain != "" {
-			st.Gotos = append(st.Gotos, im.Chain)
+		if (im.Code == unix.NFT_GOTO || im.Code == unix.NFT_JUMP) && len(im.Chain) > 0 {
+			st.Gotos = append(st.Gotos, string(im.Chain))
 		}
 		return nil
 	}
