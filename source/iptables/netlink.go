@@ -55,10 +55,14 @@ var nftTables = []struct {
 // ParseSave makes of iptables-nft-save's listing. An error wrapping
 // ErrUntranslatable says iptables-nft-save must list it instead: a rule of
 // a KUBE- chain holds something not translated exactly, a table holds what
-// iptables-nft-save would call incompatible, or the rules changed between
-// the chain listing and the rule dump.
+// iptables-nft-save would call incompatible, or the ruleset changed while
+// it was read.
 func (r *Reader) readNFT(ctx context.Context, family uint8) (*Ruleset, error) {
 	nr := nftables.Reader{ProcFS: r.ProcFS, Target: r.Target}
+	gen, err := nr.Generation(ctx)
+	if err != nil {
+		return nil, err
+	}
 	tables, chains, err := nr.ListChains(ctx, family)
 	if err != nil {
 		return nil, err
@@ -113,6 +117,15 @@ func (r *Reader) readNFT(ctx context.Context, family uint8) (*Ruleset, error) {
 			return nil, fmt.Errorf("table %s: %w", def.name, err)
 		}
 		rs.Tables = append(rs.Tables, t)
+	}
+	// The chain listing and the rule dumps are separate requests:
+	// iptables-nft-save reads one generation (it retries when the
+	// generation changed meanwhile), so a listing spanning two is left
+	// to it.
+	if now, err := nr.Generation(ctx); err != nil {
+		return nil, err
+	} else if now != gen {
+		return nil, fmt.Errorf("ruleset changed while it was read (generation %d, now %d): %w", gen, now, ErrUntranslatable)
 	}
 	return rs, nil
 }

@@ -3,9 +3,7 @@ package iptables
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os/exec"
-	"reflect"
 	"strings"
 	"testing"
 
@@ -140,7 +138,7 @@ func RequireEqualListings(t testing.TB, got, want *Listing) {
 		if g.Name != w.Name {
 			t.Fatalf("family %d: %s, iptables-nft-save %s", i, g.Name, w.Name)
 		}
-		if diff := DiffRulesets(g.Rules, w.Rules); diff != "" {
+		if diff := Diff(g.Rules, w.Rules); diff != "" {
 			t.Errorf("%s: netlink and iptables-nft-save differ: %s", w.Name, diff)
 		}
 	}
@@ -271,58 +269,4 @@ func TestLegacyExecs(t *testing.T) {
 	if rs, err := r.readNFT(context.Background(), nftables.FamilyIPv4); err == nil && rs.Table("filter") != nil {
 		t.Fatalf("the legacy rule is in nf_tables: %+v", rs.Table("filter"))
 	}
-}
-
-// DiffRulesets describes how a differs from b ("" when equal in every
-// exported field).
-func DiffRulesets(a, b *Ruleset) string {
-	exported := func(rs *Ruleset) []Table {
-		var out []Table
-		for _, t := range rs.Tables {
-			out = append(out, Table{Name: t.Name, Chains: t.Chains, Services: t.Services, NoEndpoints: t.NoEndpoints, SetMatches: t.SetMatches})
-		}
-		return out
-	}
-	ta, tb := exported(a), exported(b)
-	if len(ta) != len(tb) {
-		names := func(ts []Table) (s []string) {
-			for _, t := range ts {
-				s = append(s, t.Name)
-			}
-			return s
-		}
-		return "tables " + strings.Join(names(ta), ",") + " vs " + strings.Join(names(tb), ",")
-	}
-	var diffs []string
-	for i := range ta {
-		x, y := ta[i], tb[i]
-		switch {
-		case x.Name != y.Name:
-			diffs = append(diffs, "table "+x.Name+" vs "+y.Name)
-		case !reflect.DeepEqual(x.Chains, y.Chains):
-			for c, n := range x.Chains {
-				if m, ok := y.Chains[c]; !ok || m != n {
-					diffs = append(diffs, fmt.Sprintf("%s: chain %s has %d rules, %d (listed %v) in the other", x.Name, c, n, m, ok))
-				}
-			}
-			for c := range y.Chains {
-				if _, ok := x.Chains[c]; !ok {
-					diffs = append(diffs, fmt.Sprintf("%s: chain %s missing", x.Name, c))
-				}
-			}
-		case !reflect.DeepEqual(x.Services, y.Services):
-			for h, s := range x.Services {
-				if !reflect.DeepEqual(s, y.Services[h]) {
-					diffs = append(diffs, x.Name+": service "+h+" differs")
-					break
-				}
-			}
-			diffs = append(diffs, x.Name+": services differ")
-		case !reflect.DeepEqual(x.NoEndpoints, y.NoEndpoints):
-			diffs = append(diffs, x.Name+": no-endpoints differ")
-		case x.SetMatches != y.SetMatches:
-			diffs = append(diffs, x.Name+": set matches differ")
-		}
-	}
-	return strings.Join(diffs, "; ")
 }

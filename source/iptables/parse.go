@@ -1,10 +1,13 @@
-// Package iptables reads the iptables rules of a network namespace: it runs
-// iptables-save (or ip6tables-save) of the backend the node uses, nft or
-// legacy, detected as kubernetes-sigs/iptables-wrappers does, and parses the
-// listing into per-chain rule counts and kube-proxy's service chains.
+// Package iptables reads the iptables rules of a network namespace, of the
+// backend the node uses, nft or legacy, detected as
+// kubernetes-sigs/iptables-wrappers does, into per-chain rule counts and
+// kube-proxy's service chains: the nft backend's from nf_tables over
+// netlink, decoded into what iptables-nft-save would print (and listed
+// with iptables-nft-save when a rule cannot be translated exactly), the
+// legacy backend's by parsing iptables-save's listing.
 //
-// The parser takes bytes and returns plain structs, so it is unit tested and
-// fuzzed on real rule text without a kernel.
+// The parser and the rule decoder take bytes and return plain structs, so
+// they are unit tested and fuzzed without a kernel.
 package iptables
 
 import (

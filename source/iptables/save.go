@@ -35,8 +35,9 @@ const (
 	BackendLegacy = "legacy"
 )
 
-// Reader lists every table of both families with one iptables-save run
-// each. It remembers the backend it detected while the hint chains that
+// Reader lists every table of both families: the nft backend's over
+// netlink (readNFT), falling back to iptables-nft-save per family, the
+// legacy backend's with one iptables-save run each. It remembers the backend it detected while the hint chains that
 // decided it stay, and must not be used by two listings at once.
 type Reader struct {
 	// Backend forces the backend, BackendNFT or BackendLegacy; "" detects

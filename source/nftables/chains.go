@@ -135,6 +135,25 @@ func (r Reader) DumpChainRules(ctx context.Context, family uint8, table string, 
 	return nil
 }
 
+// Generation is the namespace's nf_tables ruleset generation id, which
+// every committed change increments: equal before and after a listing made
+// of several dumps, it says they saw one ruleset.
+func (r Reader) Generation(ctx context.Context) (uint32, error) {
+	if !Loaded(r.ProcFS) {
+		return 0, source.Absentf("nf_tables module not loaded")
+	}
+	d, err := r.openDumper(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer d.close()
+	gen, err := d.generation()
+	if err != nil {
+		return 0, fmt.Errorf("nftables generation: %w", err)
+	}
+	return gen, nil
+}
+
 // Families of the iptables backends' tables.
 const (
 	FamilyIPv4 = unix.NFPROTO_IPV4

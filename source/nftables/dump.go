@@ -73,11 +73,38 @@ func (d *ruleDumper) dump(family uint8, table, chain string, fn func(family uint
 // lists (reply is their message type) of family, with the table and chain
 // filter attributes (NFTA_RULE_TABLE, NFTA_RULE_CHAIN) when not "".
 func (d *ruleDumper) dumpObjects(get, reply uint16, family uint8, table, chain string, fn func(family uint8, b []byte) error) error {
+	return d.request(get, reply, unix.NLM_F_DUMP, family, table, chain, fn)
+}
+
+// generation is the ruleset's generation id (NFT_MSG_GETGEN), which every
+// committed change increments.
+func (d *ruleDumper) generation() (uint32, error) {
+	var gen uint32
+	found := false
+	err := d.request(unix.NFT_MSG_GETGEN, unix.NFT_MSG_NEWGEN, 0, unix.AF_UNSPEC, "", "", func(_ uint8, b []byte) error {
+		a := netlinkattr.NewAttrs(b)
+		for a.Next() {
+			if a.Type() == unix.NFTA_GEN_ID {
+				gen, found = netlinkattr.BE32(a.Value()), true
+			}
+		}
+		return a.Err()
+	})
+	if err == nil && !found {
+		err = fmt.Errorf("no generation id in the reply: %w", netlinkattr.ErrMalformed)
+	}
+	return gen, err
+}
+
+// request sends one request (flags NLM_F_DUMP for a dump) and calls fn
+// with each reply of type reply, until NLMSG_DONE ends a dump, or after the
+// first reply to a request that is not one.
+func (d *ruleDumper) request(get, reply uint16, flags uint16, family uint8, table, chain string, fn func(family uint8, b []byte) error) error {
 	d.seq++
 	seq := d.seq
 	req := binary.NativeEndian.AppendUint32(d.req[:0], 0) // length, below
 	req = binary.NativeEndian.AppendUint16(req, unix.NFNL_SUBSYS_NFTABLES<<8|get)
-	req = binary.NativeEndian.AppendUint16(req, unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	req = binary.NativeEndian.AppendUint16(req, unix.NLM_F_REQUEST|flags)
 	req = binary.NativeEndian.AppendUint32(req, seq)
 	req = binary.NativeEndian.AppendUint32(req, 0)
 	req = append(req, family, unix.NFNETLINK_V0, 0, 0) // nfgenmsg: family, version, resource id
@@ -122,6 +149,9 @@ func (d *ruleDumper) dumpObjects(get, reply uint16, family uint8, table, chain s
 			}
 			if err := fn(payload[0], payload[netlinkattr.NfgenLen:]); err != nil {
 				return err
+			}
+			if flags&unix.NLM_F_DUMP == 0 {
+				return nil
 			}
 		}
 		if err := msgs.Err(); err != nil {
