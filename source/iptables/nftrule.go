@@ -25,7 +25,7 @@ type nftRule struct {
 	chain, target, comment, proto, dport []byte
 	setMatches                           int
 	buf                                  []byte
-	regs                                 [regSlots]regKind
+	regs                                 [nftables.RegisterSlots]regKind
 }
 
 // regKind is what a rule's expressions loaded into a 4-byte register slot,
@@ -41,28 +41,14 @@ const (
 	regPorts         // 4 bytes at transport header offset 0: sport, dport
 )
 
-const regSlots = 16
-
-// slotOf is the first 4-byte slot of register reg (NFT_REG_1..4 are
-// 16 bytes, NFT_REG32_00..15 four, over the same space), or -1.
-func slotOf(reg uint32) int {
-	switch {
-	case reg >= unix.NFT_REG_1 && reg <= unix.NFT_REG_4:
-		return int(reg-unix.NFT_REG_1) * 4
-	case reg >= unix.NFT_REG32_00 && reg < unix.NFT_REG32_00+regSlots:
-		return int(reg - unix.NFT_REG32_00)
-	}
-	return -1
-}
-
 func (r *nftRule) load(reg uint32, k regKind) {
-	if s := slotOf(reg); s >= 0 {
+	if s := nftables.RegisterSlot(reg); s >= 0 {
 		r.regs[s] = k
 	}
 }
 
 func (r *nftRule) kind(reg uint32) regKind {
-	if s := slotOf(reg); s >= 0 {
+	if s := nftables.RegisterSlot(reg); s >= 0 {
 		return r.regs[s]
 	}
 	return regUnset

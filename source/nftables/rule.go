@@ -105,8 +105,13 @@ type slot struct {
 
 type registers [regSlots]slot
 
-// slotOf is the first 4-byte slot of register reg, or -1.
-func slotOf(reg uint32) int {
+// RegisterSlots is the number of 4-byte slots of the data registers.
+const RegisterSlots = regSlots
+
+// RegisterSlot is the first 4-byte slot (0 to RegisterSlots-1) of data
+// register reg, or -1: NFT_REG_1..4 (16 bytes each) and NFT_REG32_00..15
+// (4 bytes each) name the same space.
+func RegisterSlot(reg uint32) int {
 	switch {
 	case reg >= unix.NFT_REG_1 && reg <= unix.NFT_REG_4:
 		return int(reg-unix.NFT_REG_1) * 4
@@ -116,10 +121,11 @@ func slotOf(reg uint32) int {
 	return -1
 }
 
+
 // load records n bytes of v (literal) or of set's data (v nil) written to
 // reg.
 func (r *registers) load(reg uint32, v []byte, set string, n int) {
-	s := slotOf(reg)
+	s := RegisterSlot(reg)
 	if s < 0 {
 		return
 	}
@@ -134,7 +140,7 @@ func (r *registers) load(reg uint32, v []byte, set string, n int) {
 
 // clear forgets n bytes of registers from reg on.
 func (r *registers) clear(reg uint32, n int) {
-	s := slotOf(reg)
+	s := RegisterSlot(reg)
 	for i := 0; s >= 0 && i*4 < n && s+i < regSlots; i++ {
 		r[s+i] = slot{}
 	}
@@ -143,7 +149,7 @@ func (r *registers) clear(reg uint32, n int) {
 // port is the big-endian port an immediate loaded at the start of register
 // reg, as nft_reg_load16 reads it, or 0.
 func (r *registers) port(reg uint32) uint16 {
-	s := slotOf(reg)
+	s := RegisterSlot(reg)
 	if s < 0 || len(r[s].value) < 2 {
 		return 0
 	}
@@ -366,7 +372,7 @@ func decodeNAT(data []byte, regs *registers, st *RuleStats) error {
 	if typ != unix.NFT_NAT_DNAT {
 		return nil
 	}
-	as, ps := slotOf(addrReg), slotOf(protoReg)
+	as, ps := RegisterSlot(addrReg), RegisterSlot(protoReg)
 	if as < 0 || ps < 0 {
 		return nil
 	}
