@@ -67,6 +67,9 @@ func (r *Reader) readNFT(ctx context.Context, family uint8) (*Ruleset, error) {
 	if err != nil {
 		return nil, err
 	}
+	if r.listed != nil {
+		r.listed()
+	}
 	exists := map[string]bool{}
 	for _, t := range tables {
 		exists[t] = true

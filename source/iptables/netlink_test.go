@@ -244,6 +244,35 @@ func TestNetlinkFallsBack(t *testing.T) {
 	}
 }
 
+// TestNetlinkFallsBackWhenRulesChange: a change committed between the
+// chain listing and the rule dumps (kube-proxy syncing) makes the listing
+// fall back to iptables-nft-save, which reads one generation.
+func TestNetlinkFallsBackWhenRulesChange(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "iptables-nft-restore")
+	testenv.RequireCommand(t, "nsenter")
+	ns := netns.New(t, "iptgen")
+	loadNFT(t, ns, 4, "*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j RETURN\nCOMMIT\n")
+	r := &Reader{Backend: BackendNFT, ProcFS: "/proc", Target: ns.Target()}
+	changed := false
+	r.listed = func() {
+		if !changed {
+			changed = true
+			loadNFT(t, ns, 4, "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-AAAAAAAAAAAAAAAA - [0:0]\n-A KUBE-SERVICES -j KUBE-SVC-AAAAAAAAAAAAAAAA\nCOMMIT\n")
+		}
+	}
+	got, err := r.Read(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Fallback == nil || !strings.Contains(got.Fallback.Error(), "ruleset changed") {
+		t.Fatalf("fallback %v, want one for the changed ruleset", got.Fallback)
+	}
+	if nat := got.Family("ipv4").Table("nat"); nat == nil || nat.Chains["KUBE-SVC-AAAAAAAAAAAAAAAA"] != 0 || nat.Services["AAAAAAAAAAAAAAAA"] == nil {
+		t.Fatalf("nat table after the change: %+v", nat)
+	}
+}
+
 // TestLegacyExecs: the legacy backend has no netlink dump, so it is still
 // listed with iptables-legacy-save.
 func TestLegacyExecs(t *testing.T) {

@@ -53,6 +53,10 @@ type Reader struct {
 	// of reading nf_tables over netlink.
 	ExecOnly bool
 
+	// listed, when set (tests), runs between the chain listing and the
+	// rule dumps of readNFT.
+	listed func()
+
 	detected string
 }
 
