@@ -121,7 +121,6 @@ func RegisterSlot(reg uint32) int {
 	return -1
 }
 
-
 // load records n bytes of v (literal) or of set's data (v nil) written to
 // reg.
 func (r *registers) load(reg uint32, v []byte, set string, n int) {
