@@ -75,7 +75,8 @@ func compatibleExpr(name []byte) bool {
 func kubeMatch(name []byte) bool {
 	switch string(name) {
 	case "statistic", "recent", "mark", "conntrack", "state", "addrtype", "multiport",
-		"connmark", "limit", "physdev", "iprange", "mac":
+		"connmark", "limit", "physdev", "iprange", "mac",
+		"nfacct": // kube-proxy 1.37's localhost NodePort counters
 		return true
 	}
 	return false

@@ -135,6 +135,8 @@ var nftRuleCases = []struct {
 		chain: "KUBE-X", target: "DROP", setMatches: 2},
 	{name: "comment in userdata", rule: nlRule("KUBE-X", append([]byte{udataRuleComment, 4}, "a:b\x00"...)), chain: "KUBE-X", comment: "a:b"},
 	{name: "IPv6 next header", ipv6: true, rule: nlRule("KUBE-X", nil, nlPayload(nh, 6, 1), nlCmp(unix.NFT_CMP_EQ, unix.IPPROTO_SCTP)), chain: "KUBE-X", proto: "sctp"},
+	{name: "kube-proxy's nfacct counter", rule: nlRule("KUBE-NODEPORTS", nil, nlXT("match", "nfacct", nil), nlVerdict(nfAccept, "")),
+		chain: "KUBE-NODEPORTS", target: "ACCEPT"},
 	{name: "other chains only count", rule: nlRule("INPUT", nil, nlXT("match", "length", nil), nlPayload(th, 1, 2)), chain: "INPUT"},
 
 	{name: "two destination ports", err: ErrUntranslatable,

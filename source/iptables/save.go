@@ -3,6 +3,7 @@ package iptables
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -127,7 +128,7 @@ func (r *Reader) Read(ctx context.Context) (*Listing, error) {
 				if ctx.Err() != nil {
 					return nil, fmt.Errorf("read %s iptables-nft rules: %w", family, err)
 				}
-				l.Fallback, rs = fmt.Errorf("%s: %w", family, err), nil
+				l.Fallback, rs = errors.Join(l.Fallback, fmt.Errorf("%s: %w", family, err)), nil
 			}
 		}
 		if rs == nil {
