@@ -188,7 +188,7 @@ func decodeNFTRule(b []byte, ipv6 bool, r *nftRule) error {
 			return nil
 		case "target":
 			verdicts++
-			name, _, err := xtInfo(data, unix.NFTA_TARGET_NAME, unix.NFTA_TARGET_INFO)
+			name, _, _, err := xtInfo(data)
 			if err != nil {
 				return err
 			}
@@ -422,24 +422,41 @@ func (r *nftRule) setDport(lo, hi uint16) error {
 	return nil
 }
 
-// xtInfo returns the name and info of an nft_compat match or target.
-func xtInfo(data []byte, nameAttr, infoAttr uint16) (name, info []byte, err error) {
+// xtInfo returns the name, revision and info of an nft_compat match or
+// target (NFTA_MATCH_NAME, _REV, _INFO; the target's attributes have the
+// same numbers).
+func xtInfo(data []byte) (name []byte, rev uint32, info []byte, err error) {
 	a := netlinkattr.NewAttrs(data)
 	for a.Next() {
 		switch a.Type() {
-		case nameAttr:
+		case unix.NFTA_MATCH_NAME:
 			name = cstring(a.Value())
-		case infoAttr:
+		case unix.NFTA_MATCH_REV:
+			rev = netlinkattr.BE32(a.Value())
+		case unix.NFTA_MATCH_INFO:
 			info = a.Value()
 		}
 	}
-	return name, info, a.Err()
+	return name, rev, info, a.Err()
 }
 
 func (r *nftRule) match(data []byte) error {
-	name, info, err := xtInfo(data, unix.NFTA_MATCH_NAME, unix.NFTA_MATCH_INFO)
+	name, rev, info, err := xtInfo(data)
 	if err != nil {
 		return err
+	}
+	// The layouts decoded are those of revision 0 of comment, tcp, udp
+	// and sctp (their only one); set revision 0 is left to
+	// iptables-nft-save, which iptables 1.8 writes with revision 1 to 4.
+	switch string(name) {
+	case "comment", "tcp", "udp", "sctp":
+		if rev != 0 {
+			return fmt.Errorf("%s match revision %d: %w", name, rev, ErrUntranslatable)
+		}
+	case "set":
+		if rev == 0 {
+			return fmt.Errorf("set match revision 0: %w", ErrUntranslatable)
+		}
 	}
 	switch string(name) {
 	case "comment":

@@ -75,6 +75,9 @@ func nlXT(kind, name string, info []byte) []byte {
 		nameAttr, infoAttr = unix.NFTA_TARGET_NAME, unix.NFTA_TARGET_INFO
 	}
 	d := netlinkattr.AppendString(nil, nameAttr, name)
+	if name == "set" {
+		d = netlinkattr.AppendBE32(d, unix.NFTA_MATCH_REV, 4) // as iptables 1.8.9 writes it
+	}
 	return nlExpr(kind, netlinkattr.Append(d, infoAttr, info))
 }
 
@@ -144,6 +147,8 @@ var nftRuleCases = []struct {
 	{name: "two comments", err: ErrUntranslatable,
 		rule: nlRule("KUBE-X", append([]byte{udataRuleComment, 2}, "a\x00"...), nlXT("match", "comment", xtComment("b")))},
 	{name: "comment with a line break", err: ErrUntranslatable, rule: nlRule("KUBE-X", nil, nlXT("match", "comment", xtComment("a\nb")))},
+	{name: "set match revision 0", err: ErrUntranslatable,
+		rule: nlRule("KUBE-X", nil, nlExpr("match", netlinkattr.AppendString(nil, unix.NFTA_MATCH_NAME, "set")))},
 	{name: "unknown match", err: ErrUntranslatable, rule: nlRule("KUBE-X", nil, nlXT("match", "dccp", nil))},
 	{name: "unknown target", err: ErrUntranslatable, rule: nlRule("KUBE-X", nil, nlXT("target", "TPROXY", nil))},
 	{name: "protocol named by /etc/protocols", err: ErrUntranslatable, rule: nlRule("KUBE-X", nil, nlMetaL4(), nlCmp(unix.NFT_CMP_EQ, 47))},
