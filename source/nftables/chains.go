@@ -90,17 +90,6 @@ func decodeChain(b []byte) (Chain, error) {
 	return c, a.Err()
 }
 
-// DumpRules calls fn with the attributes of each rule (after the nfgenmsg)
-// of family's table, in dump order, from one NFT_MSG_GETRULE dump read
-// datagram by datagram (see dumpRules); fn must not keep b. An error
-// matching source.ErrAbsent says nf_tables is not loaded.
-func (r Reader) DumpRules(ctx context.Context, family uint8, table string, fn func(b []byte) error) error {
-	if !Loaded(r.ProcFS) {
-		return source.Absentf("nf_tables module not loaded")
-	}
-	return r.dumpRules(ctx, family, table, func(_ uint8, b []byte) error { return fn(b) })
-}
-
 // DumpChainRules calls fn with the attributes of each rule (after the
 // nfgenmsg) of each of chains of family's table, chain by chain in rule
 // order, with one NFT_MSG_GETRULE dump per chain over one socket; fn must
