@@ -3,6 +3,7 @@ package collector
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/netinspect/netinspect/kube"
 	"github.com/netinspect/netinspect/kubeproxy"
 	"github.com/netinspect/netinspect/source/iptables"
+	"github.com/netinspect/netinspect/source/nftables"
 	cpl "github.com/netinspect/netinspect/test/controlplane"
 	"github.com/netinspect/netinspect/test/kpfixture"
 	"github.com/netinspect/netinspect/test/netns"
@@ -369,7 +371,15 @@ func TestDriftRealKubeProxy(t *testing.T) {
 			if mode.backend == "nft" {
 				requireNetlinkEqualsSave(t, node)
 			}
+			if mode.kubeProxy == "nftables" {
+				nftTargetsAgree(t, node)
+			}
 			driftInduced(t, cp.Client, judge, ix, kp, pending, 10*time.Second)
+			if mode.kubeProxy == "nftables" {
+				// After the induced changes kube-proxy may keep stale
+				// endpoint chains for a while: those maps are read.
+				nftTargetsAgree(t, node)
+			}
 		})
 	}
 }
@@ -410,4 +420,62 @@ func requireNetlinkEqualsSave(t *testing.T, node *netns.NS) {
 	if services == 0 {
 		t.Error("no kube-proxy service chains in the nat table")
 	}
+}
+
+// nftTargetsAgree: the drift listing of kube-proxy's table in node is the
+// same whether every per-service chain's anonymous maps are read or, as
+// the collector does (nftTargets), the service chains' verdict maps whose
+// gotos the endpoint chains' names give are not; and that shortcut is
+// taken for some chains (else this proves nothing). Both reads run back to
+// back, a few times if kube-proxy changed the table in between.
+func nftTargetsAgree(t *testing.T, node *netns.NS) {
+	t.Helper()
+	all := func(*nftables.Table) func(string) bool { return kubeproxy.IsNFTServiceChain }
+	read := func(targets func(*nftables.Table) func(string) bool) []nftables.Table {
+		r := nftables.Reader{ProcFS: "/proc", Target: node.Target(), Targets: targets}
+		tables, err := r.Read(context.Background(), kubeproxy.NFTTable)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tables
+	}
+	normalize := func(l *kubeproxy.NFTablesListing) {
+		for name, ch := range l.Chains {
+			sort.Strings(ch.Gotos)
+			sort.Slice(ch.DNAT, func(i, j int) bool { return ch.DNAT[i].String() < ch.DNAT[j].String() })
+			l.Chains[name] = ch
+		}
+	}
+	var diff string
+	for range 3 {
+		full, fast := read(all), read(nftTargets)
+		if len(full) == 0 || len(full) != len(fast) {
+			t.Fatalf("kube-proxy's table read %d times with every map, %d with nftTargets", len(full), len(fast))
+		}
+		diff = ""
+		byName := 0
+		for i := range full {
+			eps := kubeproxy.NFTEndpointChains(fast[i].Chains)
+			for chain, r := range fast[i].ChainRules {
+				if _, ok := kubeproxy.NFTServiceGotosByName(chain, r.Modulus, len(r.VerdictMaps), eps); ok {
+					byName++
+				}
+			}
+			a, b := nftListing(&full[i]), nftListing(&fast[i])
+			normalize(a)
+			normalize(b)
+			if !reflect.DeepEqual(a, b) {
+				diff += fmt.Sprintf("%s: every map read %+v\nnftTargets %+v\n", full[i].Family, a.Chains, b.Chains)
+			}
+		}
+		if diff == "" {
+			if byName == 0 {
+				t.Fatal("no service chain's gotos were known by name: the shortcut is not exercised")
+			}
+			t.Logf("drift listing the same with %d service chains' maps left unread", byName)
+			return
+		}
+		time.Sleep(time.Second)
+	}
+	t.Errorf("the drift listings differ:\n%s", diff)
 }

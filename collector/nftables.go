@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -147,8 +148,12 @@ func NewNFTables(cfg NFTablesConfig, deps Deps) (*NFTables, error) {
 	}
 	if deps.Index != nil {
 		// Drift needs where each per-service chain sends packets: the
-		// anonymous maps of its DNATs and verdicts (one request each).
-		c.reader.Targets = kubeproxy.IsNFTServiceChain
+		// anonymous maps of its DNATs and verdicts (one request each),
+		// except the service chains' maps whose gotos the chain names
+		// tell (nftTargets).
+		c.reader.Targets = nftTargets
+		// and the DNAT maps read once stay known while their rules stay.
+		c.reader.Cache = &nftables.TargetCache{}
 	}
 	c.ruleSource = newRuleSource(NFTablesName, cfg.RefreshInterval, cfg.Timeout, c.list)
 	c.nextAfter(func(st *NFTablesResult) time.Duration { return st.Drift.nextRelist() })
@@ -276,13 +281,37 @@ func nftListing(t *nftables.Table) *kubeproxy.NFTablesListing {
 	}
 	// Chains without rules (flushed by kube-proxy, deleted later) are
 	// listed too, with no targets.
+	eps := kubeproxy.NFTEndpointChains(t.Chains)
 	for _, name := range t.Chains {
 		if kubeproxy.IsNFTServiceChain(name) {
 			r := t.ChainRules[name]
-			l.Chains[name] = kubeproxy.NFTChainTargets{DNAT: r.DNAT, Gotos: r.Gotos}
+			gotos := r.Gotos
+			if g, ok := kubeproxy.NFTServiceGotosByName(name, r.Modulus, len(r.VerdictMaps), eps); ok {
+				gotos = append(slices.Clone(r.Gotos), g...)
+			}
+			l.Chains[name] = kubeproxy.NFTChainTargets{DNAT: r.DNAT, Gotos: gotos}
 		}
 	}
 	return l
+}
+
+// nftTargets selects the chains of kube-proxy's table whose anonymous maps
+// the reader resolves: every per-service chain's but those of the service
+// chains whose verdict map the endpoint chains' names give away
+// (kubeproxy.NFTServiceGotosByName), which are most of them. Reading a map
+// costs a netlink request in which the kernel walks the table's sets, so
+// resolving all 10,000 of a large cluster took longer than `nft list
+// ruleset` (BenchmarkRealKubeProxyScale).
+func nftTargets(t *nftables.Table) func(chain string) bool {
+	eps := kubeproxy.NFTEndpointChains(t.Chains)
+	return func(chain string) bool {
+		if !kubeproxy.IsNFTServiceChain(chain) {
+			return false
+		}
+		r := t.ChainRules[chain]
+		_, byName := kubeproxy.NFTServiceGotosByName(chain, r.Modulus, len(r.VerdictMaps), eps)
+		return !byName
+	}
 }
 
 // mode detects kube-proxy's mode: nftables when its table exists, else from

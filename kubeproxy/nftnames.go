@@ -102,3 +102,37 @@ func SplitNFTServicePort(s string) (namespace, name, protocol, port string, ok b
 // per-service or per-endpoint chains: only those contain "/"
 // (isServiceChainName).
 func IsNFTServiceChain(chain string) bool { return strings.Contains(chain, "/") }
+
+// NFTEndpointChains groups the endpoint chains among chains (one table's)
+// by the service port their names carry ("ns/name/proto/port").
+func NFTEndpointChains(chains []string) map[string][]string {
+	out := map[string][]string{}
+	for _, name := range chains {
+		if c := ParseNFTChainName(name); c.Kind == NFTKindEndpoint && c.ServicePort != "" {
+			out[c.ServicePort] = append(out[c.ServicePort], name)
+		}
+	}
+	return out
+}
+
+// NFTServiceGotosByName returns the endpoint chains a service chain's
+// verdict map goes to, known without reading the map, when they can only
+// be the endpoint chains of its service port: kube-proxy writes the map
+// "numgen random mod N vmap { 0 : goto endpoint-..., ... }" with one
+// element per endpoint chain of the port, and the kernel keeps every
+// chain a map refers to; so when the chain has that one map and N equals
+// the number of endpoint chains named for its port, the map goes to
+// exactly those. ok is false otherwise (a stale endpoint chain kube-proxy
+// has not deleted yet, a local- chain balancing over a subset, any other
+// shape): then the map must be read.
+func NFTServiceGotosByName(chain string, modulus uint32, verdictMaps int, endpointChains map[string][]string) (gotos []string, ok bool) {
+	c := ParseNFTChainName(chain)
+	if c.Kind != NFTKindService || c.ServicePort == "" || verdictMaps != 1 {
+		return nil, false
+	}
+	eps := endpointChains[c.ServicePort]
+	if len(eps) == 0 || uint32(len(eps)) != modulus {
+		return nil, false
+	}
+	return eps, true
+}

@@ -51,3 +51,39 @@ func FuzzParseNFTChainName(f *testing.F) {
 		}
 	})
 }
+
+func TestNFTServiceGotosByName(t *testing.T) {
+	const svc = "service-ULMVA6XW-ns/web/tcp/http"
+	ep := func(addr string) string { return "endpoint-5TPGNJF2-ns/web/tcp/http__" + addr }
+	chains := []string{svc, "local-4ZSEQMFJ-ns/web/tcp/http", ep("10.0.0.1/80"), ep("10.0.0.2/80"), ep("10.0.0.3/80"),
+		"endpoint-AAAAAAAA-ns/other/tcp/http__10.0.1.1/80", "services", "service-ZZZZZZZZ-ns/lone/udp/dns"}
+	eps := NFTEndpointChains(chains)
+	if got := len(eps["ns/web/tcp/http"]); got != 3 {
+		t.Fatalf("endpoint chains of ns/web/tcp/http: %d, want 3 (%v)", got, eps)
+	}
+	for _, tc := range []struct {
+		name        string
+		chain       string
+		modulus     uint32
+		verdictMaps int
+		ok          bool
+	}{
+		{"one map over every endpoint chain of the port", svc, 3, 1, true},
+		{"a stale endpoint chain kube-proxy has not deleted yet", svc, 2, 1, false},
+		{"no map (one endpoint: a literal goto)", svc, 0, 0, false},
+		{"two maps", svc, 3, 2, false},
+		{"a local- chain balances over a subset", "local-4ZSEQMFJ-ns/web/tcp/http", 3, 1, false},
+		{"a port without endpoint chains", "service-ZZZZZZZZ-ns/lone/udp/dns", 1, 1, false},
+		{"not a per-service chain", "services", 3, 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gotos, ok := NFTServiceGotosByName(tc.chain, tc.modulus, tc.verdictMaps, eps)
+			if ok != tc.ok {
+				t.Fatalf("ok = %v, want %v (gotos %v)", ok, tc.ok, gotos)
+			}
+			if ok && len(gotos) != 3 {
+				t.Errorf("gotos %v, want the three endpoint chains", gotos)
+			}
+		})
+	}
+}

@@ -35,7 +35,7 @@ func (r Reader) ListChains(ctx context.Context, family uint8) ([]string, []Chain
 	}
 	defer d.close()
 	var tables []string
-	err = d.dumpObjects(unix.NFT_MSG_GETTABLE, unix.NFT_MSG_NEWTABLE, family, "", "", func(_ uint8, b []byte) error {
+	err = d.request(unix.NFT_MSG_GETTABLE, unix.NFT_MSG_NEWTABLE, unix.NLM_F_DUMP, family, nil, func(_ uint8, b []byte) error {
 		a := netlinkattr.NewAttrs(b)
 		for a.Next() {
 			if a.Type() == unix.NFTA_TABLE_NAME {
@@ -48,7 +48,7 @@ func (r Reader) ListChains(ctx context.Context, family uint8) ([]string, []Chain
 		return nil, nil, fmt.Errorf("list tables of family %d: %w", family, err)
 	}
 	var chains []Chain
-	err = d.dumpObjects(unix.NFT_MSG_GETCHAIN, unix.NFT_MSG_NEWCHAIN, family, "", "", func(_ uint8, b []byte) error {
+	err = d.request(unix.NFT_MSG_GETCHAIN, unix.NFT_MSG_NEWCHAIN, unix.NLM_F_DUMP, family, nil, func(_ uint8, b []byte) error {
 		c, err := decodeChain(b)
 		chains = append(chains, c)
 		return err
@@ -114,7 +114,7 @@ func (r Reader) DumpChainRules(ctx context.Context, family uint8, table string, 
 	var chain string
 	each := func(_ uint8, b []byte) error { return fn(chain, b) }
 	for _, chain = range chains {
-		if err := d.dump(family, table, chain, each); err != nil {
+		if err := d.dumpChain(family, table, chain, each); err != nil {
 			return fmt.Errorf("chain %s: %w", chain, err)
 		}
 		if err := ctx.Err(); err != nil {

@@ -26,20 +26,64 @@ import (
 // walks the table eight times as often: with kube-proxy's 5,000 Services
 // in nftables mode the dump took 1.2 s that way (BenchmarkNFTablesRefresh).
 func (r Reader) dumpRules(ctx context.Context, family uint8, table string, fn func(family uint8, b []byte) error) error {
+	var attrs []byte
+	if table != "" {
+		attrs = netlinkattr.AppendString(attrs, unix.NFTA_RULE_TABLE, table)
+	}
+	return r.dump(ctx, unix.NFT_MSG_GETRULE, family, attrs, fn)
+}
+
+// nftaTableHandle is NFTA_TABLE_HANDLE (linux/netfilter/nf_tables.h), which
+// x/sys/unix does not define.
+const nftaTableHandle = 4
+
+// tableHandles returns the handles of family's tables by name (one
+// NFT_MSG_GETTABLE dump): a table's handle is new each time it is created,
+// so it tells a table from one deleted and made again with the same name.
+func (r Reader) tableHandles(ctx context.Context, family uint8) (map[string]uint64, error) {
+	out := map[string]uint64{}
+	err := r.dump(ctx, unix.NFT_MSG_GETTABLE, family, nil, func(_ uint8, b []byte) error {
+		var name string
+		var handle uint64
+		a := netlinkattr.NewAttrs(b)
+		for a.Next() {
+			switch a.Type() {
+			case unix.NFTA_TABLE_NAME:
+				name = netlinkattr.String(a.Value())
+			case nftaTableHandle:
+				if v := a.Value(); len(v) == 8 {
+					handle = binary.BigEndian.Uint64(v)
+				}
+			}
+		}
+		if err := a.Err(); err != nil {
+			return err
+		}
+		out[name] = handle
+		return nil
+	})
+	return out, err
+}
+
+// dump runs one nf_tables dump of request type get (NFT_MSG_GET*) for
+// family with the request attributes attrs, and calls fn with the family
+// and attributes of each object the kernel answers with (its NFT_MSG_NEW*
+// type, get - 1), datagram by datagram as dumpRules says.
+func (r Reader) dump(ctx context.Context, get uint16, family uint8, attrs []byte, fn func(family uint8, b []byte) error) error {
 	d, err := r.openDumper(ctx)
 	if err != nil {
 		return err
 	}
 	defer d.close()
-	return d.dump(family, table, "", fn)
+	return d.request(get, get-1, unix.NLM_F_DUMP, family, attrs, fn)
 }
 
-// ruleDumper runs nf_tables dumps one after the other over one netfilter
-// netlink socket, into one buffer.
+// ruleDumper runs nf_tables requests one after the other over one
+// netfilter netlink socket, into one buffer.
 type ruleDumper struct {
-	fd       int
-	seq      uint32
-	buf, req []byte
+	fd              int
+	seq             uint32
+	buf, req, attrs []byte
 }
 
 func (r Reader) openDumper(ctx context.Context) (*ruleDumper, error) {
@@ -63,17 +107,11 @@ func (r Reader) openDumper(ctx context.Context) (*ruleDumper, error) {
 
 func (d *ruleDumper) close() { unix.Close(d.fd) }
 
-// dump runs one NFT_MSG_GETRULE dump of family (AF_UNSPEC for all), of
-// table ("" for all) and of chain in it ("" for all).
-func (d *ruleDumper) dump(family uint8, table, chain string, fn func(family uint8, b []byte) error) error {
-	return d.dumpObjects(unix.NFT_MSG_GETRULE, unix.NFT_MSG_NEWRULE, family, table, chain, fn)
-}
-
-// dumpObjects runs one dump of the nf_tables objects that request get
-// lists (reply is their message type) of family, with the table and chain
-// filter attributes (NFTA_RULE_TABLE, NFTA_RULE_CHAIN) when not "".
-func (d *ruleDumper) dumpObjects(get, reply uint16, family uint8, table, chain string, fn func(family uint8, b []byte) error) error {
-	return d.request(get, reply, unix.NLM_F_DUMP, family, table, chain, fn)
+// dumpChain runs one NFT_MSG_GETRULE dump of family's chain of table.
+func (d *ruleDumper) dumpChain(family uint8, table, chain string, fn func(family uint8, b []byte) error) error {
+	d.attrs = netlinkattr.AppendString(d.attrs[:0], unix.NFTA_RULE_TABLE, table)
+	d.attrs = netlinkattr.AppendString(d.attrs, unix.NFTA_RULE_CHAIN, chain)
+	return d.request(unix.NFT_MSG_GETRULE, unix.NFT_MSG_NEWRULE, unix.NLM_F_DUMP, family, d.attrs, fn)
 }
 
 // generation is the ruleset's generation id (NFT_MSG_GETGEN), which every
@@ -81,7 +119,7 @@ func (d *ruleDumper) dumpObjects(get, reply uint16, family uint8, table, chain s
 func (d *ruleDumper) generation() (uint32, error) {
 	var gen uint32
 	found := false
-	err := d.request(unix.NFT_MSG_GETGEN, unix.NFT_MSG_NEWGEN, 0, unix.AF_UNSPEC, "", "", func(_ uint8, b []byte) error {
+	err := d.request(unix.NFT_MSG_GETGEN, unix.NFT_MSG_NEWGEN, 0, unix.AF_UNSPEC, nil, func(_ uint8, b []byte) error {
 		a := netlinkattr.NewAttrs(b)
 		for a.Next() {
 			if a.Type() == unix.NFTA_GEN_ID {
@@ -96,10 +134,11 @@ func (d *ruleDumper) generation() (uint32, error) {
 	return gen, err
 }
 
-// request sends one request (flags NLM_F_DUMP for a dump) and calls fn
-// with each reply of type reply, until NLMSG_DONE ends a dump, or after the
-// first reply to a request that is not one.
-func (d *ruleDumper) request(get, reply uint16, flags uint16, family uint8, table, chain string, fn func(family uint8, b []byte) error) error {
+// request sends one request get of family with the attributes attrs
+// (flags NLM_F_DUMP for a dump) and calls fn with the nfgenmsg family and
+// the attributes of each reply of type reply, until NLMSG_DONE ends a
+// dump, or after the first reply to a request that is not one.
+func (d *ruleDumper) request(get, reply uint16, flags uint16, family uint8, attrs []byte, fn func(family uint8, b []byte) error) error {
 	d.seq++
 	seq := d.seq
 	req := binary.NativeEndian.AppendUint32(d.req[:0], 0) // length, below
@@ -108,12 +147,7 @@ func (d *ruleDumper) request(get, reply uint16, flags uint16, family uint8, tabl
 	req = binary.NativeEndian.AppendUint32(req, seq)
 	req = binary.NativeEndian.AppendUint32(req, 0)
 	req = append(req, family, unix.NFNETLINK_V0, 0, 0) // nfgenmsg: family, version, resource id
-	if table != "" {
-		req = netlinkattr.AppendString(req, unix.NFTA_RULE_TABLE, table)
-		if chain != "" {
-			req = netlinkattr.AppendString(req, unix.NFTA_RULE_CHAIN, chain)
-		}
-	}
+	req = append(req, attrs...)
 	binary.NativeEndian.PutUint32(req, uint32(len(req)))
 	d.req = req
 	// write and read, not sendto and recvfrom: the socket talks to the
@@ -137,7 +171,7 @@ func (d *ruleDumper) request(get, reply uint16, flags uint16, family uint8, tabl
 				return nil
 			case unix.NLMSG_ERROR:
 				if err := netlinkattr.Errno(payload); err != nil {
-					return fmt.Errorf("dump nftables objects: %w", err)
+					return fmt.Errorf("nftables dump: %w", err)
 				}
 				continue
 			case unix.NFNL_SUBSYS_NFTABLES<<8 | reply:

@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -76,7 +77,9 @@ func TestReadTargets(t *testing.T) {
 	}
 	ns.MustRun("nft", "-f", file)
 
-	r := Reader{ProcFS: "/proc", Target: ns.Target(), Targets: func(chain string) bool { return strings.Contains(chain, "/") }}
+	r := Reader{ProcFS: "/proc", Target: ns.Target(), Targets: func(*Table) func(string) bool {
+		return func(chain string) bool { return strings.Contains(chain, "/") }
+	}}
 	tables, err := r.Read(context.Background(), "kube-proxy")
 	if err != nil {
 		t.Fatal(err)
@@ -148,4 +151,72 @@ func TestReadTargets(t *testing.T) {
 	if st := plain[0].ChainRules["service-AAAAAAAA-ns/web/tcp/http"]; len(st.DNAT) != 0 || len(st.DNATMaps) != 1 || st.Endpoints() != 2 {
 		t.Errorf("without Targets: %+v", st)
 	}
+}
+
+// TestReadTargetsCache: with a TargetCache a second Read reads no map
+// again and gives the same targets; a rule kube-proxy rewrote (a new rule,
+// its anonymous map maybe under the old name) and a table deleted and
+// made again (the same rule handles and map names) are read anew, and the
+// cache keeps only the maps in use.
+func TestReadTargetsCache(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "nft")
+	ns := netns.New(t, "nftcache")
+	load := func(text string) {
+		t.Helper()
+		file := filepath.Join(t.TempDir(), "rules.nft")
+		if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		ns.MustRun("nft", "-f", file)
+	}
+	load(targetsRuleset)
+	cache := &TargetCache{}
+	r := Reader{ProcFS: "/proc", Target: ns.Target(), Cache: cache, Targets: func(*Table) func(string) bool {
+		return func(chain string) bool { return strings.Contains(chain, "/") }
+	}}
+	const web = "service-AAAAAAAA-ns/web/tcp/http"
+	webTargets := func() string {
+		t.Helper()
+		tables, err := r.Read(context.Background(), "kube-proxy")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tb := range tables {
+			if tb.Family == "ipv4" {
+				eps := slices.Clone(tb.ChainRules[web].DNAT)
+				slices.SortFunc(eps, netip.AddrPort.Compare)
+				return fmt.Sprint(eps)
+			}
+		}
+		t.Fatal("no ipv4 table")
+		return ""
+	}
+	step := func(what, want string, wantHits, wantMisses int) {
+		t.Helper()
+		h0, m0 := cache.Stats()
+		if got := webTargets(); got != want {
+			t.Errorf("%s: %s DNATs to %s, want %s", what, web, got, want)
+		}
+		h, m := cache.Stats()
+		if h-h0 != wantHits || m-m0 != wantMisses {
+			t.Errorf("%s: %d maps from the cache, %d read; want %d and %d", what, h-h0, m-m0, wantHits, wantMisses)
+		}
+		if cache.Len() != 2 {
+			t.Errorf("%s: %d maps cached, want the 2 in use", what, cache.Len())
+		}
+	}
+	step("first read", "[10.244.1.1:8080 10.244.1.2:8080]", 0, 2)
+	step("second read", "[10.244.1.1:8080 10.244.1.2:8080]", 2, 0)
+
+	// kube-proxy rewrites a service chain: flush, then a new rule.
+	load("flush chain ip kube-proxy " + web + "\nadd rule ip kube-proxy " + web +
+		" meta l4proto tcp dnat ip addr . port to numgen random mod 2 map { 0 : 10.244.1.1 . 8080, 1 : 10.244.1.9 . 8080 }\n")
+	step("rewritten rule", "[10.244.1.1:8080 10.244.1.9:8080]", 1, 1)
+
+	// The table deleted and made again: same names, same rule handles.
+	ns.MustRun("nft", "delete", "table", "ip", "kube-proxy")
+	ipv4 := targetsRuleset[:strings.Index(targetsRuleset, "table ip6 ")]
+	load(strings.Replace(ipv4, "10.244.1.2 . 8080", "10.244.1.7 . 8080", 1))
+	step("table made again", "[10.244.1.1:8080 10.244.1.7:8080]", 1, 1)
 }

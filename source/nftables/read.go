@@ -95,9 +95,16 @@ type Reader struct {
 	SkipSet func(name string) bool
 	// Targets, when set, names the chains whose DNAT targets and verdicts
 	// are resolved through the anonymous maps their rules look up (one
-	// netlink request per map): RuleStats.DNAT and Gotos then hold them.
-	// Other chains keep only what their rules say literally.
-	Targets func(chain string) bool
+	// netlink request per map, and the kernel finds a set by walking the
+	// table's sets: thousands of maps cost seconds): RuleStats.DNAT and
+	// Gotos then hold them. Other chains keep only what their rules say
+	// literally, and their DNATMaps and VerdictMaps. Read calls Targets
+	// once per table, after counting its rules, and asks the function it
+	// returns about each chain.
+	Targets func(t *Table) func(chain string) bool
+	// Cache, when set, keeps the targets of anonymous constant DNAT maps
+	// between Reads (TargetCache), so that only new maps are read.
+	Cache *TargetCache
 }
 
 func (r Reader) conn(opts ...nftables.ConnOption) (*nftables.Conn, error) {
@@ -150,6 +157,10 @@ func (r Reader) Read(ctx context.Context, name string) ([]Table, error) {
 		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
 	}
 	defer conn.CloseLasting()
+	if r.Cache != nil {
+		r.Cache.begin()
+		defer r.Cache.end()
+	}
 
 	var out []Table
 	for _, fam := range Families {
@@ -166,7 +177,15 @@ func (r Reader) Read(ctx context.Context, name string) ([]Table, error) {
 		if table == nil {
 			continue
 		}
-		t, err := r.readTable(ctx, conn, table, fam.Name)
+		var handle uint64
+		if r.Cache != nil && r.Targets != nil {
+			handles, err := r.tableHandles(ctx, byte(fam.Family))
+			if err != nil {
+				return nil, fmt.Errorf("list %s nftables table handles: %w", fam.Name, err)
+			}
+			handle = handles[name]
+		}
+		t, err := r.readTable(ctx, conn, table, fam.Name, handle)
 		if err != nil {
 			return nil, err
 		}
@@ -175,7 +194,9 @@ func (r Reader) Read(ctx context.Context, name string) ([]Table, error) {
 	return out, nil
 }
 
-func (r Reader) readTable(ctx context.Context, conn *nftables.Conn, table *nftables.Table, family string) (Table, error) {
+// readTable lists table; handle is its kernel handle (0: unknown, nothing
+// cached).
+func (r Reader) readTable(ctx context.Context, conn *nftables.Conn, table *nftables.Table, family string, handle uint64) (Table, error) {
 	t := Table{Family: family, Name: table.Name}
 	where := fmt.Sprintf("table %s %s", familyName(table.Family), table.Name)
 
@@ -224,7 +245,7 @@ func (r Reader) readTable(ctx context.Context, conn *nftables.Conn, table *nftab
 		return t, fmt.Errorf("count rules of %s: %w", where, err)
 	}
 	if r.Targets != nil {
-		if err := r.resolveTargets(ctx, conn, &t, anonymous); err != nil {
+		if err := r.resolveTargets(ctx, conn, &t, handle, anonymous); err != nil {
 			return t, fmt.Errorf("read the anonymous maps of %s: %w", where, err)
 		}
 	}
@@ -274,9 +295,10 @@ func decodeVerdict(b []byte) (verdict, chain string) {
 // gotos. An anonymous map belongs to the one rule that uses it, so each is
 // read once. A map the rule names but the listing did not have (the ruleset
 // changed in between) leaves the chain without those targets.
-func (r Reader) resolveTargets(ctx context.Context, conn *nftables.Conn, t *Table, anonymous map[string]*nftables.Set) error {
+func (r Reader) resolveTargets(ctx context.Context, conn *nftables.Conn, t *Table, handle uint64, anonymous map[string]*nftables.Set) error {
+	want := r.Targets(t)
 	for chain, st := range t.ChainRules {
-		if (len(st.DNATMaps) == 0 && len(st.VerdictMaps) == 0) || !r.Targets(chain) {
+		if (len(st.DNATMaps) == 0 && len(st.VerdictMaps) == 0) || !want(chain) {
 			continue
 		}
 		for _, m := range st.DNATMaps {
@@ -284,14 +306,26 @@ func (r Reader) resolveTargets(ctx context.Context, conn *nftables.Conn, t *Tabl
 			if set == nil {
 				continue
 			}
+			cacheable := r.Cache != nil && handle != 0 && m.Rule != 0 && set.Anonymous && set.Constant
+			if cacheable {
+				if targets, ok := r.Cache.get(handle, m); ok {
+					st.DNAT = append(st.DNAT, targets...)
+					continue
+				}
+			}
 			elems, err := conn.GetSetElements(set)
 			if err != nil {
 				return fmt.Errorf("set %s of chain %s: %w", m.Set, chain, err)
 			}
+			var targets []netip.AddrPort
 			for _, e := range elems {
 				if ep, ok := m.DNATTarget(e.Val); ok {
-					st.DNAT = append(st.DNAT, ep)
+					targets = append(targets, ep)
 				}
+			}
+			st.DNAT = append(st.DNAT, targets...)
+			if cacheable {
+				r.Cache.put(handle, m, targets)
 			}
 		}
 		for _, name := range st.VerdictMaps {

@@ -45,6 +45,10 @@ type DNATMap struct {
 	Set                    string
 	IPv6                   bool
 	AddrOffset, PortOffset int
+	// Rule is the handle of the rule that looks the map up: unique in its
+	// table for the table's life (a changed rule is a new rule), and an
+	// anonymous constant map lives and dies with its rule.
+	Rule uint64
 }
 
 // Endpoints is the number of endpoints a chain with these rules balances
@@ -76,16 +80,24 @@ func (r *RuleStats) merge(o RuleStats) {
 func DecodeRule(b []byte) (string, RuleStats, error) {
 	var chain string
 	var st RuleStats
+	var handle uint64
 	a := netlinkattr.NewAttrs(b)
 	for a.Next() {
 		switch a.Type() {
 		case unix.NFTA_RULE_CHAIN:
 			chain = netlinkattr.String(a.Value())
+		case unix.NFTA_RULE_HANDLE:
+			if v := a.Value(); len(v) == 8 {
+				handle = binary.BigEndian.Uint64(v)
+			}
 		case unix.NFTA_RULE_EXPRESSIONS:
 			if err := decodeExprs(a.Value(), &st); err != nil {
 				return "", st, err
 			}
 		}
+	}
+	for i := range st.DNATMaps {
+		st.DNATMaps[i].Rule = handle
 	}
 	return chain, st, a.Err()
 }
