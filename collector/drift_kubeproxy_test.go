@@ -19,6 +19,7 @@ import (
 
 	"github.com/netinspect/netinspect/kube"
 	"github.com/netinspect/netinspect/kubeproxy"
+	"github.com/netinspect/netinspect/source/iptables"
 	"github.com/netinspect/netinspect/source/nftables"
 	cpl "github.com/netinspect/netinspect/test/controlplane"
 	"github.com/netinspect/netinspect/test/kpfixture"
@@ -367,6 +368,9 @@ func TestDriftRealKubeProxy(t *testing.T) {
 					t.Errorf("listed backend %q, want %q", st.Backend, mode.backend)
 				}
 			}
+			if mode.backend == "nft" {
+				requireNetlinkEqualsSave(t, node)
+			}
 			if mode.kubeProxy == "nftables" {
 				nftTargetsAgree(t, node)
 			}
@@ -377,6 +381,44 @@ func TestDriftRealKubeProxy(t *testing.T) {
 				nftTargetsAgree(t, node)
 			}
 		})
+	}
+}
+
+// requireNetlinkEqualsSave: on the rules the real kube-proxy wrote, the
+// iptables reader's netlink listing of the nft backend (no fallback) and
+// iptables-nft-save's give equal Rulesets per family. kube-proxy may sync
+// between the two listings, so they are compared until they agree or the
+// deadline passes.
+func requireNetlinkEqualsSave(t *testing.T, node *netns.NS) {
+	t.Helper()
+	nl := &iptables.Reader{Backend: iptables.BackendNFT, ProcFS: "/proc", Target: node.Target()}
+	ex := &iptables.Reader{Backend: iptables.BackendNFT, ProcFS: "/proc", Target: node.Target(), ExecOnly: true}
+	var services int
+	cpl.Eventually(t, 30*time.Second, func() error {
+		got, err := nl.Read(context.Background())
+		if err != nil {
+			return err
+		}
+		if got.Fallback != nil {
+			return fmt.Errorf("netlink reader fell back: %w", got.Fallback)
+		}
+		want, err := ex.Read(context.Background())
+		if err != nil {
+			return err
+		}
+		if len(got.Families) != len(want.Families) || len(want.Families) == 0 {
+			return fmt.Errorf("%d families, iptables-nft-save %d", len(got.Families), len(want.Families))
+		}
+		for i, w := range want.Families {
+			if d := iptables.Diff(got.Families[i].Rules, w.Rules); got.Families[i].Name != w.Name || d != "" {
+				return fmt.Errorf("%s: netlink and iptables-nft-save differ: %s", w.Name, d)
+			}
+		}
+		services = len(got.Family("ipv4").Table("nat").Services)
+		return nil
+	})
+	if services == 0 {
+		t.Error("no kube-proxy service chains in the nat table")
 	}
 }
 

@@ -25,7 +25,8 @@ type IPTablesConfig struct {
 	// RefreshInterval is how often the rules are listed (at most once per
 	// interval, whatever the scrape rate).
 	RefreshInterval time.Duration
-	// Timeout bounds one listing (all the iptables-save runs of a refresh).
+	// Timeout bounds one listing (all the netlink dumps or iptables-save
+	// runs of a refresh).
 	Timeout time.Duration
 	// Backend forces the iptables backend: "nft" or "legacy"; "" detects
 	// it the way kubernetes-sigs/iptables-wrappers does.
@@ -59,7 +60,8 @@ var IPTablesBackends = []string{"", iptables.BackendNFT, iptables.BackendLegacy}
 
 // IPTables reports the rules kube-proxy programmed through iptables (IPv4
 // and IPv6) and which mode kube-proxy runs in. A background refresher lists
-// whole tables with iptables-save on an interval; scrapes read its latest
+// whole tables on an interval (the nft backend's from nf_tables over
+// netlink, the legacy one's with iptables-save); scrapes read its latest
 // snapshot and never wait on a listing.
 type IPTables struct {
 	logger *zap.Logger
@@ -70,6 +72,9 @@ type IPTables struct {
 	// reader and nft are used only by the refresher goroutine.
 	reader *iptables.Reader
 	nft    nftables.Reader
+	// fellBack is why the last listing read the nft backend with
+	// iptables-nft-save instead of over netlink ("" when it did not).
+	fellBack string
 
 	ruleSource[*IPTablesResult]
 
@@ -163,6 +168,20 @@ func (st *IPTablesResult) constMetrics() []prometheus.Metric {
 	return st.metrics
 }
 
+// noteFallback logs at debug, once until the reason changes, that the nft
+// backend was listed with iptables-nft-save because the netlink reader
+// could not translate its rules exactly.
+func (c *IPTables) noteFallback(err error) {
+	reason := ""
+	if err != nil {
+		reason = err.Error()
+	}
+	if reason != "" && reason != c.fellBack {
+		c.logger.Debug("iptables-nft rules listed with iptables-nft-save instead of netlink", zap.Error(err))
+	}
+	c.fellBack = reason
+}
+
 // list is one refresh: list every table of each family, detect the mode,
 // aggregate.
 func (c *IPTables) list(ctx context.Context) (*IPTablesResult, error) {
@@ -174,6 +193,7 @@ func (c *IPTables) list(ctx context.Context) (*IPTablesResult, error) {
 	if l.Detected {
 		c.logger.Info("iptables backend detected", zap.String("backend", l.Backend))
 	}
+	c.noteFallback(l.Fallback)
 	st := &IPTablesResult{Backend: l.Backend}
 	for _, f := range l.Families {
 		st.Families = append(st.Families, c.aggregate(f.Name, f.Rules))

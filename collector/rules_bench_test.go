@@ -57,13 +57,31 @@ func BenchmarkIPTablesRefresh(b *testing.B) {
 			ns.MustRun("ip6tables-nft-save")
 		}
 	})
-	b.Run("collector-refresh", func(b *testing.B) {
-		c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour, ServiceSeries: ServiceSeriesAll},
-			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), ns)
-		b.Cleanup(c.Close)
-		rulesWaitRefresh(b, c, time.Time{}, nil)
-		rulesBenchRefresh(b, func(ctx context.Context) error { _, err := c.list(ctx); return err })
-	})
+	// collector-refresh reads the nft backend over netlink;
+	// collector-refresh-exec is the same refresh listing with
+	// iptables-nft-save and ParseSave, as before (and as the fallback).
+	for _, execOnly := range []bool{false, true} {
+		name := "collector-refresh"
+		if execOnly {
+			name += "-exec"
+		}
+		b.Run(name, func(b *testing.B) {
+			c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour, ServiceSeries: ServiceSeriesAll},
+				Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), ns)
+			b.Cleanup(c.Close)
+			rulesWaitRefresh(b, c, time.Time{}, nil)
+			c.reader.ExecOnly = execOnly
+			st, err := c.list(context.Background())
+			if err != nil {
+				b.Fatal(err)
+			}
+			if c.fellBack != "" {
+				b.Fatalf("netlink reader fell back: %s", c.fellBack)
+			}
+			b.Logf("%d families, %d service ports", len(st.Families), len(st.Families[0].Endpoints))
+			rulesBenchRefresh(b, func(ctx context.Context) error { _, err := c.list(ctx); return err })
+		})
+	}
 	b.Run("scrape-during-refresh", func(b *testing.B) {
 		c := in(must(NewIPTables(IPTablesConfig{RefreshInterval: time.Hour, ServiceSeries: ServiceSeriesAll},
 			Deps{Logger: zap.NewNop(), Paths: Paths{ProcFS: "/proc"}}))(b), ns)

@@ -1,10 +1,13 @@
-// Package iptables reads the iptables rules of a network namespace: it runs
-// iptables-save (or ip6tables-save) of the backend the node uses, nft or
-// legacy, detected as kubernetes-sigs/iptables-wrappers does, and parses the
-// listing into per-chain rule counts and kube-proxy's service chains.
+// Package iptables reads the iptables rules of a network namespace, of the
+// backend the node uses, nft or legacy, detected as
+// kubernetes-sigs/iptables-wrappers does, into per-chain rule counts and
+// kube-proxy's service chains: the nft backend's from nf_tables over
+// netlink, decoded into what iptables-nft-save would print (and listed
+// with iptables-nft-save when a rule cannot be translated exactly), the
+// legacy backend's by parsing iptables-save's listing.
 //
-// The parser takes bytes and returns plain structs, so it is unit tested and
-// fuzzed on real rule text without a kernel.
+// The parser and the rule decoder take bytes and return plain structs, so
+// they are unit tested and fuzzed without a kernel.
 package iptables
 
 import (
@@ -105,12 +108,7 @@ func ParseSave(data []byte) (*Ruleset, error) {
 			if cur != nil {
 				return nil, fmt.Errorf("line %d: table %q starts before COMMIT of %q: %w", lineNo, line[1:], cur.Name, ErrMalformed)
 			}
-			cur = &Table{
-				Name:        string(line[1:]),
-				Chains:      map[string]int{},
-				Services:    map[string]*ServiceChains{},
-				NoEndpoints: map[string]int{},
-			}
+			cur = newTable(string(line[1:]))
 			rs.Tables = append(rs.Tables, cur)
 		case ':':
 			if cur == nil {
@@ -120,18 +118,7 @@ func ParseSave(data []byte) (*Ruleset, error) {
 			if len(name) == 0 {
 				return nil, fmt.Errorf("line %d: empty chain name: %w", lineNo, ErrMalformed)
 			}
-			chain := string(name)
-			if _, ok := cur.Chains[chain]; !ok {
-				cur.Chains[chain] = 0
-			}
-			if prefix, hash, ok := kubeproxy.HashedChain(chain); ok {
-				switch prefix {
-				case kubeproxy.PrefixSVC:
-					cur.service(hash).HasSVC = true
-				case kubeproxy.PrefixSVL:
-					cur.service(hash).HasSVL = true
-				}
-			}
+			cur.declareChain(string(name))
 		case '-':
 			if cur == nil {
 				return nil, fmt.Errorf("line %d: rule outside a table: %w", lineNo, ErrMalformed)
@@ -175,6 +162,30 @@ func truncate(b []byte, n int) []byte {
 	return b
 }
 
+func newTable(name string) *Table {
+	return &Table{
+		Name:        name,
+		Chains:      map[string]int{},
+		Services:    map[string]*ServiceChains{},
+		NoEndpoints: map[string]int{},
+	}
+}
+
+// declareChain adds a chain of the table, with no rules yet.
+func (t *Table) declareChain(chain string) {
+	if _, ok := t.Chains[chain]; !ok {
+		t.Chains[chain] = 0
+	}
+	if prefix, hash, ok := kubeproxy.HashedChain(chain); ok {
+		switch prefix {
+		case kubeproxy.PrefixSVC:
+			t.service(hash).HasSVC = true
+		case kubeproxy.PrefixSVL:
+			t.service(hash).HasSVL = true
+		}
+	}
+}
+
 func (t *Table) service(hash string) *ServiceChains {
 	sc := t.Services[hash]
 	if sc == nil {
@@ -197,22 +208,9 @@ func (t *Table) addRule(line []byte) error {
 	if !ok || len(chainB) == 0 {
 		return fmt.Errorf("rule without a chain: %w", ErrMalformed)
 	}
-	// Rules are grouped by chain, so the previous line's chain string is
-	// reused instead of allocating one per rule.
-	if t.lastChain == "" || t.lastChain != string(chainB) {
-		if _, declared := t.Chains[string(chainB)]; !declared {
-			return fmt.Errorf("rule in undeclared chain %q: %w", chainB, ErrMalformed)
-		}
-		t.lastChain = string(chainB)
-	}
-	chain := t.lastChain
-	t.Chains[chain]++
-
-	if !bytes.HasPrefix(chainB, []byte("KUBE-")) {
-		return nil
-	}
 	var target, comment, proto, dport []byte
-	for {
+	setMatches := 0
+	for bytes.HasPrefix(chainB, []byte("KUBE-")) {
 		tok, ok := tk.next()
 		if !ok {
 			break
@@ -227,12 +225,37 @@ func (t *Table) addRule(line []byte) error {
 		case bytes.Equal(tok, []byte("--dport")):
 			dport, _ = tk.next()
 		case bytes.Equal(tok, []byte("--match-set")):
-			t.SetMatches++
+			setMatches++
 		}
 	}
 	if tk.err != nil {
 		return tk.err
 	}
+	return t.addRuleFields(chainB, target, comment, proto, dport, setMatches)
+}
+
+// addRuleFields counts one rule of chain and takes from it what attributes
+// kube-proxy's chains to services, from what iptables-save prints of it:
+// its target (-j or -g), comment (--comment), protocol (-p), destination
+// port (--dport, as printed: "80" or "80:90") and the number of ipsets it
+// matches (--match-set). Only the rules of KUBE- chains need the fields.
+// Both the iptables-save parser and the nf_tables reader feed it.
+func (t *Table) addRuleFields(chainB, target, comment, proto, dport []byte, setMatches int) error {
+	// Rules are grouped by chain, so the previous rule's chain string is
+	// reused instead of allocating one per rule.
+	if t.lastChain == "" || t.lastChain != string(chainB) {
+		if _, declared := t.Chains[string(chainB)]; !declared {
+			return fmt.Errorf("rule in undeclared chain %q: %w", chainB, ErrMalformed)
+		}
+		t.lastChain = string(chainB)
+	}
+	chain := t.lastChain
+	t.Chains[chain]++
+
+	if !bytes.HasPrefix(chainB, []byte("KUBE-")) {
+		return nil
+	}
+	t.SetMatches += setMatches
 
 	portName := commentServicePortName(comment)
 	if bytes.HasSuffix(comment, []byte(" has no endpoints")) {

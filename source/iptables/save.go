@@ -3,6 +3,7 @@ package iptables
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,8 +16,11 @@ import (
 	"github.com/netinspect/netinspect/source/nftables"
 )
 
-// Families of a listing, in order.
-var families = [2]string{"ipv4", "ipv6"}
+// Families of a listing, in order, and their nf_tables families.
+var (
+	families    = [2]string{"ipv4", "ipv6"}
+	nftFamilies = [2]uint8{nftables.FamilyIPv4, nftables.FamilyIPv6}
+)
 
 // saveCommands are the save commands of each backend of iptables 1.8, per
 // family.
@@ -32,8 +36,9 @@ const (
 	BackendLegacy = "legacy"
 )
 
-// Reader lists every table of both families with one iptables-save run
-// each. It remembers the backend it detected while the hint chains that
+// Reader lists every table of both families: the nft backend's over
+// netlink (readNFT), falling back to iptables-nft-save per family, the
+// legacy backend's with one iptables-save run each. It remembers the backend it detected while the hint chains that
 // decided it stay, and must not be used by two listings at once.
 type Reader struct {
 	// Backend forces the backend, BackendNFT or BackendLegacy; "" detects
@@ -45,6 +50,13 @@ type Reader struct {
 	// Target is the network namespace to list (through nsenter when it is
 	// not the caller's own).
 	Target netns.Target
+	// ExecOnly lists the nft backend with iptables-nft-save too, instead
+	// of reading nf_tables over netlink.
+	ExecOnly bool
+
+	// listed, when set (tests), runs between the chain listing and the
+	// rule dumps of readNFT.
+	listed func()
 
 	detected string
 }
@@ -60,6 +72,9 @@ type Listing struct {
 	// Families are the IPv4 listing, then the IPv6 one unless the node
 	// has no ip6tables-save or no IPv6 netfilter.
 	Families []Family
+	// Fallback is why a family of the nft backend was listed with
+	// iptables-nft-save instead of over netlink (nil when none was).
+	Fallback error
 }
 
 // Family is the listing of one address family.
@@ -104,17 +119,30 @@ func (r *Reader) Read(ctx context.Context) (*Listing, error) {
 			}
 			return nil, err
 		}
-		out, err := r.run(ctx, bin)
-		if err != nil {
-			if i == 1 && isIP6Absent(err) {
-				// A kernel without IPv6 netfilter: list IPv4 only.
-				continue
+		var rs *Ruleset
+		if backend == BackendNFT && !r.ExecOnly {
+			// nf_tables answers over netlink what iptables-nft-save
+			// would print, without its cost; it stays the fallback.
+			rs, err = r.readNFT(ctx, nftFamilies[i])
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, fmt.Errorf("read %s iptables-nft rules: %w", family, err)
+				}
+				l.Fallback, rs = errors.Join(l.Fallback, fmt.Errorf("%s: %w", family, err)), nil
 			}
-			return nil, fmt.Errorf("list %s rules with %s: %w", family, bin, err)
 		}
-		rs, err := ParseSave(out)
-		if err != nil {
-			return nil, fmt.Errorf("parse %s output: %w", bin, err)
+		if rs == nil {
+			out, err := r.run(ctx, bin)
+			if err != nil {
+				if i == 1 && isIP6Absent(err) {
+					// A kernel without IPv6 netfilter: list IPv4 only.
+					continue
+				}
+				return nil, fmt.Errorf("list %s rules with %s: %w", family, bin, err)
+			}
+			if rs, err = ParseSave(out); err != nil {
+				return nil, fmt.Errorf("parse %s output: %w", bin, err)
+			}
 		}
 		hinted = hinted || rs.Hinted()
 		l.Families = append(l.Families, Family{Name: family, Rules: rs})

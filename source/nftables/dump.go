@@ -72,39 +72,97 @@ func (r Reader) tableHandles(ctx context.Context, family uint8) (map[string]uint
 // and attributes of each object the kernel answers with (its NFT_MSG_NEW*
 // type, get - 1), datagram by datagram as dumpRules says.
 func (r Reader) dump(ctx context.Context, get uint16, family uint8, attrs []byte, fn func(family uint8, b []byte) error) error {
+	d, err := r.openDumper(ctx)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	return d.request(get, get-1, unix.NLM_F_DUMP, family, attrs, fn)
+}
+
+// ruleDumper runs nf_tables requests one after the other over one
+// netfilter netlink socket, into one buffer.
+type ruleDumper struct {
+	fd              int
+	seq             uint32
+	buf, req, attrs []byte
+}
+
+func (r Reader) openDumper(ctx context.Context) (*ruleDumper, error) {
 	var fd int
 	if err := r.Target.Do(func() error {
 		var err error
 		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
 		return err
 	}); err != nil {
-		return fmt.Errorf("netfilter netlink socket: %w", err)
+		return nil, fmt.Errorf("netfilter netlink socket: %w", err)
 	}
-	defer unix.Close(fd)
 	if dl, ok := ctx.Deadline(); ok {
 		tv := unix.NsecToTimeval(max(time.Until(dl), time.Millisecond).Nanoseconds())
 		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-			return fmt.Errorf("set netlink receive timeout: %w", err)
+			unix.Close(fd)
+			return nil, fmt.Errorf("set netlink receive timeout: %w", err)
 		}
 	}
-	const seq = 1
-	body := append([]byte{family, unix.NFNETLINK_V0, 0, 0}, attrs...) // nfgenmsg: family, version, resource id
-	req := binary.NativeEndian.AppendUint32(nil, uint32(netlinkattr.MsgHdrLen+len(body)))
+	return &ruleDumper{fd: fd, buf: make([]byte, 64<<10)}, nil // the kernel caps dump datagrams at 32 KiB
+}
+
+func (d *ruleDumper) close() { unix.Close(d.fd) }
+
+// dumpChain runs one NFT_MSG_GETRULE dump of family's chain of table.
+func (d *ruleDumper) dumpChain(family uint8, table, chain string, fn func(family uint8, b []byte) error) error {
+	d.attrs = netlinkattr.AppendString(d.attrs[:0], unix.NFTA_RULE_TABLE, table)
+	d.attrs = netlinkattr.AppendString(d.attrs, unix.NFTA_RULE_CHAIN, chain)
+	return d.request(unix.NFT_MSG_GETRULE, unix.NFT_MSG_NEWRULE, unix.NLM_F_DUMP, family, d.attrs, fn)
+}
+
+// generation is the ruleset's generation id (NFT_MSG_GETGEN), which every
+// committed change increments.
+func (d *ruleDumper) generation() (uint32, error) {
+	var gen uint32
+	found := false
+	err := d.request(unix.NFT_MSG_GETGEN, unix.NFT_MSG_NEWGEN, 0, unix.AF_UNSPEC, nil, func(_ uint8, b []byte) error {
+		a := netlinkattr.NewAttrs(b)
+		for a.Next() {
+			if a.Type() == unix.NFTA_GEN_ID {
+				gen, found = netlinkattr.BE32(a.Value()), true
+			}
+		}
+		return a.Err()
+	})
+	if err == nil && !found {
+		err = fmt.Errorf("no generation id in the reply: %w", netlinkattr.ErrMalformed)
+	}
+	return gen, err
+}
+
+// request sends one request get of family with the attributes attrs
+// (flags NLM_F_DUMP for a dump) and calls fn with the nfgenmsg family and
+// the attributes of each reply of type reply, until NLMSG_DONE ends a
+// dump, or after the first reply to a request that is not one.
+func (d *ruleDumper) request(get, reply uint16, flags uint16, family uint8, attrs []byte, fn func(family uint8, b []byte) error) error {
+	d.seq++
+	seq := d.seq
+	req := binary.NativeEndian.AppendUint32(d.req[:0], 0) // length, below
 	req = binary.NativeEndian.AppendUint16(req, unix.NFNL_SUBSYS_NFTABLES<<8|get)
-	req = binary.NativeEndian.AppendUint16(req, unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	req = binary.NativeEndian.AppendUint16(req, unix.NLM_F_REQUEST|flags)
 	req = binary.NativeEndian.AppendUint32(req, seq)
 	req = binary.NativeEndian.AppendUint32(req, 0)
-	req = append(req, body...)
-	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	req = append(req, family, unix.NFNETLINK_V0, 0, 0) // nfgenmsg: family, version, resource id
+	req = append(req, attrs...)
+	binary.NativeEndian.PutUint32(req, uint32(len(req)))
+	d.req = req
+	// write and read, not sendto and recvfrom: the socket talks to the
+	// kernel only, and recvfrom allocates the sender's address.
+	if _, err := unix.Write(d.fd, req); err != nil {
 		return fmt.Errorf("send nftables dump request: %w", err)
 	}
-	buf := make([]byte, 64<<10) // the kernel caps dump datagrams at 32 KiB
 	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
+		n, err := unix.Read(d.fd, d.buf)
 		if err != nil {
 			return fmt.Errorf("receive nftables dump: %w", err)
 		}
-		msgs := netlinkattr.NewMessages(buf[:n])
+		msgs := netlinkattr.NewMessages(d.buf[:n])
 		for msgs.Next() {
 			h, payload := msgs.Header(), msgs.Payload()
 			if h.Seq != seq {
@@ -118,7 +176,7 @@ func (r Reader) dump(ctx context.Context, get uint16, family uint8, attrs []byte
 					return fmt.Errorf("nftables dump: %w", err)
 				}
 				continue
-			case unix.NFNL_SUBSYS_NFTABLES<<8 | (get - 1):
+			case unix.NFNL_SUBSYS_NFTABLES<<8 | reply:
 			default:
 				continue
 			}
@@ -127,6 +185,9 @@ func (r Reader) dump(ctx context.Context, get uint16, family uint8, attrs []byte
 			}
 			if err := fn(payload[0], payload[netlinkattr.NfgenLen:]); err != nil {
 				return err
+			}
+			if flags&unix.NLM_F_DUMP == 0 {
+				return nil
 			}
 		}
 		if err := msgs.Err(); err != nil {

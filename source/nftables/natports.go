@@ -103,8 +103,8 @@ func DecodeNATPortRanges(family uint8, b []byte) ([]NATPortRange, error) {
 			out = append(out, NATPortRange{Family: f, Lo: lo, Hi: hi, Table: table, Chain: chain})
 		}
 	}
-	err := eachExpr(exprs, func(name string, data []byte) error {
-		switch name {
+	err := EachExpr(exprs, func(name, data []byte) error {
+		switch string(name) {
 		case "immediate":
 			return decodeImmediate(data, &regs, &RuleStats{})
 		case "masq":

@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net/netip"
 
@@ -116,8 +117,13 @@ type slot struct {
 
 type registers [regSlots]slot
 
-// slotOf is the first 4-byte slot of register reg, or -1.
-func slotOf(reg uint32) int {
+// RegisterSlots is the number of 4-byte slots of the data registers.
+const RegisterSlots = regSlots
+
+// RegisterSlot is the first 4-byte slot (0 to RegisterSlots-1) of data
+// register reg, or -1: NFT_REG_1..4 (16 bytes each) and NFT_REG32_00..15
+// (4 bytes each) name the same space.
+func RegisterSlot(reg uint32) int {
 	switch {
 	case reg >= unix.NFT_REG_1 && reg <= unix.NFT_REG_4:
 		return int(reg-unix.NFT_REG_1) * 4
@@ -130,7 +136,7 @@ func slotOf(reg uint32) int {
 // load records n bytes of v (literal) or of set's data (v nil) written to
 // reg.
 func (r *registers) load(reg uint32, v []byte, set string, n int) {
-	s := slotOf(reg)
+	s := RegisterSlot(reg)
 	if s < 0 {
 		return
 	}
@@ -145,7 +151,7 @@ func (r *registers) load(reg uint32, v []byte, set string, n int) {
 
 // clear forgets n bytes of registers from reg on.
 func (r *registers) clear(reg uint32, n int) {
-	s := slotOf(reg)
+	s := RegisterSlot(reg)
 	for i := 0; s >= 0 && i*4 < n && s+i < regSlots; i++ {
 		r[s+i] = slot{}
 	}
@@ -154,7 +160,7 @@ func (r *registers) clear(reg uint32, n int) {
 // port is the big-endian port an immediate loaded at the start of register
 // reg, as nft_reg_load16 reads it, or 0.
 func (r *registers) port(reg uint32) uint16 {
-	s := slotOf(reg)
+	s := RegisterSlot(reg)
 	if s < 0 || len(r[s].value) < 2 {
 		return 0
 	}
@@ -167,8 +173,8 @@ const lookupDataMax = 20
 
 func decodeExprs(b []byte, st *RuleStats) error {
 	var regs registers
-	return eachExpr(b, func(name string, data []byte) error {
-		switch name {
+	return EachExpr(b, func(name, data []byte) error {
+		switch string(name) {
 		case "nat":
 			return decodeNAT(data, &regs, st)
 		case "numgen":
@@ -178,28 +184,32 @@ func decodeExprs(b []byte, st *RuleStats) error {
 		case "lookup":
 			return decodeLookup(data, &regs, st)
 		}
-		if attr, ok := clobbers[name]; ok {
+		if attr, ok := clobbers[string(name)]; ok {
 			return decodeClobber(data, attr, &regs)
 		}
 		return nil
 	})
 }
 
-// eachExpr calls fn with the name and the data of each expression of a
+// EachExpr calls fn with the name and the data of each expression of a
 // rule's NFTA_RULE_EXPRESSIONS, in order, stopping at fn's first error.
-func eachExpr(b []byte, fn func(name string, data []byte) error) error {
+// name is the expression's name without its NUL, and like data it points
+// into b: compare it as string(name), which does not allocate.
+func EachExpr(b []byte, fn func(name, data []byte) error) error {
 	list := netlinkattr.NewAttrs(b)
 	for list.Next() {
 		if list.Type() != unix.NFTA_LIST_ELEM {
 			continue
 		}
-		var name string
-		var data []byte
+		var name, data []byte
 		e := netlinkattr.NewAttrs(list.Value())
 		for e.Next() {
 			switch e.Type() {
 			case unix.NFTA_EXPR_NAME:
-				name = netlinkattr.String(e.Value())
+				name = e.Value()
+				if i := bytes.IndexByte(name, 0); i >= 0 {
+					name = name[:i]
+				}
 			case unix.NFTA_EXPR_DATA:
 				data = e.Value()
 			}
@@ -246,55 +256,75 @@ func decodeClobber(data []byte, attr uint16, regs *registers) error {
 	return a.Err()
 }
 
-// decodeImmediate follows a literal loaded into a data register, and
-// records a jump or goto loaded into the verdict register.
-func decodeImmediate(data []byte, regs *registers, st *RuleStats) error {
-	var dreg uint32
-	var value []byte
-	var verdictCode uint32
-	var verdictChain string
+// Immediate is an immediate expression: a literal Value loaded into data
+// register DReg, or (DReg NFT_REG_VERDICT) a verdict Code, with the Chain
+// of a jump or goto (without its NUL). Value and Chain point into the
+// expression's data.
+type Immediate struct {
+	DReg  uint32
+	Value []byte
+	Code  int32
+	Chain []byte
+}
+
+// Verdict reports whether the immediate loads the verdict register.
+func (im Immediate) Verdict() bool { return im.DReg == unix.NFT_REG_VERDICT }
+
+// DecodeImmediate decodes the data of an immediate expression.
+func DecodeImmediate(data []byte) (Immediate, error) {
+	var im Immediate
 	a := netlinkattr.NewAttrs(data)
 	for a.Next() {
 		switch a.Type() {
 		case unix.NFTA_IMMEDIATE_DREG:
-			dreg = netlinkattr.BE32(a.Value())
+			im.DReg = netlinkattr.BE32(a.Value())
 		case unix.NFTA_IMMEDIATE_DATA:
 			d := netlinkattr.NewAttrs(a.Value())
 			for d.Next() {
 				switch d.Type() {
 				case unix.NFTA_DATA_VALUE:
-					value = d.Value()
+					im.Value = d.Value()
 				case unix.NFTA_DATA_VERDICT:
 					v := netlinkattr.NewAttrs(d.Value())
 					for v.Next() {
 						switch v.Type() {
 						case unix.NFTA_VERDICT_CODE:
-							verdictCode = netlinkattr.BE32(v.Value())
+							im.Code = int32(netlinkattr.BE32(v.Value()))
 						case unix.NFTA_VERDICT_CHAIN:
-							verdictChain = netlinkattr.String(v.Value())
+							im.Chain = v.Value()
+							if i := bytes.IndexByte(im.Chain, 0); i >= 0 {
+								im.Chain = im.Chain[:i]
+							}
 						}
 					}
 					if err := v.Err(); err != nil {
-						return err
+						return im, err
 					}
 				}
 			}
 			if err := d.Err(); err != nil {
-				return err
+				return im, err
 			}
 		}
 	}
-	if err := a.Err(); err != nil {
+	return im, a.Err()
+}
+
+// decodeImmediate follows a literal loaded into a data register, and
+// records a jump or goto loaded into the verdict register.
+func decodeImmediate(data []byte, regs *registers, st *RuleStats) error {
+	im, err := DecodeImmediate(data)
+	if err != nil {
 		return err
 	}
-	if dreg == unix.NFT_REG_VERDICT {
-		if code := int32(verdictCode); (code == unix.NFT_GOTO || code == unix.NFT_JUMP) && verdictChain != "" {
-			st.Gotos = append(st.Gotos, verdictChain)
+	if im.Verdict() {
+		if (im.Code == unix.NFT_GOTO || im.Code == unix.NFT_JUMP) && len(im.Chain) > 0 {
+			st.Gotos = append(st.Gotos, string(im.Chain))
 		}
 		return nil
 	}
-	if value != nil {
-		regs.load(dreg, value, "", len(value))
+	if im.Value != nil {
+		regs.load(im.DReg, im.Value, "", len(im.Value))
 	}
 	return nil
 }
@@ -353,7 +383,7 @@ func decodeNAT(data []byte, regs *registers, st *RuleStats) error {
 	if typ != unix.NFT_NAT_DNAT {
 		return nil
 	}
-	as, ps := slotOf(addrReg), slotOf(protoReg)
+	as, ps := RegisterSlot(addrReg), RegisterSlot(protoReg)
 	if as < 0 || ps < 0 {
 		return nil
 	}
